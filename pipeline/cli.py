@@ -1,0 +1,135 @@
+"""The ``pipeline`` command: run, validate, plan, inspect and schema.
+
+User mistakes (bad spec, missing files, bad input under ``on_error: fail``) print one clear message
+and exit non-zero without a traceback; set ``TOKENMILL_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import SpecError, TokenmillError
+
+#: extra subcommands contributed by stage modules: name -> (help, add_arguments, handler)
+EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {}
+
+
+def register_command(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Decorator for stage modules that offer a command (``pipeline tokenizer-report`` ...)."""
+
+    def deco(handler: Callable[..., int]) -> Callable[..., int]:
+        EXTRA_COMMANDS[name] = (help_text, add_arguments, handler)
+        return handler
+
+    return deco
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline.stage_api import discover_stages
+
+    discover_stages()  # stage modules may register extra commands
+    p = argparse.ArgumentParser(prog="pipeline", description="tokenmill: raw text to training-ready tokens.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="validate, plan and run a spec")
+    run.add_argument("spec")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--output", help="output directory (overrides the spec)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="redo STAGE and everything downstream (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+
+    val = sub.add_parser("validate", help="check a spec and print its stages")
+    val.add_argument("spec")
+
+    plan = sub.add_parser("plan", help="print the DAG and what a run would do")
+    plan.add_argument("spec")
+    plan.add_argument("--output")
+    plan.add_argument("--force", action="append", default=[], metavar="STAGE")
+
+    ins = sub.add_parser("inspect", help="show a stage's output: schema, rows, manifest figures")
+    ins.add_argument("path")
+    ins.add_argument("--rows", type=int, default=3)
+
+    sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+
+    for name, (help_text, add_args, _) in EXTRA_COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        return _dispatch(args, console)
+    except SpecError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except TokenmillError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to resume")
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.spec import json_schema, load_spec
+
+    if args.command == "schema":
+        console.print_json(json.dumps(json_schema()))
+        return 0
+    if args.command == "inspect":
+        from pipeline.inspect_output import inspect_path
+
+        inspect_path(Path(args.path), console, rows=args.rows)
+        return 0
+    if args.command in EXTRA_COMMANDS:
+        return EXTRA_COMMANDS[args.command][2](args, console)
+    spec = load_spec(args.spec)
+    if args.command == "validate":
+        console.print(f"{args.spec}: valid ({len(spec.stages)} stages: {', '.join(s.name for s in spec.stages)})")
+        return 0
+    from pipeline.runner import make_plan, run_pipeline
+
+    if args.command == "plan":
+        plan = make_plan(spec, spec.output_dir(args.output), args.force)
+        _print_plan(plan, console)
+        return 0
+    if args.command == "run":
+        from pipeline.progress import Reporter, QuietReporter
+
+        reporter = QuietReporter() if args.quiet else Reporter()
+        plan = run_pipeline(spec, output=args.output, force=args.force, address=args.address, reporter=reporter)
+        ran = sum(s.action == "run" for s in plan.stages)
+        console.print(f"done: {ran} stage(s) run, {len(plan.stages) - ran} up to date; output in {plan.output}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_plan(plan, console: Console) -> None:
+    t = Table(title=f"plan → {plan.output}")
+    for col in ("stage", "type", "reads", "action", "why", "fingerprint"):
+        t.add_column(col)
+    for sp in plan.stages:
+        node = plan.dag.nodes[sp.name]
+        reads = ", ".join([*node.dataset_inputs, *(f"{f}={r}" for f, r in node.artifact_inputs.items())])
+        style = "green" if sp.action == "skip" else "yellow"
+        t.add_row(sp.name, sp.type, reads, f"[{style}]{sp.action}[/]", sp.reason, sp.fingerprint[:12])
+    console.print(t)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Run per-shard work on Ray: Ray Data schedules, each shard streams Arrow batches to its own part file.
+
+Why shards and not ``read_parquet().map_batches().write_parquet()``: Ray Data's Parquet sink names
+files randomly and moves block boundaries between runs (notes/ray.md), so outputs would be neither
+byte-identical nor resumable per file. Here the unit of work is a shard with a deterministic key;
+a worker streams the shard's input in bounded Arrow batches through the stage's pure transform
+into ``part-<key>.parquet`` (temp file, then rename), then writes ``_shards/<key>.json`` with its
+counts -- the commit point. A re-run after a crash skips every committed shard. Ray Data does the
+scheduling: task or actor pools, retries of failed workers, backpressure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
+
+SHARDS_DIR = "_shards"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work. ``key`` names its output (``part-<key>.parquet``); payload is picklable."""
+
+    key: str
+    payload: Any
+
+
+class ShardOutput:
+    """Where a shard writes: its data part and its rejects part, committed together."""
+
+    def __init__(self, work_dir: Path, key: str, schema: Any = None):
+        self.key = key
+        self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema)
+        self.rejects = PartWriter(work_dir / "rejects", f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
+
+    def commit(self) -> tuple[int, int]:
+        return self.data.commit(), self.rejects.commit()
+
+    def abort(self) -> None:
+        self.data.abort()
+        self.rejects.abort()
+
+
+class ShardJob(Protocol):
+    """Picklable work shipped to Ray workers. ``setup`` runs once per worker process or actor."""
+
+    def setup(self) -> None: ...
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]: ...
+
+
+class WorkerError(Exception):
+    """A shard raised: ``user_error`` marks input errors (one line), others carry a traceback."""
+
+    def __init__(self, message: str, user_error: bool):
+        super().__init__(message)
+        self.user_error = user_error
+
+
+def shard_done(work_dir: Path, key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((work_dir / SHARDS_DIR / f"{key}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _run_one(job: ShardJob, work_dir: Path, task: ShardTask) -> dict[str, Any]:
+    from pipeline.errors import TokenmillError
+
+    out = ShardOutput(work_dir, task.key)
+    try:
+        stats = job.run(task, out)
+        data_bytes, _ = out.commit()
+        stats.setdefault("part_bytes", data_bytes)
+    except TokenmillError as exc:
+        out.abort()
+        return {"__error__": str(exc), "__user__": True}
+    except Exception:
+        out.abort()
+        return {"__error__": traceback.format_exc(), "__user__": False}
+    done_dir = work_dir / SHARDS_DIR
+    done_dir.mkdir(parents=True, exist_ok=True)
+    tmp = done_dir / f".{task.key}.json.tmp"
+    tmp.write_text(json.dumps(stats, sort_keys=True, default=str))
+    os.replace(tmp, done_dir / f"{task.key}.json")  # the shard's commit point
+    return stats
+
+
+class _ActorWorker:
+    """Ray Data callable class: the job is set up once per actor (tokenizers, models)."""
+
+    def __init__(self, job: ShardJob, work_dir: str, tasks: list[ShardTask]):
+        self.job, self.work_dir, self.tasks = job, Path(work_dir), tasks
+        self.job.setup()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [_run_one(self.job, self.work_dir, self.tasks[int(i)]) for i in batch["i"]]
+        return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in results], dtype=object)}
+
+
+def run_shards(
+    job: ShardJob,
+    tasks: Sequence[ShardTask],
+    work_dir: Path,
+    *,
+    use_actors: bool = False,
+    worker_cpus: float = 1.0,
+    max_workers: int | None = None,
+    on_result: Callable[[ShardTask, dict[str, Any], bool], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``job`` over ``tasks`` on Ray; returns per-task stats in task order.
+
+    Tasks committed by an earlier, interrupted run of the same stage are not run again.
+    ``on_result(task, stats, resumed)`` is called as shards finish (for progress display).
+    """
+    import ray
+    import ray.data
+
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[ShardTask] = []
+    for task in tasks:
+        done = shard_done(work_dir, task.key)
+        if done is not None:
+            results[task.key] = done
+            if on_result:
+                on_result(task, done, True)
+        else:
+            pending.append(task)
+
+    if pending:
+        cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = max(1, min(len(pending), max_workers or cluster_cpus, int(cluster_cpus / worker_cpus)))
+        ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
+        if use_actors:
+            ds = ds.map_batches(
+                _ActorWorker,
+                fn_constructor_args=(job, str(work_dir), list(pending)),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+                num_cpus=worker_cpus,
+                max_restarts=-1,
+                max_task_retries=-1,
+            )
+        else:
+            task_list = list(pending)
+            wd = str(work_dir)
+
+            def run_task_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                job.setup()
+                out = [_run_one(job, Path(wd), task_list[int(i)]) for i in batch["i"]]
+                return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in out], dtype=object)}
+
+            ds = ds.map_batches(run_task_batch, batch_size=1, num_cpus=worker_cpus)
+        for row in ds.iter_rows():
+            task = pending[int(row["i"])]
+            stats = json.loads(row["result"])
+            if "__error__" in stats:
+                raise WorkerError(stats["__error__"], bool(stats["__user__"]))
+            results[task.key] = stats
+            if on_result:
+                on_result(task, stats, False)
+    return [results[t.key] for t in tasks]

@@ -1,0 +1,65 @@
+"""Start or join Ray: an embedded, quiet local Ray by default; an existing cluster with an address."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from pipeline.spec import RayOptions
+
+#: environment that keeps Ray quiet and avoids thread oversubscription in workers
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def configure_data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    with contextlib.suppress(Exception):
+        ctx.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions, address: str | None = None) -> Iterator[None]:
+    """Use the running Ray if this process already has one (tests), else connect or start one."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if ray.is_initialized():
+        configure_data_context()
+        yield
+        return
+    target = address or options.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if target:
+        ray.init(address=target, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
+    else:
+        kwargs = {}
+        if options.object_store_memory_mb:
+            kwargs["object_store_memory"] = options.object_store_memory_mb << 20
+        ray.init(
+            address="local",
+            num_cpus=options.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+            runtime_env=runtime_env,
+            **kwargs,
+        )
+    configure_data_context()
+    try:
+        yield
+    finally:
+        ray.shutdown()

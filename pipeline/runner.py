@@ -1,0 +1,232 @@
+"""Compile a spec to its DAG, decide what is up to date, and run the rest on Ray, one stage at a time.
+
+Each stage works in ``<output>/.tmp/<stage>-<fingerprint>/`` and appears atomically: the folder is
+renamed to ``<output>/<stage>/`` and ``manifest.json`` is written last. A stage whose manifest
+carries the fingerprint it would have now (its config, its inputs' fingerprints, the seed and the
+code version) is skipped. An interrupted stage keeps its temp folder, so a re-run with the same
+fingerprint reuses every shard that was committed.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.context import DatasetInput, RawInput, StageContext
+from pipeline.dag import Dag, build_dag
+from pipeline.errors import SpecError, StageFailed, TokenmillError
+from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
+from pipeline.progress import Reporter
+from pipeline.ray_session import ray_session
+from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
+
+TMP_DIR = ".tmp"
+
+
+@dataclass
+class StagePlan:
+    name: str
+    type: str
+    fingerprint: str
+    action: str  # "run" or "skip"
+    reason: str
+
+
+@dataclass
+class Plan:
+    dag: Dag
+    output: Path
+    stages: list[StagePlan]
+    input_fingerprints: dict[str, str]
+
+    def by_name(self) -> dict[str, StagePlan]:
+        return {s.name: s for s in self.stages}
+
+
+def expand_paths(spec: LoadedSpec, inp: FilesInput) -> list[Path]:
+    """Sorted, de-duplicated files matching an input's paths and globs."""
+    files: list[Path] = []
+    for pattern in inp.paths:
+        resolved = str(spec.resolve(pattern))
+        matches = sorted(glob.glob(resolved, recursive=True)) if glob.has_magic(resolved) else [resolved]
+        files += [Path(m) for m in matches if Path(m).is_file()]
+    return sorted(set(files))
+
+
+def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInput) -> str:
+    if isinstance(inp, ArtifactInput):
+        path = spec.resolve(inp.path)
+        if not path.is_file():
+            raise SpecError(spec.source, [f"inputs.{name}.path: file not found: {path}"])
+        return sha256_file(path)
+    files = expand_paths(spec, inp)
+    if not files:
+        raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
+    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
+
+
+def stage_code_hash(cls: type) -> str:
+    try:
+        return sha256_text(inspect.getsource(inspect.getmodule(cls)))[:16]  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return "unknown"
+
+
+def make_plan(spec: LoadedSpec, output: Path, force: list[str] | None = None) -> Plan:
+    dag = build_dag(spec)
+    force = force or []
+    unknown = [f for f in force if f not in dag.nodes]
+    if unknown:
+        raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {', '.join(dag.order)})" for u in unknown])
+    forced = dag.downstream_closure(force)
+    fps: dict[str, str] = {name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
+    plans: list[StagePlan] = []
+    for name in dag.order:
+        node = dag.nodes[name]
+        payload = {
+            "type": node.config.type,
+            "config": node.config.fingerprint_payload(),
+            "seed": spec.model.seed,
+            "tokenmill": __version__,
+            "code": [node.cls.code_version, stage_code_hash(node.cls)],
+            "inputs": [fps[i] for i in node.dataset_inputs],
+            "artifacts": {f: fps[r] for f, r in node.artifact_inputs.items()},
+        }
+        fp = sha256_text(canonical_json(payload))
+        fps[name] = fp
+        manifest = read_manifest(output / name)
+        if name in forced:
+            action, reason = "run", "forced" if name in force else "downstream of a forced stage"
+        elif manifest is None:
+            action, reason = "run", "no output yet" if not (output / name).exists() else "incomplete output"
+        elif manifest.get("fingerprint") != fp or manifest.get("status") != "complete":
+            action, reason = "run", "config or inputs changed"
+        else:
+            action, reason = "skip", "up to date"
+        plans.append(StagePlan(name, node.config.type, fp, action, reason))
+    return Plan(dag, output, plans, {k: v for k, v in fps.items() if k in dag.inputs})
+
+
+def run_pipeline(
+    spec: LoadedSpec,
+    *,
+    output: str | None = None,
+    force: list[str] | None = None,
+    address: str | None = None,
+    reporter: Reporter | None = None,
+) -> Plan:
+    """Run every stage that is not up to date; returns the plan that was carried out."""
+    out = spec.output_dir(output)
+    plan = make_plan(spec, out, force)
+    reporter = reporter or Reporter()
+    out.mkdir(parents=True, exist_ok=True)
+    to_run = [s for s in plan.stages if s.action == "run"]
+    with reporter:
+        for sp in plan.stages:
+            if sp.action == "skip":
+                reporter.stage_skipped(sp.name)
+        if to_run:
+            with ray_session(spec.model.ray, address):
+                for sp in to_run:
+                    _run_stage(spec, plan, sp, reporter)
+    _write_run_summary(out, spec, plan)
+    return plan
+
+
+def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) -> None:
+    dag, out = plan.dag, plan.output
+    node = dag.nodes[sp.name]
+    fps = {**plan.input_fingerprints, **{s.name: s.fingerprint for s in plan.stages}}
+    work = out / TMP_DIR / f"{sp.name}-{sp.fingerprint[:16]}"
+    work.mkdir(parents=True, exist_ok=True)
+    datasets, raw = [], []
+    for ref in node.dataset_inputs:
+        if ref in dag.inputs:
+            raw.append(RawInput(ref, dag.inputs[ref], spec.base_dir))  # type: ignore[arg-type]
+        else:
+            datasets.append(DatasetInput(ref, out / ref, read_manifest(out / ref) or {}))
+    artifacts: dict[str, Path] = {}
+    for fname, ref in node.artifact_inputs.items():
+        if ref in dag.inputs:
+            artifacts[fname] = spec.resolve(dag.inputs[ref].path)  # type: ignore[union-attr]
+        else:
+            upstream = dag.nodes[ref].cls
+            rel = next(iter(upstream.artifacts.values()))
+            artifacts[fname] = out / ref / rel
+    ctx = StageContext(
+        name=sp.name, config=node.config, seed=spec.model.seed, work_dir=work, output_root=out,
+        datasets=datasets, raw_inputs=raw, artifact_paths=artifacts, reporter=reporter,
+    )
+    reporter.stage_started(sp.name, sp.type)
+    started = time.time()
+    t0 = time.perf_counter()
+    stage = node.cls(node.config)
+    try:
+        stage.run(ctx)
+    except TokenmillError:
+        raise
+    except Exception as exc:
+        import traceback
+
+        raise StageFailed(sp.name, traceback.format_exc() if os.environ.get("TOKENMILL_DEBUG") else repr(exc)) from exc
+    mb = ctx.manifest
+    if node.cls.reconciles_rows and not mb.reconciles():
+        raise StageFailed(sp.name, f"row counts do not reconcile: {mb.to_dict()}")
+    manifest: dict[str, Any] = {
+        "stage": sp.name,
+        "type": sp.type,
+        "status": "complete",
+        "fingerprint": sp.fingerprint,
+        "tokenmill_version": __version__,
+        "inputs": {ref: fps.get(ref) for ref in node.upstream()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        **mb.to_dict(),
+        "files": _list_files(work),
+        "artifacts": {**node.cls.artifacts, **mb.artifacts},
+        "config": node.config.model_dump(mode="json"),
+        "stats": mb.stats,
+    }
+    _commit(work, out / sp.name, out)
+    write_json_atomic(out / sp.name / MANIFEST_NAME, manifest)  # last: marks the stage complete
+    reporter.stage_finished(sp.name, manifest)
+
+
+def _list_files(work: Path) -> list[dict[str, Any]]:
+    files = []
+    for p in sorted(work.rglob("*")):
+        rel = p.relative_to(work)
+        if p.is_file() and not rel.parts[0].startswith("_") and not p.name.startswith("."):
+            files.append({"path": str(rel), "bytes": p.stat().st_size})
+    return files
+
+
+def _commit(work: Path, final: Path, out: Path) -> None:
+    shutil.rmtree(work / "_shards", ignore_errors=True)
+    trash = None
+    if final.exists():
+        trash = out / TMP_DIR / f"trash-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+    os.replace(work, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_run_summary(out: Path, spec: LoadedSpec, plan: Plan) -> None:
+    summary = {
+        "pipeline": spec.name,
+        "stages": [
+            {"name": s.name, "type": s.type, "fingerprint": s.fingerprint, "action": s.action, "reason": s.reason}
+            for s in plan.stages
+        ],
+    }
+    write_json_atomic(out / "run.json", summary)

@@ -1,0 +1,210 @@
+"""The contract every stage implements, and the registry that finds them.
+
+A stage is one module in ``stages/``: a pydantic config model (the stage's YAML keys) and a class
+with one ``run`` method, registered with :func:`register_stage`. Nothing in ``pipeline/`` changes
+when a stage is added: the spec's discriminated union, the DAG, fingerprints, the runner and the CLI
+all read the registry.
+
+Two shapes cover the stage families:
+
+* :class:`Stage` -- the general form. ``run(ctx)`` may read its input datasets, start Ray work
+  through ``ctx.map_shards`` or Ray Data, write Parquet under ``ctx.data_dir`` and artifacts under
+  ``ctx.work_dir``, and report counts through ``ctx.manifest``.
+* :class:`MapStage` -- a row-streaming stage (Arrow batches in, Arrow batches out). It implements
+  ``process(batch) -> BatchResult``; the runner streams every input part through it on Ray workers,
+  one output part per input part, so outputs are deterministic and resumable per file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from pipeline.context import StageContext
+
+
+class RefKind:
+    """Marks a config field whose value names another stage or an input (a DAG edge)."""
+
+    def __init__(self, kind: Literal["dataset", "artifact"]):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"RefKind({self.kind!r})"
+
+
+STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class StageConfig(BaseModel):
+    """Keys every stage has. Subclasses add ``type: Literal["..."]`` and their own parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=STAGE_NAME_PATTERN, description="Unique stage name; also its output folder.")
+    type: str
+    inputs: list[str] = Field(
+        default_factory=list, description="Stages (or, for ingest, inputs) whose datasets this stage reads."
+    )
+    description: str | None = Field(default=None, description="Free text; not part of the fingerprint.")
+
+    def artifact_refs(self) -> dict[str, str]:
+        """Config fields annotated ``RefKind('artifact')``: field name -> referenced stage or input."""
+        refs: dict[str, str] = {}
+        for fname, finfo in type(self).model_fields.items():
+            if any(isinstance(m, RefKind) and m.kind == "artifact" for m in finfo.metadata):
+                value = getattr(self, fname)
+                if value is not None:
+                    refs[fname] = value
+        return refs
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        """What identifies this stage's work: every key but ``name`` and ``description``."""
+        return self.model_dump(mode="json", exclude={"name", "description"})
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+@dataclass
+class BatchResult:
+    """What a :class:`MapStage` makes of one Arrow batch.
+
+    Accounting rule, checked per shard: rows in + sum(added) == rows kept + sum(dropped) + rejected rows.
+    ``dropped`` are rows removed on purpose (a filter, down-sampling); ``rejected`` are bad rows,
+    with ``reason`` and ``detail`` columns, written to the stage's ``rejects/``.
+    """
+
+    kept: pa.Table
+    rejected: pa.Table | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
+    added: Counter[str] = field(default_factory=Counter)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage(Generic[C]):
+    """Base class: one ``run`` method over a :class:`~pipeline.context.StageContext`."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[StageConfig]]
+    #: whether downstream stages may read this stage's ``data/`` as a dataset
+    produces_dataset: ClassVar[bool] = True
+    #: artifact files this stage writes in its folder (name -> relative path), for ArtifactRef users
+    artifacts: ClassVar[dict[str, str]] = {}
+    #: whether ``inputs`` name raw ``inputs:`` entries (ingest) instead of stages
+    reads_raw_inputs: ClassVar[bool] = False
+    #: rows in + added == rows out + dropped + rejected holds for this stage's rows
+    reconciles_rows: ClassVar[bool] = True
+    #: bump when the stage's output for the same config changes (part of the fingerprint)
+    code_version: ClassVar[str] = "1"
+
+    def __init__(self, config: C):
+        self.config = config
+
+    def run(self, ctx: StageContext) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        """Rows for ``pipeline inspect``: (label, value) pairs from this stage's manifest stats."""
+        return [(k, _short(v)) for k, v in manifest.get("stats", {}).items() if not isinstance(v, dict | list)]
+
+
+class MapStage(Stage[C]):
+    """A row-streaming stage: each input part is streamed batch by batch through :meth:`process`.
+
+    Lifecycle: ``prepare(ctx)`` runs once on the driver (for example a counting pass) and returns a
+    small picklable state; on each Ray worker the stage object is rebuilt, ``setup(state)`` runs once
+    (load a tokenizer or a model), then ``process`` runs per batch. ``finish(ctx, stats)`` merges
+    the per-shard ``BatchResult.stats`` into the manifest on the driver.
+    """
+
+    #: use an actor pool (state loaded once per actor) instead of stateless tasks
+    use_actors: ClassVar[bool] = False
+    #: rows per Arrow batch read from the input parts
+    batch_rows: ClassVar[int] = 4096
+    #: CPUs one worker occupies
+    worker_cpus: ClassVar[float] = 1.0
+
+    def prepare(self, ctx: StageContext) -> Any:
+        return None
+
+    def setup(self, state: Any) -> None:
+        self.state = state
+
+    def process(self, batch: pa.Table) -> BatchResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema | None:
+        """The schema of ``kept`` (so empty parts still carry it); ``None``: derive from batches."""
+        return None
+
+    def finish(self, ctx: StageContext, shard_stats: Sequence[dict[str, Any]]) -> None:
+        return None
+
+    def run(self, ctx: StageContext) -> None:
+        ctx.map_stage(self)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Stage]] = {}
+_DISCOVERED = False
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available under its config's ``type`` literal."""
+    type_field = cls.config_model.model_fields["type"]
+    literal_args = getattr(type_field.annotation, "__args__", ())
+    if len(literal_args) != 1 or not isinstance(literal_args[0], str):
+        raise TypeError(f"{cls.__name__}.config_model must declare type: Literal['<name>']")
+    name = literal_args[0]
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"stage type {name!r} registered twice ({existing.__name__}, {cls.__name__})")
+    cls.type_name = name
+    _REGISTRY[name] = cls
+    return cls
+
+
+def discover_stages() -> dict[str, type[Stage]]:
+    """Import every module of the ``stages`` package and ``tokenmill.stages`` entry points, once."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        import stages
+
+        for mod in pkgutil.iter_modules(stages.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"stages.{mod.name}")
+        for ep in entry_points(group="tokenmill.stages"):
+            ep.load()
+        _DISCOVERED = True
+    return dict(sorted(_REGISTRY.items()))
+
+
+def stage_class(type_name: str) -> type[Stage]:
+    return discover_stages()[type_name]
+
+
+def iter_ref_fields(config: StageConfig) -> Iterator[tuple[str, str, str]]:
+    """(field path, referenced name, kind) for every DAG edge a stage config declares."""
+    for i, ref in enumerate(config.inputs):
+        yield f"inputs[{i}]", ref, "dataset"
+    for fname, ref in config.artifact_refs().items():
+        yield fname, ref, "artifact"

@@ -1,0 +1,335 @@
+"""Ingest: raw files (JSON Lines, .zst/.gz, Parquet, plain text) to the normalised schema.
+
+Output columns: ``id``, ``text``, ``lang``, ``source`` (strings) plus any ``keep_fields``.
+Every input row is accounted for: kept, or rejected into ``rejects/`` with its file, line and
+reason (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``missing_text``,
+``non_string_text``, ``empty_text``, ``blank_line``, ``truncated_file``). ``on_error: fail``
+stops at the first bad row with a message naming file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from pipeline.context import StageContext
+from pipeline.errors import InputDataError
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.parquet_io import make_rejects
+from pipeline.runner import expand_paths
+from pipeline.sources import LineRange, compression_of, format_of, iter_lines, plan_line_ranges
+from pipeline.spec import FilesInput
+from pipeline.stage_api import Stage, StageConfig, register_stage
+
+BATCH_ROWS = 4096
+
+
+class IngestConfig(StageConfig):
+    type: Literal["ingest"]
+    on_error: Literal["quarantine", "fail"] = Field(
+        default="quarantine", description="quarantine: bad rows go to rejects/ and the run goes on; fail: stop."
+    )
+    shard_mb: float = Field(default=32, gt=0, description="Target uncompressed MB per shard (one task each).")
+    min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
+
+
+def output_schema(keep_fields: list[str]) -> pa.Schema:
+    fields = [("id", pa.string()), ("text", pa.string()), ("lang", pa.string()), ("source", pa.string())]
+    return pa.schema(fields + [(k, pa.string()) for k in keep_fields])
+
+
+class _Rows:
+    """Column buffers for normalised rows, flushed as Arrow tables."""
+
+    def __init__(self, keep_fields: list[str]):
+        self.keep_fields = keep_fields
+        self.schema = output_schema(keep_fields)
+        self.clear()
+
+    def clear(self) -> None:
+        self.cols: dict[str, list[Any]] = {f.name: [] for f in self.schema}
+
+    def __len__(self) -> int:
+        return len(self.cols["id"])
+
+    def add(self, id_: str, text: str, lang: str | None, source: str, extras: list[str | None]) -> None:
+        c = self.cols
+        c["id"].append(id_)
+        c["text"].append(text)
+        c["lang"].append(lang)
+        c["source"].append(source)
+        for k, v in zip(self.keep_fields, extras, strict=True):
+            c[k].append(v)
+
+    def table(self) -> pa.Table:
+        t = pa.table(self.cols, schema=self.schema)
+        self.clear()
+        return t
+
+
+def _as_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+
+
+class IngestJob:
+    """Reads one shard (a line range of a file, row groups of a Parquet file, or a group of text files)."""
+
+    def __init__(self, inputs: dict[str, FilesInput], base_dir: str, on_error: str, min_chars: int):
+        self.inputs, self.base_dir, self.on_error, self.min_chars = inputs, base_dir, on_error, min_chars
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        p = task.payload
+        inp = self.inputs[p["input"]]
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.bytes_in = self.bytes_out = 0
+        self.rows = _Rows(inp.keep_fields)
+        self.rejects: list[dict] = []
+        out.data.schema = self.rows.schema
+        if p["kind"] == "lines":
+            self._lines(p, inp, out)
+        elif p["kind"] == "parquet":
+            self._parquet(p, inp, out)
+        else:
+            self._text_files(p, inp, out)
+        self._flush(out, final=True)
+        return {
+            "rows_in": self.counts["in"], "rows_out": self.counts["out"], "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out, "rejected": dict(self.rejected),
+            "dropped": {"too_short": self.counts["too_short"]} if self.counts["too_short"] else {},
+            "stats": {"files": {p["rel"]: self.counts["in"]}},
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _reject(self, rel: str, line: int, reason: str, detail: str = "", raw: bytes | str | None = None) -> None:
+        if self.on_error == "fail":
+            raise InputDataError(rel, line, reason, detail)
+        if isinstance(raw, bytes):
+            raw = raw[:4096].decode("utf-8", errors="backslashreplace")
+        self.rejects.append({"file": rel, "line": line, "reason": reason, "detail": detail, "raw": raw})
+        self.rejected[reason] += 1
+
+    def _accept(self, rel: str, line: int, inp: FilesInput, name: str, id_: Any, text: Any,
+                lang: Any, source: Any, extras: list[Any], raw: Any) -> None:
+        if text is None:
+            return self._reject(rel, line, "missing_text", f"no '{inp.fields.text}' field", raw)
+        if not isinstance(text, str):
+            return self._reject(rel, line, "non_string_text", f"'{inp.fields.text}' is {type(text).__name__}", raw)
+        stripped = len(text.strip())
+        if stripped == 0:
+            return self._reject(rel, line, "empty_text", "text is empty or blank", raw)
+        if stripped < self.min_chars:
+            self.counts["too_short"] += 1
+            return None
+        doc_id = _as_str(id_) if id_ is not None else f"{rel}:{line}"
+        self.rows.add(doc_id, text, inp.lang or _as_str(lang), inp.source or _as_str(source) or name,
+                      [_as_str(e) for e in extras])
+        self.counts["out"] += 1
+        self.bytes_out += len(text.encode("utf-8")) if not text.isascii() else len(text)
+        return None
+
+    def _flush(self, out: ShardOutput, final: bool = False) -> None:
+        if len(self.rows) >= BATCH_ROWS or (final and len(self.rows)):
+            out.data.write(self.rows.table())
+        if self.rejects and (final or len(self.rejects) >= BATCH_ROWS):
+            out.rejects.write(make_rejects(self.rejects))
+            self.rejects = []
+
+    # -- formats ------------------------------------------------------------------------------
+    def _lines(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
+        path, rel, f = Path(p["path"]), p["rel"], inp.fields
+        rng = LineRange(*p["range"])
+        is_json = p["format"] == "jsonl"
+        for lines, first, truncated in iter_lines(path, rng):
+            for k, raw in enumerate(lines):
+                line = first + k
+                self.counts["in"] += 1
+                self.bytes_in += len(raw) + 1
+                if truncated and k == len(lines) - 1:
+                    self._reject(rel, line, "truncated_file", f"{compression_of(path)} stream ends early", raw)
+                    continue
+                if is_json:
+                    self._json_line(rel, line, raw, inp, p["input"])
+                else:
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._reject(rel, line, "invalid_utf8", str(exc), raw)
+                        continue
+                    self._accept(rel, line, inp, p["input"], None, text, None, None,
+                                 [None] * len(inp.keep_fields), raw)
+            self._flush(out)
+
+    def _json_line(self, rel: str, line: int, raw: bytes, inp: FilesInput, name: str) -> None:
+        if not raw.strip():
+            return self._reject(rel, line, "blank_line", "empty line", raw)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                return self._reject(rel, line, "invalid_utf8", str(uexc), raw)
+            return self._reject(rel, line, "malformed_json", str(exc), raw)
+        if not isinstance(obj, dict):
+            return self._reject(rel, line, "not_an_object", f"a JSON {type(obj).__name__}", raw)
+        f = inp.fields
+        return self._accept(
+            rel, line, inp, name,
+            obj.get(f.id) if f.id else None,
+            obj.get(f.text),
+            obj.get(f.lang) if f.lang else None,
+            obj.get(f.source) if f.source else None,
+            [obj.get(k) for k in inp.keep_fields],
+            raw,
+        )
+
+    def _text_files(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
+        for path_s, rel in p["files"]:
+            data = Path(path_s).read_bytes()
+            self.counts["in"] += 1
+            self.bytes_in += len(data)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = data[: exc.start].count(b"\n") + 1
+                self._reject(rel, line, "invalid_utf8", str(exc), data)
+                continue
+            self._accept(rel, 1, inp, p["input"], rel, text, None, None, [None] * len(inp.keep_fields), None)
+            self._flush(out)
+
+    def _parquet(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
+        f = inp.fields
+        pf = pq.ParquetFile(p["path"])
+        names = set(pf.schema_arrow.names)
+        wanted = [c for c in {f.id, f.text, f.lang, f.source, *inp.keep_fields} if c and c in names]
+        row = p["first_row"]
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=p["row_groups"], columns=wanted,
+                                  use_threads=False):
+            cols = {c: rb.column(c).to_pylist() for c in wanted}
+            n = rb.num_rows
+            self.bytes_in += rb.nbytes
+            none = [None] * n
+            ids, texts = cols.get(f.id or "", none), cols.get(f.text, none)
+            langs, sources = cols.get(f.lang or "", none), cols.get(f.source or "", none)
+            extras = [cols.get(k, none) for k in inp.keep_fields]
+            for i in range(n):
+                self.counts["in"] += 1
+                self._accept(p["rel"], row + i + 1, inp, p["input"], ids[i], texts[i], langs[i], sources[i],
+                             [e[i] for e in extras], None)
+            row += n
+            self._flush(out)
+
+
+def _plan_file(name: str, inp: FilesInput, path: Path, rel: str, target: int) -> list[dict]:
+    fmt = format_of(path, inp.format)
+    if fmt == "parquet":
+        meta = pq.ParquetFile(path).metadata
+        shards, group, size, first, row = [], [], 0, 0, 0
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            if group and size + rg.total_byte_size > target:
+                shards.append({"kind": "parquet", "row_groups": group, "first_row": first})
+                group, size, first = [], 0, row
+            group.append(g)
+            size += rg.total_byte_size
+            row += rg.num_rows
+        shards.append({"kind": "parquet", "row_groups": group, "first_row": first})
+        return [{**s, "input": name, "path": str(path), "rel": rel} for s in shards]
+    if fmt == "text" and inp.text_unit == "file":
+        return [{"kind": "text_files", "input": name, "files": [(str(path), rel)], "rel": rel}]
+    ranges = plan_line_ranges(path, target)
+    return [
+        {"kind": "lines", "format": fmt, "input": name, "path": str(path), "rel": rel,
+         "range": (r.start, r.end, r.first_line)}
+        for r in ranges
+    ]
+
+
+@register_stage
+class IngestStage(Stage[IngestConfig]):
+    """Read raw inputs into normalised Parquet parts, one task per shard."""
+
+    config_model = IngestConfig
+    reads_raw_inputs: ClassVar[bool] = True
+
+    def run(self, ctx: StageContext) -> None:
+        import ray
+
+        cfg = self.config
+        target = int(cfg.shard_mb * (1 << 20))
+        files: list[tuple[str, FilesInput, Path, str]] = []
+        base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
+        for raw in ctx.raw_inputs:
+            for path in expand_paths_for(raw):
+                files.append((raw.name, raw.spec, path, os.path.relpath(path, raw.base_dir)))
+        plan_remote = ray.remote(num_cpus=1)(_plan_file)
+        planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
+        tasks: list[ShardTask] = []
+        for fi, shards in enumerate(planned):
+            text_group: list[dict] = []
+            for si, shard in enumerate(shards):
+                if shard["kind"] == "text_files":  # small text files are grouped into one shard
+                    text_group.append(shard)
+                    continue
+                tasks.append(ShardTask(f"{fi:06d}-{si:04d}", shard))
+            if text_group:
+                tasks.append(ShardTask(f"{fi:06d}-0000", text_group[0]))
+        tasks = _group_text_files(tasks, target)
+        job = IngestJob({r.name: r.spec for r in ctx.raw_inputs}, str(base), cfg.on_error, cfg.min_chars)
+        results = ctx.map_shards(job, tasks)
+        per_file: dict[str, int] = {}
+        for r in results:
+            for k, v in r.get("stats", {}).get("files", {}).items():
+                per_file[k] = per_file.get(k, 0) + v
+        ctx.manifest.stats.update({"files": len(files), "shards": len(tasks), "rows_per_file": per_file})
+
+
+def expand_paths_for(raw: Any) -> list[Path]:
+    class _Spec:  # expand_paths needs only .resolve()
+        def __init__(self, base: Path):
+            self.base = base
+
+        def resolve(self, p: str) -> Path:
+            q = Path(p).expanduser()
+            return q if q.is_absolute() else self.base / q
+
+    return expand_paths(_Spec(raw.base_dir), raw.spec)  # type: ignore[arg-type]
+
+
+def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:
+    """Merge consecutive one-file text shards until a shard holds about ``target`` bytes."""
+    out: list[ShardTask] = []
+    for task in tasks:
+        p = task.payload
+        if p["kind"] != "text_files":
+            out.append(task)
+            continue
+        size = sum(os.path.getsize(f) for f, _ in p["files"])
+        prev = out[-1].payload if out else None
+        if prev and prev["kind"] == "text_files" and prev["input"] == p["input"] and prev["_size"] + size <= target:
+            prev["files"] = prev["files"] + p["files"]
+            prev["_size"] += size
+        else:
+            out.append(ShardTask(task.key, {**p, "_size": size}))
+    return out
+
+
+def text_nonblank_mask(texts: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a text has a non-whitespace character (vectorised)."""
+    return pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)
