@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -88,8 +89,10 @@ def build_dag(spec: LoadedSpec) -> Dag:
                 elif kind == "artifact" and not ucls.artifacts:
                     problems.append(f"{where}: stage '{ref}' ({ucls.type_name}) produces no artifact")
             else:
-                known = sorted([*inputs, *by_name])
-                problems.append(f"{where}: unknown stage or input '{ref}' (known: {', '.join(known)})")
+                known = sorted(n for n in [*inputs, *by_name] if n != cfg.name)
+                close = difflib.get_close_matches(ref, known, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                problems.append(f"{where}: unknown stage or input '{ref}' ({hint}known: {', '.join(known)})")
                 continue
             if kind == "dataset":
                 node.dataset_inputs.append(ref)

@@ -261,9 +261,12 @@ def _message(err: dict[str, Any], loc: list[Any], data: Any, root: type[BaseMode
               "greater_than_equal": ("≥", "ge"), "greater_than": (">", "gt")}
     if kind in bounds:
         sym, key = bounds[kind]
-        return f"must be {sym} {ctx.get(key)} (got {_fmt(got)})"
+        bound = ctx.get(key)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"must be {sym} {bound} (got {_fmt(got)})"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')} (got {_fmt(got)})"
+        return f"must be one of {ctx.get('expected')} (got {_fmt(got)})".replace("\"", "")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         allowed = ", ".join(repr(t) for t in discover_stages()) if loc and loc[0] == "stages" else ctx.get(
             "expected_tags", "")
