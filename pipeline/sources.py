@@ -53,6 +53,7 @@ class _ZstdReader(io.RawIOBase):
         self.dctx = zstandard.ZstdDecompressor()
         self.dobj = self.dctx.decompressobj()
         self.in_frame = False
+        self.truncated = False
         self.buffer = b""
 
     def readable(self) -> bool:
@@ -60,10 +61,12 @@ class _ZstdReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self.buffer) < size:
-            data = self.raw.read(CHUNK)
+            data = b"" if self.truncated else self.raw.read(CHUNK)
             if not data:
-                if self.in_frame:
-                    raise TruncatedInput("compressed stream ends inside a zstd frame")
+                if self.in_frame or self.truncated:
+                    self.truncated = True
+                    if not self.buffer:  # hand out what was decoded first, then report the cut
+                        raise TruncatedInput("compressed stream ends inside a zstd frame")
                 break
             while data:
                 self.in_frame = True

@@ -30,7 +30,9 @@ def ray_local():
         log_to_driver=False,
         logging_level=logging.ERROR,
         object_store_memory=512 << 20,
-        runtime_env={"env_vars": dict(WORKER_ENV)},
+        # test modules (jobs and stages defined in tests) must import on the workers too
+        runtime_env={"env_vars": {**WORKER_ENV, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}},
     )
     configure_data_context()
     yield ray
