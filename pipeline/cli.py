@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         _print_plan(plan, console)
         return 0
     if args.command == "run":
-        from pipeline.progress import Reporter, QuietReporter
+        from pipeline.progress import QuietReporter, Reporter
 
         reporter = QuietReporter() if args.quiet else Reporter()
         plan = run_pipeline(spec, output=args.output, force=args.force, address=args.address, reporter=reporter)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import io
 import time
 from dataclasses import dataclass, field
 
@@ -105,7 +105,7 @@ class QuietReporter(Reporter):
     """No output (tests, library use)."""
 
     def __init__(self) -> None:
-        super().__init__(console=Console(file=open("/dev/null", "w") if sys.platform != "win32" else None), live=False)
+        super().__init__(console=Console(file=io.StringIO()), live=False)
 
     def message(self, text: str) -> None:
         return None

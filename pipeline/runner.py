@@ -86,7 +86,8 @@ def make_plan(spec: LoadedSpec, output: Path, force: list[str] | None = None) ->
     force = force or []
     unknown = [f for f in force if f not in dag.nodes]
     if unknown:
-        raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {', '.join(dag.order)})" for u in unknown])
+        names = ", ".join(dag.order)
+        raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {names})" for u in unknown])
     forced = dag.downstream_closure(force)
     fps: dict[str, str] = {name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
     plans: list[StagePlan] = []

@@ -202,10 +202,11 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> list[Any]:
     node = data
     for i, elem in enumerate(loc):
         is_last = i == len(loc) - 1
-        if isinstance(elem, str) and isinstance(node, dict) and elem not in node and not is_last:
-            if elem in (node.get("type"), node.get("kind", "files")) or "[" in elem or elem.startswith("function-"):
-                continue
-        if isinstance(elem, str) and "[" in elem:  # e.g. 'function-after[...]' validators
+        is_tag = (
+            isinstance(elem, str) and isinstance(node, dict) and elem not in node and not is_last
+            and elem in (node.get("type"), node.get("kind", "files"))
+        )
+        if is_tag or (isinstance(elem, str) and "[" in elem):  # union tags, 'function-after[...]' validators
             continue
         out.append(elem)
         if isinstance(node, dict):
@@ -295,7 +296,7 @@ def _unwrap(ann: Any, node: Any) -> Any:
             ann = typing.get_args(ann)[0]
             continue
         if origin in (Union, types.UnionType):
-            members = [typing.get_origin(a) is Annotated and typing.get_args(a)[0] or a for a in typing.get_args(ann)]
+            members = [(typing.get_origin(a) is Annotated and typing.get_args(a)[0]) or a for a in typing.get_args(ann)]
             models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
             if isinstance(node, dict):
                 for m in models:

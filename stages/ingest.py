@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -152,7 +151,7 @@ class IngestJob:
 
     # -- formats ------------------------------------------------------------------------------
     def _lines(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
-        path, rel, f = Path(p["path"]), p["rel"], inp.fields
+        path, rel = Path(p["path"]), p["rel"]
         rng = LineRange(*p["range"])
         is_json = p["format"] == "jsonl"
         for lines, first, truncated in iter_lines(path, rng):
@@ -330,6 +329,3 @@ def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:
     return out
 
 
-def text_nonblank_mask(texts: pa.ChunkedArray) -> pa.ChunkedArray:
-    """True where a text has a non-whitespace character (vectorised)."""
-    return pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)

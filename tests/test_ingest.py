@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-
 from conftest import DATA_DIR, write_spec
+
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardTask, run_shards
 from pipeline.parquet_io import read_table
