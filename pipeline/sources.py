@@ -90,7 +90,7 @@ class _ZstdReader(io.RawIOBase):
 
 class _GzipReader(io.RawIOBase):
     def __init__(self, path: Path):
-        self.f = gzip.open(path, "rb")
+        self.f = gzip.open(path, "rb")  # noqa: SIM115 - closed by close()
 
     def readable(self) -> bool:
         return True
