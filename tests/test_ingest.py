@@ -187,3 +187,18 @@ def test_committed_shards_are_not_redone(ray_local, tmp_path):
     assert len(stats) == 4
     runs = {p.stem: pq.read_table(p).column("run")[0].as_py() for p in (tmp_path / "data").glob("*.parquet")}
     assert runs == {"part-000": "first", "part-001": "first", "part-002": "second", "part-003": "second"}
+
+
+def test_inspect_and_plan_show_the_output(run_spec, tmp_path, capsys):
+    from pipeline.cli import main
+
+    shutil.copy(DATA_DIR / "bad_rows.jsonl", tmp_path)
+    _, out = run_spec(spec_for("bad_rows.jsonl"))
+    capsys.readouterr()
+    assert main(["inspect", str(out / "ingest")]) == 0
+    shown = capsys.readouterr().out
+    assert "1 part(s), 6 rows" in shown
+    assert "text: string" in shown and "doc-0" in shown
+    assert "rejected: malformed_json" in shown and "bad_rows.jsonl:2 malformed_json" in shown
+    assert main(["plan", str(tmp_path / "spec.yaml")]) == 0
+    assert "up to date" in capsys.readouterr().out
