@@ -1,0 +1,614 @@
+"""Dedup: exact (normalised-text hash) and near-duplicate (MinHash + LSH) removal.
+
+Near dedup follows Broder (1997), "On the resemblance and containment of documents", with the LSH
+banding of Leskovec, Rajaraman & Ullman, *Mining of Massive Datasets*, ch. 3: a document's set of
+shingles is summarised by ``num_perm`` min-hashes, the signature is cut into ``bands`` of ``rows``
+values, and two documents that agree on a whole band become a candidate pair.
+
+Signatures are datasketch's (``MinHash`` default ``affine32`` scheme since datasketch 2.0: shingle
+hashes pre-mixed by MurmurHash3's finaliser, permutations ``a*h + b mod 2^32`` with odd ``a``, ``a, b``
+drawn from ``RandomState(seed)``), computed vectorised over all the
+shingles of a batch at once: the tests check them value for value against ``datasketch.MinHash``
+fed the same shingle hashes. Shingle hashes are our own: words hashed once per batch with xxh64 and
+n-grams combined in numpy, which is several times faster than datasketch's per-shingle SHA-1 (see
+``benchmarks/bench_dedup.py``).
+
+Execution, with no single-process bottleneck over documents or signatures:
+
+1. *signature pass* (one Ray task per input part): exact hash, signature, band keys; band keys are
+   written hash-partitioned into ``P`` buckets files (a shuffle write);
+2. *bucket pass* (one task per partition): documents sharing a band key (or an exact hash) become
+   star edges from the best document of the bucket (per the keep rule) to the others;
+3. *components* by sharded union-find: each partition's edges are reduced to a forest in its own
+   task, forests are merged pairwise in rounds (tree reduction), so a task holds at most the
+   documents that have a duplicate (memory O(duplicated documents), never O(corpus));
+4. *filter pass* (one task per input part): drop every document that is not its cluster's root.
+
+The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
+by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
+block order.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.context import StageContext
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.parquet_io import PartWriter, iter_batches
+from pipeline.stage_api import Stage, StageConfig, register_stage
+
+MAX_HASH32 = np.uint32((1 << 32) - 1)
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+_PUNCT_RE = re.compile(r"[^\w\s]", re.UNICODE)
+_DIGIT_RE = re.compile(r"\d")
+_SPACE_RE = re.compile(r"\s+")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Normalise(_Strict):
+    """How text is normalised before exact hashing (and before shingling, for near dedup)."""
+
+    nfkc: bool = True
+    lower: bool = True
+    whitespace: bool = True
+    punctuation: bool = False
+    digits: bool = False
+
+
+class ExactConfig(_Strict):
+    enabled: bool = True
+    normalise: Normalise = Field(default_factory=Normalise)
+    hash_bits: Literal[64, 128] = 64
+
+
+class ShingleConfig(_Strict):
+    kind: Literal["word", "char"] = "word"
+    n: int = Field(default=5, ge=1, le=64)
+
+
+class NearConfig(_Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Jaccard similarity that makes a duplicate.")
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int | None = Field(default=None, ge=1, description="LSH bands; default: derived from threshold.")
+    rows: int | None = Field(default=None, ge=1, description="Rows per band; default: derived from threshold.")
+    shingle: ShingleConfig = Field(default_factory=ShingleConfig)
+    false_positive_weight: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Weight of false positives (false negatives get 1 - this) when deriving bands and rows, "
+        "as datasketch's MinHashLSH(weights=...); low, because verification removes false positives.",
+    )
+    verify: bool = Field(default=True, description="Drop candidate pairs whose estimated Jaccard is too low.")
+    verify_margin: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="Verification keeps pairs with estimated Jaccard >= threshold - margin (estimates are noisy).",
+    )
+    seed: int = Field(default=1, ge=0, description="MinHash permutation seed (datasketch's `seed`).")
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> NearConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then they derive from threshold)")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands × rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class DedupConfig(StageConfig):
+    type: Literal["dedup"]
+    exact: ExactConfig = Field(default_factory=ExactConfig)
+    near: NearConfig = Field(default_factory=NearConfig)
+    keep: Literal["longest", "shortest", "first", "column"] = Field(
+        default="longest", description="Which document of a cluster survives (ties: smallest id)."
+    )
+    keep_column: str | None = Field(default=None, description="Numeric column for keep: column (highest wins).")
+    partitions: int = Field(default=8, ge=1, le=4096, description="Hash partitions of the bucket shuffle.")
+
+    @model_validator(mode="after")
+    def _keep_column(self) -> DedupConfig:
+        if self.keep == "column" and not self.keep_column:
+            raise ValueError("keep: column needs keep_column")
+        return self
+
+
+# ----------------------------------------------------------------------------------- pure core
+
+
+def normalise_text(text: str, norm: Normalise) -> str:
+    if norm.nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if norm.lower:
+        text = text.lower()
+    if norm.punctuation:
+        text = _PUNCT_RE.sub("", text)
+    if norm.digits:
+        text = _DIGIT_RE.sub("0", text)
+    if norm.whitespace:
+        text = _SPACE_RE.sub(" ", text).strip()
+    return text
+
+
+def exact_hashes(texts: list[str], cfg: ExactConfig) -> np.ndarray:
+    """uint64 hash per text (for 128 bits, two columns) of the normalised text."""
+    if cfg.hash_bits == 64:
+        return np.array([xxhash.xxh3_64_intdigest(normalise_text(t, cfg.normalise).encode()) for t in texts],
+                        dtype=np.uint64)
+    out = np.empty((len(texts), 2), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        d = xxhash.xxh3_128_intdigest(normalise_text(t, cfg.normalise).encode())
+        out[i] = (d >> 64, d & 0xFFFFFFFFFFFFFFFF)
+    return out
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's ``affine32`` permutation parameters (odd ``a``, any ``b``), drawn as ``MinHash`` draws them."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, the pre-mix datasketch applies before its affine permutations."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (vectorised): spreads combined n-gram hashes over all 64 bits."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(text: str, shingle: ShingleConfig, cache: dict[str, int]) -> np.ndarray:
+    """32-bit hashes of a document's shingles (word or character n-grams of the lower-cased text).
+
+    A text shorter than n units gives one shingle of all its units; an empty text gives none.
+    """
+    if shingle.kind == "word":
+        words = _WORD_RE.findall(text.lower())
+        if not words:
+            return np.empty(0, dtype=np.uint32)
+        units = np.fromiter((cache[w] if w in cache else cache.setdefault(w, xxhash.xxh64_intdigest(w.encode()))
+                             for w in words), dtype=np.uint64, count=len(words))
+    else:
+        folded = _SPACE_RE.sub(" ", text.lower()).strip()
+        if not folded:
+            return np.empty(0, dtype=np.uint32)
+        units = _mix64(np.frombuffer(folded.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64))
+    n = min(shingle.n, len(units))
+    count = len(units) - n + 1
+    with np.errstate(over="ignore"):
+        acc = units[:count].copy()
+        for k in range(1, n):  # rolling polynomial combination of n consecutive unit hashes
+            acc = acc * np.uint64(0x9E3779B97F4A7C15) + units[k:k + count]
+        return np.unique((_mix64(acc) >> np.uint64(32)).astype(np.uint32))
+
+
+def minhash_signatures(shingles: list[np.ndarray], a: np.ndarray, b: np.ndarray,
+                       chunk: int = 1 << 15) -> np.ndarray:
+    """(docs, num_perm) uint32 MinHash signatures, datasketch's default ``affine32`` scheme.
+
+    Per shingle hash h: ``fmix32(h) * a + b mod 2^32``; the minimum per permutation is the
+    signature. All shingles of a batch are processed together, in chunks of ``chunk`` shingles,
+    and reduced per document with ``np.minimum.reduceat``; a document without shingles keeps the
+    max hash (datasketch's empty value).
+    """
+    num_perm = len(a)
+    sig = np.full((len(shingles), num_perm), MAX_HASH32, dtype=np.uint32)
+    lengths = np.array([len(s) for s in shingles], dtype=np.int64)
+    if lengths.sum() == 0:
+        return sig
+    flat = _fmix32(np.concatenate([s for s in shingles if len(s)]).astype(np.uint32))
+    owners = np.repeat(np.arange(len(shingles)), lengths)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(flat), chunk):
+            phv = flat[start:start + chunk, None] * a[None, :] + b[None, :]
+            own = owners[start:start + chunk]
+            seg_starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+            mins = np.minimum.reduceat(phv, seg_starts, axis=0)
+            docs = own[seg_starts]
+            sig[docs] = np.minimum(sig[docs], mins)
+    return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs, bands) uint64 keys: a hash of each band's rows, salted with the band index."""
+    with np.errstate(over="ignore"):
+        keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
+        for band in range(bands):
+            acc = np.full(sig.shape[0], np.uint64(band + 1) * np.uint64(0xD6E8FEB86659FD93), dtype=np.uint64)
+            for r in range(rows):
+                acc = _mix64(acc ^ sig[:, band * rows + r].astype(np.uint64))
+            keys[:, band] = acc
+    return keys
+
+
+def lsh_params(near: NearConfig) -> tuple[int, int]:
+    """(bands, rows): given, or datasketch's ``_optimal_param`` for the threshold and weights."""
+    if near.bands is not None and near.rows is not None:
+        return near.bands, near.rows
+    from datasketch.lsh import _optimal_param
+
+    fp = near.false_positive_weight
+    return _optimal_param(near.threshold, near.num_perm, fp, 1.0 - fp)
+
+
+def keep_key(keep: str, length: int, doc_id: str, column_value: float | None) -> tuple:
+    """Sort key: the smallest key in a cluster is kept."""
+    if keep == "longest":
+        return (-length, doc_id)
+    if keep == "shortest":
+        return (length, doc_id)
+    if keep == "column":
+        return (-(column_value if column_value is not None else -np.inf), doc_id)
+    return (0, doc_id)
+
+
+class UnionFind:
+    """Union-find whose root is always the member with the smallest keep key (deterministic)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.key: dict[int, tuple] = {}
+
+    def add(self, node: int, key: tuple) -> None:
+        if node not in self.parent:
+            self.parent[node] = node
+            self.key[node] = key
+
+    def find(self, node: int) -> int:
+        root = node
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[node] != root:  # path compression
+            self.parent[node], node = root, self.parent[node]
+        return root
+
+    def union(self, u: int, v: int) -> None:
+        ru, rv = self.find(u), self.find(v)
+        if ru == rv:
+            return
+        if self.key[rv] < self.key[ru]:
+            ru, rv = rv, ru
+        self.parent[rv] = ru
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(n, self.find(n)) for n in self.parent]
+
+
+def estimated_jaccard(s1: np.ndarray, s2: np.ndarray) -> float:
+    return float(np.count_nonzero(s1 == s2)) / len(s1)
+
+
+# ------------------------------------------------------------------------------------ Ray wiring
+
+
+def _bucket_path(work: Path, part: int, shard: str) -> Path:
+    return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
+
+
+class SignatureJob:
+    """Pass 1: per input part, compute keys and scatter (bucket key -> doc) rows to partitions."""
+
+    def __init__(self, cfg: DedupConfig, work: str, offsets: dict[str, int]):
+        self.cfg, self.work, self.offsets = cfg, Path(work), offsets
+        self.perm: tuple[np.ndarray, np.ndarray] | None = None
+
+    def setup(self) -> None:
+        if self.perm is None and self.cfg.near.enabled:
+            self.perm = permutations(self.cfg.near.num_perm, self.cfg.near.seed)
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        self.setup()
+        cfg, path = self.cfg, Path(task.payload)
+        bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
+        parts = cfg.partitions
+        writers: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
+        base = self.offsets[task.key]
+        sig_rows: list[pa.Table] = []
+        cache: dict[str, int] = {}
+        n = 0
+        cols = ["id", "text"] + ([cfg.keep_column] if cfg.keep_column else [])
+        for batch in iter_batches(path, 2048, columns=cols):
+            texts = batch.column("text").to_pylist()
+            ids = batch.column("id").to_pylist()
+            lengths = np.array([len(t) for t in texts], dtype=np.int64)
+            colv = batch.column(cfg.keep_column).to_pylist() if cfg.keep_column else [None] * len(texts)
+            node = np.arange(base + n, base + n + len(texts), dtype=np.int64)
+            n += len(texts)
+            keys = [keep_key(cfg.keep, int(ln), i, c) for ln, i, c in zip(lengths, ids, colv, strict=True)]
+            k0 = np.array([k[0] for k in keys], dtype=np.float64)
+            keyset: list[tuple[np.ndarray, np.ndarray, str]] = []
+            if cfg.exact.enabled:
+                eh = exact_hashes(texts, cfg.exact)
+                ek = eh if eh.ndim == 1 else _mix64(eh[:, 0] ^ _mix64(eh[:, 1]))
+                keyset.append((ek, np.arange(len(texts)), "exact"))
+            sig = None
+            if cfg.near.enabled:
+                assert self.perm is not None
+                shingles = [shingle_hashes(t, cfg.near.shingle, cache) for t in texts]
+                sig = minhash_signatures(shingles, *self.perm)
+                has = np.array([len(s) > 0 for s in shingles])
+                bk = band_keys(sig, bands, rows)
+                for band in range(bands):
+                    idx = np.flatnonzero(has)
+                    keyset.append((bk[idx, band], idx, "near"))
+                sig_rows.append(pa.table({"node": node, "sig": pa.FixedSizeListArray.from_arrays(
+                    pa.array(sig.ravel()), cfg.near.num_perm)}))
+            for key, idx, kind in keyset:
+                part = (key % np.uint64(parts)).astype(np.int64)
+                for p in np.unique(part):
+                    sel = idx[part == p]
+                    writers[int(p)].append(pa.table({
+                        "key": key[part == p], "kind": pa.array([kind] * len(sel)),
+                        "node": node[sel], "k0": k0[sel], "id": pa.array([ids[i] for i in sel], pa.string()),
+                    }))
+        for p, tables in writers.items():
+            if tables:
+                dest = _bucket_path(self.work, p, task.key)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.concat_tables(tables), dest)
+        if sig_rows:
+            dest = self.work / "_signatures" / f"{task.key}.parquet"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.concat_tables(sig_rows), dest)
+        return {"docs": n, "stats": {}}
+
+
+def _edges_for_partition(files: list[str]) -> pa.Table:
+    """Pass 2: star edges from the best member of each bucket (smallest keep key) to the others."""
+    tables = [pq.read_table(f) for f in files]
+    empty = pa.table({"u": pa.array([], pa.int64()), "v": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
+                      "ku0": pa.array([], pa.float64()), "kuid": pa.array([], pa.string()),
+                      "kv0": pa.array([], pa.float64()), "kvid": pa.array([], pa.string())})
+    if not tables:
+        return empty
+    t = pa.concat_tables(tables)
+    # sort by (kind, key, k0, id): the first row of each bucket is its best document
+    t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending")])
+    key = t.column("key").to_numpy()
+    kind = t.column("kind").to_numpy(zero_copy_only=False)
+    node = t.column("node").to_numpy()
+    k0 = t.column("k0").to_numpy()
+    ids = t.column("id").to_pylist()
+    new = np.r_[True, (key[1:] != key[:-1]) | (kind[1:] != kind[:-1])]
+    head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))
+    sel = np.flatnonzero(~new & (node != node[head]))
+    if not len(sel):
+        return empty
+    hs = head[sel]
+    return pa.table({"u": node[hs], "v": node[sel], "kind": kind[sel], "ku0": k0[hs],
+                     "kuid": [ids[i] for i in hs], "kv0": k0[sel], "kvid": [ids[i] for i in sel]})
+
+
+def _verify(edges: pa.Table, sig_files: list[str], threshold: float) -> pa.Table:
+    """Keep exact edges and near edges whose signature-estimated Jaccard reaches the threshold."""
+    if not edges.num_rows:
+        return edges.append_column("sim", pa.array([], pa.float64()))
+    nodes = np.unique(np.r_[edges.column("u").to_numpy(), edges.column("v").to_numpy()])
+    sigs: dict[int, np.ndarray] = {}
+    for f in sig_files:
+        t = pq.read_table(f)
+        nd = t.column("node").to_numpy()
+        mask = np.isin(nd, nodes)
+        if mask.any():
+            flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
+            for i in np.flatnonzero(mask):
+                sigs[int(nd[i])] = flat[i]
+    u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
+    kinds = edges.column("kind").to_pylist()
+    sims = np.array([1.0 if k == "exact" or int(a) not in sigs else estimated_jaccard(sigs[int(a)], sigs[int(b)])
+                     for a, b, k in zip(u, v, kinds, strict=True)])
+    t = edges.append_column("sim", pa.array(sims))
+    keep = pc.or_(pc.equal(t["kind"], "exact"), pc.greater_equal(t["sim"], threshold))
+    return t.filter(keep)
+
+
+def _forest(edges: pa.Table) -> pa.Table:
+    """Union-find over one partition's edges -> (node, k0, id, root) rows; also keeps edge metadata."""
+    uf = UnionFind()
+    u, v = edges.column("u").to_pylist(), edges.column("v").to_pylist()
+    ku0, kuid = edges.column("ku0").to_pylist(), edges.column("kuid").to_pylist()
+    kv0, kvid = edges.column("kv0").to_pylist(), edges.column("kvid").to_pylist()
+    for a, b, a0, aid, b0, bid in zip(u, v, ku0, kuid, kv0, kvid, strict=True):
+        uf.add(a, (a0, aid))
+        uf.add(b, (b0, bid))
+        uf.union(a, b)
+    return _forest_table(uf)
+
+
+def _forest_table(uf: UnionFind) -> pa.Table:
+    nodes = sorted(uf.parent)
+    return pa.table({"node": pa.array(nodes, pa.int64()), "k0": [uf.key[n][0] for n in nodes],
+                     "id": [uf.key[n][1] for n in nodes], "root": pa.array([uf.find(n) for n in nodes], pa.int64())})
+
+
+def _merge_forests(a: pa.Table, b: pa.Table) -> pa.Table:
+    """Merge two forests: union every node with its root in either forest."""
+    uf = UnionFind()
+    for t in (a, b):
+        nodes, roots = t.column("node").to_pylist(), t.column("root").to_pylist()
+        k0, ids = t.column("k0").to_pylist(), t.column("id").to_pylist()
+        keys = {n: (k, i) for n, k, i in zip(nodes, k0, ids, strict=True)}
+        for n, r in zip(nodes, roots, strict=True):
+            uf.add(n, keys[n])
+            uf.add(r, keys[r])
+            uf.union(n, r)
+    return _forest_table(uf)
+
+
+class FilterDuplicatesJob:
+    """Pass 4: keep a document unless it is a non-root member of a cluster."""
+
+    def __init__(self, drop: dict[int, str], offsets: dict[str, int]):
+        self.drop, self.offsets = drop, offsets
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        path = Path(task.payload)
+        base = self.offsets[task.key]
+        out.data.schema = pq.read_schema(path)
+        n_in = n_out = b_in = b_out = 0
+        dropped: Counter[str] = Counter()
+        for batch in iter_batches(path, 4096):
+            nodes = np.arange(base + n_in, base + n_in + batch.num_rows)
+            reasons = [self.drop.get(int(x)) for x in nodes]
+            keep = pa.array([r is None for r in reasons])
+            kept = batch.filter(keep)
+            dropped.update(r for r in reasons if r is not None)
+            out.data.write(kept)
+            n_in += batch.num_rows
+            n_out += kept.num_rows
+            b_in += batch.nbytes
+            b_out += kept.nbytes
+        return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped)}
+
+
+@register_stage
+class DedupStage(Stage[DedupConfig]):
+    """Exact + MinHash-LSH near-duplicate removal with a deterministic keep rule."""
+
+    config_model = DedupConfig
+    code_version: ClassVar[str] = "1"
+
+    def run(self, ctx: StageContext) -> None:
+        import ray
+
+        cfg = self.config
+        files = [f for _, f in ctx.input_files()]
+        keys = [f"{i:05d}" for i in range(len(files))]
+        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
+        tasks = [ShardTask(k, str(f)) for k, f in zip(keys, files, strict=True)]
+
+        # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
+        sig_job = SignatureJob(cfg, str(ctx.work_dir), offsets)
+        ctx.map_shards(_SideOutputJob(sig_job), [ShardTask(f"sig-{t.key}", t.payload) for t in tasks],
+                       count_rows=False)
+        # pass 2 + 3: edges per partition, verified, reduced to forests, merged pairwise
+        sig_files = sorted(str(p) for p in (ctx.work_dir / "_signatures").glob("*.parquet"))
+        edge_task = ray.remote(num_returns=2)(_partition_forest)
+        forests = []
+        for p in range(cfg.partitions):
+            pfiles = sorted(str(x) for x in (ctx.work_dir / "_buckets" / f"p{p:04d}").glob("*.parquet"))
+            if pfiles:
+                verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
+                forests.append(edge_task.remote(pfiles, sig_files, verify_at))
+        merge = ray.remote(_merge_forests)
+        edge_refs = [f[1] for f in forests] if forests else []
+        roots = [f[0] for f in forests]
+        while len(roots) > 1:
+            roots = [merge.remote(roots[i], roots[i + 1]) if i + 1 < len(roots) else roots[i]
+                     for i in range(0, len(roots), 2)]
+        forest = ray.get(roots[0]) if roots else _forest_table(UnionFind())
+        edges = pa.concat_tables(ray.get(edge_refs)) if edge_refs else None
+
+        # the clusters table and the drop set
+        drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
+        (ctx.work_dir / "clusters").mkdir(parents=True, exist_ok=True)
+        w = PartWriter(ctx.work_dir / "clusters", "part-00000")
+        w.write(clusters)
+        w.commit()
+        # pass 4: filter
+        ctx.map_shards(FilterDuplicatesJob(drop, offsets), tasks)
+        bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
+        ctx.manifest.stats.update(cluster_stats)
+        ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
+                                            "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
+                                            "partitions": cfg.partitions, "keep": cfg.keep}
+        import shutil
+
+        for side in ("_buckets", "_signatures"):
+            shutil.rmtree(ctx.work_dir / side, ignore_errors=True)
+
+    def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Path], offsets: dict[str, int],
+                  keys: list[str]) -> tuple[dict[int, str], dict[str, Any], pa.Table]:
+        nodes = forest.column("node").to_numpy()
+        roots = forest.column("root").to_numpy()
+        ids = forest.column("id").to_pylist()
+        id_of = dict(zip(nodes.tolist(), ids, strict=True))
+        # how each member was linked: the best edge touching it (exact first, then highest similarity)
+        link: dict[int, tuple[str, float]] = {}
+        if edges is not None and edges.num_rows:
+            for u, v, k, s in zip(edges.column("u").to_pylist(), edges.column("v").to_pylist(),
+                                  edges.column("kind").to_pylist(), edges.column("sim").to_pylist(), strict=True):
+                for x in (u, v):
+                    cur = link.get(x)
+                    cand = (k, s)
+                    if cur is None or (cand[0] == "exact" and cur[0] != "exact") or (
+                            cand[0] == cur[0] and cand[1] > cur[1]):
+                        link[x] = cand
+        drop: dict[int, str] = {}
+        sizes: Counter[int] = Counter(roots.tolist())
+        kept_col, kind_col, sim_col = [], [], []
+        for n, r in zip(nodes.tolist(), roots.tolist(), strict=True):
+            kind, sim = link.get(n, ("near", 0.0))
+            kept_col.append(n == r)
+            kind_col.append(kind)
+            sim_col.append(sim)
+            if n != r:
+                drop[n] = f"{kind}_duplicate"
+        clusters = pa.table({"id": pa.array(ids, pa.string()), "cluster_id": [id_of[r] for r in roots.tolist()],
+                             "kept": pa.array(kept_col), "linked_by": kind_col, "similarity": sim_col})
+        clusters = clusters.sort_by([("cluster_id", "ascending"), ("id", "ascending")])
+        hist: Counter[str] = Counter()
+        for size in sizes.values():
+            hist[str(size) if size < 10 else ("10-99" if size < 100 else "100+")] += 1
+        stats = {"clusters": len(sizes), "documents_in_clusters": len(nodes),
+                 "removed_exact": sum(1 for r in drop.values() if r == "exact_duplicate"),
+                 "removed_near": sum(1 for r in drop.values() if r == "near_duplicate"),
+                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: (len(kv[0]), kv[0])))}
+        return drop, stats, clusters
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        s = manifest.get("stats", {})
+        p = s.get("parameters", {})
+        rows = [("clusters", f"{s.get('clusters', 0):,}"), ("removed (exact)", f"{s.get('removed_exact', 0):,}"),
+                ("removed (near)", f"{s.get('removed_near', 0):,}"),
+                ("LSH", f"{p.get('bands')} bands × {p.get('rows')} rows, {p.get('num_perm')} perms, "
+                        f"threshold {p.get('threshold')}")]
+        rows += [(f"clusters of size {k}", f"{v:,}") for k, v in s.get("cluster_size_histogram", {}).items()]
+        return rows
+
+
+def _partition_forest(files: list[str], sig_files: list[str], threshold: float) -> tuple[pa.Table, pa.Table]:
+    edges = _verify(_edges_for_partition(files), sig_files, threshold)
+    return _forest(edges), edges
+
+
+class _SideOutputJob:
+    """Adapts a job that writes only side files (no dataset rows) to the shard executor."""
+
+    def __init__(self, job: SignatureJob):
+        self.job = job
+
+    def setup(self) -> None:
+        self.job.setup()
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        out.data.write_empty = False  # side files only: no dataset part for this shard
+        return self.job.run(ShardTask(task.key.removeprefix("sig-"), task.payload), out)
