@@ -95,16 +95,23 @@ def _run_one(job: ShardJob, work_dir: Path, task: ShardTask) -> dict[str, Any]:
     return stats
 
 
-class _ActorWorker:
-    """Ray Data callable class: the job is set up once per actor (tokenizers, models)."""
+def _actor_class(job: ShardJob, work_dir: str, tasks: list[ShardTask]) -> type:
+    """A Ray Data callable class that sets the job up once per actor (tokenizers, models).
 
-    def __init__(self, job: ShardJob, work_dir: str, tasks: list[ShardTask]):
-        self.job, self.work_dir, self.tasks = job, Path(work_dir), tasks
-        self.job.setup()
+    The job travels inside the class definition (a closure) rather than as constructor arguments,
+    which Ray Data would put in the object store (and warn about for restartable actors).
+    """
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [_run_one(self.job, self.work_dir, self.tasks[int(i)]) for i in batch["i"]]
-        return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in results], dtype=object)}
+    class ShardActor:
+        def __init__(self) -> None:
+            self.job, self.work_dir, self.tasks = job, Path(work_dir), tasks
+            self.job.setup()
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            results = [_run_one(self.job, self.work_dir, self.tasks[int(i)]) for i in batch["i"]]
+            return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in results], dtype=object)}
+
+    return ShardActor
 
 
 def run_shards(
@@ -142,13 +149,10 @@ def run_shards(
         ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
         if use_actors:
             ds = ds.map_batches(
-                _ActorWorker,
-                fn_constructor_args=(job, str(work_dir), list(pending)),
+                _actor_class(job, str(work_dir), list(pending)),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
                 num_cpus=worker_cpus,
-                max_restarts=-1,
-                max_task_retries=-1,
             )
         else:
             task_list = list(pending)

@@ -36,6 +36,9 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Data's actor pools always keep constructor arguments in the object store, and the core
+    # worker logs an error line about it for restartable actors (ray#53727); failures still raise.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if ray.is_initialized():
         configure_data_context()
         yield

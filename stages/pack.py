@@ -1,0 +1,276 @@
+"""Pack: encoded documents to fixed-length training sequences, and the token files trainers read.
+
+Methods (see :mod:`stages.packing`): ``concat`` (concatenate and cut, no padding, cuts documents)
+and ``best_fit`` (Ding et al., ICML 2024: split only documents longer than ``seq_len``, then
+best-fit decreasing inside a bounded buffer; padding fills the rest). Every packed sequence
+carries ``doc_lens``, ``cu_seqlens`` (FlashAttention varlen), ``position_ids`` restarting at each
+document (HF ``DataCollatorWithFlattening``) and a ``loss_mask`` (0 on padding, and the token
+cleaning mask when the input has one).
+
+Writers: the stage's dataset is the packed Parquet; ``numpy`` adds the fixed-shape arrays;
+``megatron`` and ``olmo`` are written from the *documents* (one per sequence, EOS included),
+because those trainers build samples across documents themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from pipeline.context import StageContext
+from pipeline.errors import TokenmillError
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.manifest import write_json_atomic
+from pipeline.parquet_io import iter_batches
+from pipeline.stage_api import Stage, StageConfig, register_stage
+from stages.packing import Segment, best_fit_decreasing, concat_chunk, split_long
+from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+
+
+class PackConfig(StageConfig):
+    type: Literal["pack"]
+    method: Literal["concat", "best_fit"] = "best_fit"
+    seq_len: int = Field(default=2048, ge=8, description="Tokens per packed sequence.")
+    labels_shift: bool = Field(
+        default=False, description="concat only: windows of seq_len + 1 tokens every seq_len (shifted labels)."
+    )
+    buffer_docs: int = Field(default=20000, ge=1, description="best_fit: documents packed together (streaming).")
+    long_docs: Literal["split", "truncate"] = Field(
+        default="split", description="best_fit: split documents longer than seq_len into chunks, or truncate."
+    )
+    pad_id: int | None = Field(default=None, ge=0, description="Padding id (default: the tokenizer's EOS, else 0).")
+    writers: list[Literal["numpy", "megatron", "olmo"]] = Field(
+        default_factory=lambda: ["numpy"], description="Extra outputs besides the packed Parquet dataset."
+    )
+    max_tokens_per_file: int = Field(default=1 << 29, ge=1024, description="OLMo memmap shard size in tokens.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PackConfig:
+        if self.labels_shift and self.method != "concat":
+            raise ValueError("labels_shift applies to method: concat")
+        return self
+
+
+def _sequence_arrays(segs: list[Segment], docs: list[np.ndarray], masks: list[np.ndarray | None],
+                     width: int, pad_id: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    tokens = np.full(width, pad_id, dtype=dtype)
+    mask = np.zeros(width, dtype=np.uint8)
+    pos = np.zeros(width, dtype=np.int32)
+    lens = np.array([s.length for s in segs], dtype=np.int32)
+    p = 0
+    for s in segs:
+        tokens[p:p + s.length] = docs[s.doc][s.start:s.start + s.length]
+        m = masks[s.doc]
+        mask[p:p + s.length] = 1 if m is None else m[s.start:s.start + s.length]
+        pos[p:p + s.length] = np.arange(s.length, dtype=np.int32)
+        p += s.length
+    return tokens, mask, pos, lens
+
+
+class PackJob:
+    """Packs one encoded part into sequences (a part is packed on its own: deterministic, parallel)."""
+
+    def __init__(self, cfg: PackConfig, pad_id: int, value_type: pa.DataType):
+        self.cfg, self.pad_id, self.value_type = cfg, pad_id, value_type
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        cfg = self.cfg
+        dtype = np.dtype(self.value_type.to_pandas_dtype())
+        width = cfg.seq_len + 1 if cfg.labels_shift else cfg.seq_len
+        out.data.schema = pa.schema([
+            ("input_ids", pa.list_(self.value_type)), ("loss_mask", pa.list_(pa.uint8())),
+            ("position_ids", pa.list_(pa.int32())), ("doc_lens", pa.list_(pa.int32())),
+            ("cu_seqlens", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.string())),
+        ])
+        stats: Counter[str] = Counter()
+        rows: dict[str, list] = {k: [] for k in out.data.schema.names}
+        columns = ["id", "input_ids"] + (["loss_mask"] if "loss_mask" in pq.read_schema(task.payload).names else [])
+        docs: list[np.ndarray] = []
+        masks: list[np.ndarray | None] = []
+        ids: list[str] = []
+
+        def flush_rows() -> None:
+            if rows["input_ids"]:
+                out.data.write(pa.table(rows, schema=out.data.schema))
+                for v in rows.values():
+                    v.clear()
+
+        def emit(seqs: list[list[Segment]]) -> None:
+            for segs in seqs:
+                tokens, mask, pos, lens = _sequence_arrays(segs, docs, masks, width, self.pad_id, dtype)
+                rows["input_ids"].append(tokens)
+                rows["loss_mask"].append(mask)
+                rows["position_ids"].append(pos)
+                rows["doc_lens"].append(lens)
+                rows["cu_seqlens"].append(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+                rows["doc_ids"].append([ids[s.doc] for s in segs])
+                stats["sequences"] += 1
+                stats["segments"] += len(segs)
+                stats["real_tokens"] += int(lens.sum())
+                stats["padding_tokens"] += width - int(lens.sum())
+                if len(rows["input_ids"]) >= 1024:
+                    flush_rows()
+
+        def pack_buffer() -> None:
+            lengths = [len(d) for d in docs]
+            if cfg.method == "concat":
+                window = width
+                seqs = list(concat_chunk(lengths, window, cfg.seq_len))
+                pieces = Counter(s.doc for segs in seqs for s in segs)
+                stats["documents_split"] += sum(1 for n in pieces.values() if n > 1)
+            else:
+                if cfg.long_docs == "truncate":
+                    chunks = [Segment(d, 0, min(n, cfg.seq_len)) for d, n in enumerate(lengths)]
+                    stats["documents_truncated"] += sum(1 for n in lengths if n > cfg.seq_len)
+                    stats["tokens_truncated"] += sum(max(0, n - cfg.seq_len) for n in lengths)
+                else:
+                    chunks = split_long(lengths, cfg.seq_len)
+                    stats["documents_split"] += sum(1 for n in lengths if n > cfg.seq_len)
+                seqs = best_fit_decreasing(chunks, cfg.seq_len)
+            emit(seqs)
+            docs.clear()
+            masks.clear()
+            ids.clear()
+
+        # concat streams one part as one token stream; best_fit packs buffers of documents
+        limit = cfg.buffer_docs if cfg.method == "best_fit" else 1 << 62
+        n_docs = 0
+        for batch in iter_batches(Path(task.payload), 2048, columns=columns):
+            col_ids = batch.column("input_ids").to_pylist()
+            col_mask = batch.column("loss_mask").to_pylist() if "loss_mask" in columns else [None] * len(col_ids)
+            for doc_id, toks, m in zip(batch.column("id").to_pylist(), col_ids, col_mask, strict=True):
+                docs.append(np.asarray(toks, dtype=dtype))
+                masks.append(None if m is None else np.asarray(m, dtype=np.uint8))
+                ids.append(doc_id)
+                n_docs += 1
+                if len(docs) >= limit:
+                    pack_buffer()
+        if docs:
+            pack_buffer()
+        flush_rows()
+        stats["documents"] = n_docs
+        return {"rows_in": n_docs, "rows_out": stats["sequences"], "stats": dict(stats)}
+
+
+@register_stage
+class PackStage(Stage[PackConfig]):
+    """Concat or best-fit packing, plus Megatron / OLMo / numpy token files."""
+
+    config_model = PackConfig
+    reconciles_rows: ClassVar[bool] = False  # documents in, sequences out
+
+    def run(self, ctx: StageContext) -> None:
+        cfg = self.config
+        if not ctx.datasets:
+            raise TokenmillError(f"stage '{ctx.name}': pack needs an encoded dataset as input")
+        files = [f for _, f in ctx.input_files()]
+        schema = pq.read_schema(files[0]) if files else None
+        if schema is None or "input_ids" not in schema.names:
+            raise TokenmillError(f"stage '{ctx.name}': input has no input_ids column (run an encode stage first)")
+        value_type = schema.field("input_ids").type.value_type
+        tok = self._tokenizer_info(ctx)
+        pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
+        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
+        results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
+        stats: Counter[str] = Counter()
+        for r in results:
+            stats.update(r.get("stats", {}))
+        width = cfg.seq_len + 1 if cfg.labels_shift else cfg.seq_len
+        slots = stats["sequences"] * width
+        summary: dict[str, Any] = {
+            "method": cfg.method, "seq_len": cfg.seq_len, "sequence_width": width, "pad_id": pad_id,
+            "documents": stats["documents"], "sequences": stats["sequences"], "tokens": stats["real_tokens"],
+            "padding_tokens": stats["padding_tokens"],
+            "padding_share": round(stats["padding_tokens"] / slots, 6) if slots else 0.0,
+            "documents_split": stats["documents_split"], "documents_truncated": stats["documents_truncated"],
+            "tokens_truncated": stats["tokens_truncated"],
+            "documents_split_share": round(stats["documents_split"] / stats["documents"], 6)
+            if stats["documents"] else 0.0,
+            "avg_documents_per_sequence": round(stats["segments"] / stats["sequences"], 4)
+            if stats["sequences"] else 0.0,
+        }
+        ctx.manifest.stats.update(summary)
+        writers = self._write_outputs(ctx, files, tok, value_type, width, summary)
+        meta = {"tokenizer": tok, "dtype": str(value_type), "pack": summary, "writers": writers}
+        write_json_atomic(ctx.work_dir / "metadata.json", meta)
+        ctx.manifest.stats["writers"] = writers
+
+    @staticmethod
+    def _tokenizer_info(ctx: StageContext) -> dict[str, Any]:
+        for ds in ctx.datasets:
+            stack = [ds.manifest]
+            while stack:  # the encode stage's manifest may be further upstream (cleaning in between)
+                m = stack.pop()
+                if "tokenizer" in m.get("stats", {}):
+                    return {k: v for k, v in m["stats"]["tokenizer"].items() if k != "path"}
+                for up in m.get("inputs", {}):
+                    um = ctx.output_root / up / "manifest.json"
+                    if um.exists():
+                        stack.append(json.loads(um.read_text()))
+        return {}
+
+    def _write_outputs(self, ctx: StageContext, files: list[Path], tok: dict[str, Any], value_type: pa.DataType,
+                       width: int, summary: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        out: dict[str, Any] = {"parquet": "data/"}
+        if "numpy" in cfg.writers:
+            dtype = np.dtype(value_type.to_pandas_dtype())
+            w = PackedNumpyWriter(ctx.work_dir / "numpy", summary["sequences"], width, dtype)
+            for part in sorted(ctx.data_dir.glob("part-*.parquet")):
+                for batch in iter_batches(part, 4096, columns=["input_ids", "loss_mask", "doc_lens"]):
+                    n = batch.num_rows
+                    toks = batch.column("input_ids").combine_chunks().flatten().to_numpy().reshape(n, width)
+                    mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy().reshape(n, width)
+                    lens = [np.asarray(x, dtype=np.int32) for x in batch.column("doc_lens").to_pylist()]
+                    w.add(toks, mask, lens)
+            out["numpy"] = {"dir": "numpy/", **w.close()}
+        if "megatron" in cfg.writers or "olmo" in cfg.writers:
+            vocab = tok.get("vocab_size") or (1 << 16)
+            mega = MegatronWriter(ctx.work_dir / "megatron" / "tokens", megatron_dtype(vocab)) \
+                if "megatron" in cfg.writers else None
+            olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
+            olmo = OlmoWriter(ctx.work_dir / "olmo", olmo_dtype, cfg.max_tokens_per_file) \
+                if "olmo" in cfg.writers else None
+            loc = 0
+            for f in files:
+                cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in pq.read_schema(f).names
+                                                         else [])
+                for batch in iter_batches(f, 2048, columns=cols):
+                    masks = batch.column("loss_mask").to_pylist() if "loss_mask" in cols else None
+                    for i, (doc_id, src, toks) in enumerate(zip(batch.column("id").to_pylist(),
+                                                                batch.column("source").to_pylist(),
+                                                                batch.column("input_ids").to_pylist(), strict=True)):
+                        arr = np.asarray(toks)
+                        if mega is not None:
+                            mega.add_document(arr)
+                        if olmo is not None:
+                            m = np.ones(len(arr), np.uint8) if masks is None else np.asarray(masks[i], np.uint8)
+                            olmo.add_document(arr, m, doc_id, src or "", loc)
+                        loc += 1
+            if mega is not None:
+                out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
+            if olmo is not None:
+                out["olmo"] = {"dir": "olmo/", **olmo.close()}
+        return out
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        s = manifest.get("stats", {})
+        return [
+            ("method", f"{s.get('method')} @ {s.get('seq_len')}"),
+            ("sequences", f"{s.get('sequences', 0):,}"), ("tokens", f"{s.get('tokens', 0):,}"),
+            ("padding share", f"{100 * s.get('padding_share', 0):.3f}%"),
+            ("documents split", f"{s.get('documents_split', 0):,} ({100 * s.get('documents_split_share', 0):.2f}%)"),
+            ("documents truncated", f"{s.get('documents_truncated', 0):,}"),
+            ("avg documents / sequence", str(s.get("avg_documents_per_sequence"))),
+            ("writers", ", ".join(s.get("writers", {}))),
+        ]

@@ -1,0 +1,185 @@
+"""Tokenizer training on the curated data, with HF ``tokenizers``, and a quality report.
+
+Models: byte-level BPE (pre-tokenization presets: GPT-2, the cl100k/Llama-3 pattern, and a variant
+that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training text is a
+deterministic sample of the input: a document is in the sample when ``xxh64(seed, id)`` falls under
+the rate that meets the byte budget, so the sample keeps the input's (balanced) language mix and
+does not depend on block layout. The text streams from Parquet into ``train_from_iterator``: the
+trainer's memory is its word-count and pair tables (growing with distinct pre-tokens in the sample
+and with the vocabulary size), never the corpus.
+
+Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
+``PreTrainedTokenizerFast(tokenizer_file=...)``) and ``report.json`` (see :mod:`stages.tokenizer_report`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.context import StageContext
+from pipeline.errors import TokenmillError
+from pipeline.parquet_io import iter_batches
+from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+
+PRETOKENIZER_PATTERNS = {
+    # GPT-2 (Radford et al. 2019)
+    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    # cl100k / Llama-3: case-insensitive contractions, numbers in groups of up to three
+    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",  # noqa: E501
+    # the same with single digits (Qwen2-style)
+    "digits": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",  # noqa: E501
+}
+
+
+class ReportConfig(BaseModel):
+    """Options of the quality report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reference_lang: str = Field(default="eng", description="Language the premiums are relative to (parallel set).")
+    heldout_docs: int = Field(default=2000, ge=0, description="Input documents outside the sample to measure on.")
+
+
+class TrainTokenizerConfig(StageConfig):
+    type: Literal["train_tokenizer"]
+    model: Literal["bpe", "unigram", "wordpiece"] = "bpe"
+    vocab_size: int = Field(default=32000, ge=64, le=1 << 20)
+    pretokenizer: Literal["gpt2", "llama3", "digits"] = Field(default="llama3", description="bpe only.")
+    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|padding|>"])
+    min_frequency: int = Field(default=2, ge=1)
+    max_token_length: int | None = Field(default=None, ge=1)
+    normalization: Literal["none", "nfc", "nfkc"] = Field(
+        default="none", description="none keeps decode(encode(x)) == x for byte-level BPE on any input."
+    )
+    sample_mb: float = Field(default=256, gt=0, description="Training text budget (MB), sampled by hash.")
+    max_doc_chars: int = Field(default=100_000, ge=100, description="Documents are cut to this for training.")
+    parallel_text: Annotated[str | None, RefKind("artifact")] = Field(
+        default=None, description="An input (kind: artifact) of parallel JSONL[.zst] text with lang, article, "
+        "text fields (e.g. UDHR) for token premiums across languages.",
+    )
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+
+def build_tokenizer(cfg: TrainTokenizerConfig) -> tuple[Any, Any]:
+    """An untrained tokenizer and its trainer for the configured model."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    norm = {"nfc": normalizers.NFC(), "nfkc": normalizers.NFKC()}.get(cfg.normalization)
+    specials = list(cfg.special_tokens)
+    if cfg.model == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZER_PATTERNS[cfg.pretokenizer]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_token_length=cfg.max_token_length,
+            show_progress=False,
+        )
+    elif cfg.model == "unigram":
+        unk = next((t for t in specials if "unk" in t.lower()), "<unk>")
+        if unk not in specials:
+            specials.append(unk)
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token=unk, show_progress=False,
+            max_piece_length=cfg.max_token_length or 16,
+        )
+    else:
+        unk = next((t for t in specials if "unk" in t.lower()), "[UNK]")
+        if unk not in specials:
+            specials.append(unk)
+        tok = Tokenizer(models.WordPiece(unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials, show_progress=False,
+        )
+    if norm is not None:
+        tok.normalizer = norm
+    return tok, trainer
+
+
+def in_sample(seed: int, doc_id: str, rate: float) -> bool:
+    """Deterministic, layout-independent membership: a hash of (seed, id) under the rate."""
+    return xxhash.xxh64_intdigest(doc_id.encode(), seed=seed) < rate * 2.0**64
+
+
+def iter_sample(files: list[Path], seed: int, rate: float, max_chars: int, heldout: bool = False) -> Iterator[dict]:
+    """Stream the documents in (or, with ``heldout``, outside) the sample, in part order."""
+    for f in files:
+        for batch in iter_batches(f, 2048, columns=["id", "text", "lang"]):
+            for row in batch.to_pylist():
+                if in_sample(seed, row["id"], rate) != heldout:
+                    yield {**row, "text": row["text"][:max_chars]}
+
+
+@register_stage
+class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
+    """Train a tokenizer on a hash-sampled budget of the input; write tokenizer.json and report.json."""
+
+    config_model = TrainTokenizerConfig
+    produces_dataset: ClassVar[bool] = False
+    artifacts: ClassVar[dict[str, str]] = {"tokenizer": "tokenizer.json", "report": "report.json"}
+
+    def run(self, ctx: StageContext) -> None:
+        from stages.tokenizer_report import quality_report
+
+        cfg = self.config
+        files = [f for _, f in ctx.input_files()]
+        total = sum(ds.manifest.get("bytes_out", 0) for ds in ctx.datasets) or 1
+        rate = min(1.0, cfg.sample_mb * 1e6 / total)
+        tok, trainer = build_tokenizer(cfg)
+        counts = {"documents": 0, "bytes": 0}
+
+        def texts() -> Iterator[str]:
+            for row in iter_sample(files, ctx.seed, rate, cfg.max_doc_chars):
+                counts["documents"] += 1
+                counts["bytes"] += len(row["text"].encode("utf-8"))
+                yield row["text"]
+
+        t0 = time.perf_counter()
+        tok.train_from_iterator(texts(), trainer=trainer)
+        train_s = time.perf_counter() - t0
+        if counts["documents"] == 0:
+            raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
+        path = ctx.work_dir / "tokenizer.json"
+        tok.save(str(path))
+        n = cfg.report.heldout_docs
+        heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars, heldout=True), n))
+        if not heldout:  # everything was sampled: measure on the first sampled documents instead
+            heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars), n))
+        parallel = ctx.artifact("parallel_text") if cfg.parallel_text else None
+        report = quality_report(tok, heldout, parallel=parallel, reference_lang=cfg.report.reference_lang)
+        from pipeline.manifest import write_json_atomic
+
+        write_json_atomic(ctx.work_dir / "report.json", report)
+        ctx.manifest.stats.update({
+            "model": cfg.model, "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "training_documents": counts["documents"], "training_bytes": counts["bytes"],
+            "sample_rate": round(rate, 6), "train_seconds": round(train_s, 3),
+            "training_mb_per_s": round(counts["bytes"] / 1e6 / max(train_s, 1e-9), 3),
+            "report": report["summary"],
+        })
+        ctx.manifest.rows_in = sum(ds.manifest.get("rows_out", 0) for ds in ctx.datasets)
+        ctx.manifest.rows_out = ctx.manifest.rows_in
+        ctx.manifest.bytes_in = total
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        from stages.tokenizer_report import summary_rows
+
+        s = manifest.get("stats", {})
+        rows = [("model", f"{s.get('model')} ({s.get('vocab_size', 0):,} tokens)"),
+                ("trained on", f"{s.get('training_documents', 0):,} docs, {s.get('training_bytes', 0) / 1e6:.1f} MB "
+                               f"in {s.get('train_seconds', 0)} s")]
+        return rows + summary_rows(s.get("report", {}))

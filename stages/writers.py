@@ -1,0 +1,139 @@
+"""Token-array writers in the byte layouts trainers read without conversion.
+
+* Megatron-LM / NeMo indexed dataset (``megatron/core/datasets/indexed_dataset.py``): ``.bin`` raw
+  little-endian tokens; ``.idx`` = magic ``MMIDIDX\\x00\\x00``, u64 version 1, u8 dtype code,
+  u64 sequence count S, u64 document count D, int32[S] lengths, int64[S] byte pointers,
+  int64[D] document indices (``[0, 1, ..., S]``: one document per sequence).
+* OLMo-core / dolma: headerless ``np.memmap`` token files (EOS after each document), a parallel
+  one-byte-per-token loss-mask memmap, and a ``.csv.gz`` of ``start,end,id,src,loc`` per document.
+* Packed numpy: ``tokens.npy [N, L]``, ``loss_mask.npy [N, L]`` and ragged ``doc_lens``
+  (``doc_lens.npy`` + ``doc_lens_offsets.npy``), all loadable with ``np.load(..., mmap_mode="r")``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
+MEGATRON_DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6,
+                        np.float32: 7, np.uint16: 8}
+
+
+def megatron_dtype(vocab_size: int) -> type[np.generic]:
+    """Megatron's ``DType.optimal_dtype``: uint16 below 65,500 ids, else int32."""
+    return np.uint16 if vocab_size is not None and vocab_size < 65500 else np.int32
+
+
+class MegatronWriter:
+    """One ``.bin``/``.idx`` pair; documents are written as they come (bounded memory but lengths)."""
+
+    def __init__(self, prefix: Path, dtype: type[np.generic]):
+        self.prefix, self.dtype = prefix, np.dtype(dtype).type
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        self.bin: BinaryIO = open(f"{prefix}.bin", "wb")  # noqa: SIM115 - closed in close()
+        self.lengths: list[int] = []
+
+    def add_document(self, tokens: np.ndarray) -> None:
+        arr = np.asarray(tokens).astype(np.dtype(self.dtype).newbyteorder("<"), copy=False)
+        self.bin.write(arr.tobytes(order="C"))
+        self.lengths.append(len(arr))
+
+    def close(self) -> dict[str, int]:
+        self.bin.close()
+        lengths = np.array(self.lengths, dtype="<i4")
+        itemsize = np.dtype(self.dtype).itemsize
+        pointers = np.zeros(len(lengths), dtype="<i8")
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1].astype("<i8") * itemsize, out=pointers[1:])
+        doc_idx = np.arange(len(lengths) + 1, dtype="<i8")
+        with open(f"{self.prefix}.idx", "wb") as f:
+            f.write(MEGATRON_MAGIC)
+            f.write(struct.pack("<Q", 1))
+            f.write(struct.pack("<B", MEGATRON_DTYPE_CODES[self.dtype]))
+            f.write(struct.pack("<Q", len(lengths)))
+            f.write(struct.pack("<Q", len(doc_idx)))
+            f.write(lengths.tobytes())
+            f.write(pointers.tobytes())
+            f.write(doc_idx.tobytes())
+        return {"sequences": len(lengths), "tokens": int(lengths.sum())}
+
+
+class OlmoWriter:
+    """Headerless token memmaps + one-byte loss masks + per-document offsets, split by token count."""
+
+    def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int):
+        self.dir, self.dtype, self.max_tokens = directory, np.dtype(dtype).newbyteorder("<"), max_tokens_per_file
+        directory.mkdir(parents=True, exist_ok=True)
+        self.file_index = -1
+        self.files: list[str] = []
+        self._open_next()
+
+    def _open_next(self) -> None:
+        if self.file_index >= 0:
+            self._close_current()
+        self.file_index += 1
+        stem = f"part-{self.file_index:05d}"
+        self.tokens = open(self.dir / f"{stem}.npy", "wb")  # noqa: SIM115 - closed in _close_current()
+        self.mask = open(self.dir / f"{stem}.mask.npy", "wb")  # noqa: SIM115
+        # mtime=0: the gzip header would otherwise carry the time, and the bytes would differ per run
+        raw = gzip.GzipFile(self.dir / f"{stem}.csv.gz", mode="wb", compresslevel=6, mtime=0)
+        self.csv_file = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        self.csv = csv.writer(self.csv_file)
+        self.pos = 0
+        self.files.append(stem)
+
+    def _close_current(self) -> None:
+        self.tokens.close()
+        self.mask.close()
+        self.csv_file.close()
+
+    def add_document(self, tokens: np.ndarray, mask: np.ndarray, doc_id: str, src: str, loc: int) -> None:
+        if self.pos and self.pos + len(tokens) > self.max_tokens:
+            self._open_next()
+        self.tokens.write(np.asarray(tokens).astype(self.dtype, copy=False).tobytes())
+        self.mask.write(np.asarray(mask, dtype=np.uint8).tobytes())
+        self.csv.writerow([self.pos, self.pos + len(tokens), doc_id, src, loc])
+        self.pos += len(tokens)
+
+    def close(self) -> dict[str, object]:
+        self._close_current()
+        return {"files": self.files, "dtype": str(np.dtype(self.dtype).name)}
+
+
+class PackedNumpyWriter:
+    """``tokens.npy``/``loss_mask.npy`` of shape [N, L] and ragged ``doc_lens``, written in one pass."""
+
+    def __init__(self, directory: Path, n_sequences: int, seq_len: int, dtype: type[np.generic]):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.tokens = np.lib.format.open_memmap(directory / "tokens.npy", mode="w+", dtype=dtype,
+                                                shape=(n_sequences, seq_len))
+        self.mask = np.lib.format.open_memmap(directory / "loss_mask.npy", mode="w+", dtype=np.uint8,
+                                              shape=(n_sequences, seq_len))
+        self.row = 0
+        self.doc_lens: list[np.ndarray] = []
+
+    def add(self, tokens: np.ndarray, mask: np.ndarray, doc_lens: list[np.ndarray]) -> None:
+        n = len(tokens)
+        self.tokens[self.row:self.row + n] = tokens
+        self.mask[self.row:self.row + n] = mask
+        self.doc_lens.extend(doc_lens)
+        self.row += n
+
+    def close(self) -> dict[str, int]:
+        self.tokens.flush()
+        self.mask.flush()
+        del self.tokens, self.mask
+        lens = np.concatenate(self.doc_lens).astype(np.int32) if self.doc_lens else np.zeros(0, np.int32)
+        offsets = np.zeros(len(self.doc_lens) + 1, dtype=np.int64)
+        np.cumsum([len(d) for d in self.doc_lens], out=offsets[1:])
+        np.save(self.dir / "doc_lens.npy", lens)
+        np.save(self.dir / "doc_lens_offsets.npy", offsets)
+        return {"sequences": self.row}
