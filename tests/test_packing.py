@@ -15,9 +15,8 @@ def brute_force_bfd(chunks: list[Segment], seq_len: int) -> list[list[tuple[int,
     bins: list[list[int]] = []
     free: list[int] = []
     opened: list[int] = []  # bin ids in the order they last reached their current free capacity
-    stamp = 0
     when: list[int] = []
-    for i in order:
+    for stamp, i in enumerate(order, start=1):
         n = chunks[i].length
         fits = [b for b in range(len(bins)) if free[b] >= n]
         if fits:
@@ -30,7 +29,6 @@ def brute_force_bfd(chunks: list[Segment], seq_len: int) -> list[list[tuple[int,
             opened.append(b)
         bins[b].append(i)
         free[b] -= n
-        stamp += 1
         when[b] = stamp
     return [sorted((chunks[i].doc, chunks[i].start) for i in b) for b in bins]
 

@@ -44,7 +44,8 @@ def test_report_figures_by_hand(tmp_path):
 
 
 def test_every_model_trains_and_round_trips_where_lossless():
-    texts = ["The quick brown fox jumps over the lazy dog. " * 3, "Der schnelle braune Fuchs. 12345 ", "日本語のテキスト"]
+    texts = ["The quick brown fox jumps over the lazy dog. " * 3, "Der schnelle braune Fuchs. 12345 ",
+             "日本語のテキスト"]
     for model in ("bpe", "unigram", "wordpiece"):
         cfg = TrainTokenizerConfig(name="t", type="train_tokenizer", model=model, vocab_size=300, min_frequency=1)
         tok, trainer = build_tokenizer(cfg)

@@ -80,8 +80,8 @@ def read_megatron_independently(prefix: Path) -> list[list[int]]:
     doc_idx = struct.unpack_from(f"<{ndocs}q", idx, 34 + 12 * seqs)
     assert list(doc_idx) == list(range(seqs + 1))
     data = (prefix.parent / (prefix.name + ".bin")).read_bytes()
-    item = np.dtype(dtype).itemsize
-    return [np.frombuffer(data, dtype=dtype, count=n, offset=p).tolist() for n, p in zip(lengths, pointers, strict=True)]
+    return [np.frombuffer(data, dtype=dtype, count=n, offset=p).tolist()
+            for n, p in zip(lengths, pointers, strict=True)]
 
 
 def test_tokenizer_round_trips_every_document_and_udhr(chain):
@@ -103,7 +103,7 @@ def test_megatron_round_trip_equals_reencoding(chain):
     tok = Tokenizer.from_file(str(chain / "tok" / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     kept = read_table(sorted((chain / "ingest" / "data").glob("*.parquet")))
-    expected = [e.ids + [eos] for e in tok.encode_batch(kept.column("text").to_pylist(), add_special_tokens=False)]
+    expected = [[*e.ids, eos] for e in tok.encode_batch(kept.column("text").to_pylist(), add_special_tokens=False)]
     got = read_megatron_independently(chain / "pack" / "megatron" / "tokens")
     assert got == expected
     ours = MegatronDataset(chain / "pack" / "megatron" / "tokens")
