@@ -1,0 +1,287 @@
+"""Language identification and language-balanced sampling.
+
+Mixing strategies over per-language sizes ``n_l`` (documents, bytes, characters or tokens):
+
+* ``natural``: the input distribution (optionally scaled to a budget);
+* ``temperature``: ``q_l = p_l^α / Σ p^α`` with ``p_l = n_l / Σ n`` (α = 1/T; XLM-R and mT5 use α = 0.3,
+  Conneau et al. 2020; Xue et al. 2021);
+* ``unimax`` (Chung et al., ICLR 2023, "UniMax: Fairer and More Effective Language Sampling for
+  Large-Scale Multilingual Pretraining"): languages sorted by size ascending share the budget
+  uniformly, each capped at ``max_epochs`` passes over its data; a capped language's leftover is
+  redistributed to the larger ones;
+* ``weights``: explicit per-language weights.
+
+The sampler is stateless: a document's number of copies is ``⌊r_l⌋ + [u < r_l − ⌊r_l⌋]`` with
+``u = xxh64(id, seed) / 2^64`` and ``r_l`` its language's rate, so down- and up-sampling give the
+same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
+``copy = k`` (0 for the first) so later stages can spread repeats apart.
+
+Language ID is offline: ``py3langid`` (Lui & Baldwin 2012's langid.py model, shipped in the wheel), on the first ``langid_chars`` characters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.context import StageContext
+from pipeline.errors import TokenmillError
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.parquet_io import iter_batches
+from pipeline.stage_api import Stage, StageConfig, register_stage
+
+
+class LangIdConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["off", "missing", "all"] = Field(
+        default="missing", description="Detect the language of documents without a label, of all, or none."
+    )
+    min_score: float = Field(default=0.5, ge=0, le=1, description="Below this confidence the label is 'und'.")
+    langid_chars: int = Field(default=2000, ge=50, description="Characters of each document given to the model.")
+
+
+class BalanceConfig(StageConfig):
+    type: Literal["balance"]
+    langid: LangIdConfig = Field(default_factory=LangIdConfig)
+    strategy: Literal["natural", "temperature", "unimax", "weights"] = "unimax"
+    unit: Literal["documents", "bytes", "chars"] = Field(default="bytes", description="What budgets count.")
+    budget: float | None = Field(default=None, gt=0, description="Total target size in `unit` (default: input size).")
+    alpha: float = Field(default=0.3, gt=0, le=1, description="temperature: exponent α = 1/T.")
+    max_epochs: float = Field(default=4.0, gt=0, description="unimax: at most this many passes over a language.")
+    weights: dict[str, float] = Field(default_factory=dict, description="weights: per-language weights.")
+    min_size: dict[str, float] = Field(default_factory=dict, description="Per-language minimum target (unit).")
+    max_size: dict[str, float] = Field(default_factory=dict, description="Per-language maximum target (unit).")
+    drop_langs: list[str] = Field(default_factory=list, description="Languages removed entirely.")
+
+    @model_validator(mode="after")
+    def _check(self) -> BalanceConfig:
+        if self.strategy == "weights" and not self.weights:
+            raise ValueError("strategy: weights needs a weights mapping")
+        return self
+
+
+# ------------------------------------------------------------------------------- allocations
+
+
+def temperature_targets(sizes: dict[str, float], alpha: float, budget: float) -> dict[str, float]:
+    total = sum(sizes.values())
+    q = {lang: (n / total) ** alpha for lang, n in sizes.items() if n > 0}
+    z = sum(q.values())
+    return {lang: budget * v / z for lang, v in q.items()}
+
+
+def unimax_targets(sizes: dict[str, float], budget: float, max_epochs: float) -> dict[str, float]:
+    """UniMax: uniform budget over languages (smallest first), each capped at ``max_epochs × size``."""
+    order = sorted((n, lang) for lang, n in sizes.items() if n > 0)
+    remaining = budget
+    out: dict[str, float] = {}
+    for k, (n, lang) in enumerate(order):
+        left = len(order) - k
+        out[lang] = min(remaining / left, max_epochs * n)
+        remaining -= out[lang]
+    return out
+
+
+def weight_targets(sizes: dict[str, float], weights: dict[str, float], budget: float) -> dict[str, float]:
+    w = {lang: weights.get(lang, 0.0) for lang in sizes if sizes[lang] > 0}
+    z = sum(w.values())
+    if z <= 0:
+        raise TokenmillError("balance: no language of the input has a positive weight")
+    return {lang: budget * v / z for lang, v in w.items() if v > 0}
+
+
+def clamp_targets(targets: dict[str, float], lo: dict[str, float], hi: dict[str, float]) -> dict[str, float]:
+    return {lang: min(max(t, lo.get(lang, 0.0)), hi.get(lang, float("inf"))) for lang, t in targets.items()}
+
+
+def copies_for(ids: list[str], rates: np.ndarray, seed: int) -> np.ndarray:
+    """Copies per document: ⌊r⌋ + [u < frac(r)], u from a hash of (id, seed)."""
+    u = np.array([xxhash.xxh64_intdigest(i.encode(), seed=seed) for i in ids], dtype=np.float64) / 2.0**64
+    base = np.floor(rates)
+    return (base + (u < rates - base)).astype(np.int64)
+
+
+# -------------------------------------------------------------------------------------- wiring
+
+_LANGID: Any = None
+
+
+def detect(texts: list[str], chars: int) -> tuple[list[str], list[float]]:
+    """(language, probability) per text with py3langid's normalised probabilities."""
+    global _LANGID
+    if _LANGID is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _LANGID = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    out = [_LANGID.classify(t[:chars]) for t in texts]
+    return [lang for lang, _ in out], [float(p) for _, p in out]
+
+
+def size_of(batch: pa.Table, unit: str) -> np.ndarray:
+    if unit == "documents":
+        return np.ones(batch.num_rows)
+    if unit == "chars":
+        return pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    return pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+class LabelJob:
+    """Pass 1: language ID where asked; counts per language (documents, bytes, chars)."""
+
+    def __init__(self, cfg: LangIdConfig, work: str):
+        self.cfg, self.work = cfg, Path(work)
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        from pipeline.parquet_io import PartWriter
+
+        writer = PartWriter(self.work / "_labelled", task.key)
+        counts: dict[str, Counter[str]] = {}
+        n = 0
+        for batch in iter_batches(Path(task.payload), 2048):
+            labels = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            scores: list[float | None] = [None] * batch.num_rows
+            if self.cfg.mode != "off":
+                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang]
+                if idx:
+                    texts = batch.column("text").to_pylist()
+                    found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars)
+                    new = list(labels)
+                    for i, lang, p in zip(idx, found, probs, strict=True):
+                        new[i] = lang if p >= self.cfg.min_score else "und"
+                        scores[i] = p
+                    labels = new
+            original = batch.column("lang") if "lang" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+            t = batch.drop_columns([c for c in ("lang", "lang_score", "lang_source") if c in batch.column_names])
+            t = t.append_column("lang", pa.array([x or "und" for x in labels], pa.string()))
+            t = t.append_column("lang_score", pa.array(scores, pa.float32()))
+            t = t.append_column("lang_source", original.cast(pa.string()))
+            writer.write(t)
+            b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
+            c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
+            for lang, nb, nc in zip(t.column("lang").to_pylist(), b, c, strict=True):
+                k = counts.setdefault(lang, Counter())
+                k["documents"] += 1
+                k["bytes"] += int(nb)
+                k["chars"] += int(nc)
+            n += batch.num_rows
+        writer.commit()
+        out.data.write_empty = False
+        return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()}}, "docs": n}
+
+
+class SampleJob:
+    """Pass 2: copies per document from its language's rate (hash-based, stateless)."""
+
+    def __init__(self, rates: dict[str, float], seed: int, work: str):
+        self.rates, self.seed, self.work = rates, seed, Path(work)
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        path = self.work / "_labelled" / f"{task.key}.parquet"
+        rows_in = rows_out = b_in = b_out = 0
+        dropped = added = 0
+        for batch in iter_batches(path, 4096):
+            langs = batch.column("lang").to_pylist()
+            rates = np.array([self.rates.get(lang, 0.0) for lang in langs])
+            copies = copies_for(batch.column("id").to_pylist(), rates, self.seed)
+            take = np.repeat(np.arange(batch.num_rows), copies)
+            copy_idx = np.concatenate([np.arange(c) for c in copies]) if len(take) else np.zeros(0, np.int64)
+            src = batch.drop_columns(["copy"]) if "copy" in batch.column_names else batch
+            t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
+            out.data.write(t)
+            rows_in += batch.num_rows
+            rows_out += t.num_rows
+            b_in += batch.nbytes
+            b_out += t.nbytes
+            dropped += int((copies == 0).sum())
+            added += int(np.maximum(copies - 1, 0).sum())
+        return {"rows_in": rows_in, "rows_out": rows_out, "bytes_in": b_in, "bytes_out": b_out,
+                "dropped": {"downsampled": dropped} if dropped else {},
+                "added": {"upsampled_copies": added} if added else {}}
+
+
+@register_stage
+class BalanceStage(Stage[BalanceConfig]):
+    """Language ID, a counting pass, a mixing strategy, and a deterministic hash-based sampler."""
+
+    config_model = BalanceConfig
+    code_version: ClassVar[str] = "1"
+
+    def run(self, ctx: StageContext) -> None:
+        cfg = self.config
+        files = [f for _, f in ctx.input_files()]
+        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
+        label_tasks = [ShardTask(f"label-{t.key}", t.payload) for t in tasks]
+        results = ctx.map_shards(_Renamed(LabelJob(cfg.langid, str(ctx.work_dir))), label_tasks, count_rows=False)
+        per_lang: dict[str, Counter[str]] = {}
+        for r in results:
+            for lang, c in r["stats"]["per_lang"].items():
+                per_lang.setdefault(lang, Counter()).update(c)
+        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
+        targets = self.targets(sizes)
+        rates = {lang: targets.get(lang, 0.0) / sizes[lang] for lang in sizes if sizes[lang] > 0}
+        ctx.map_shards(SampleJob(rates, ctx.seed, str(ctx.work_dir)), tasks)
+        import shutil
+
+        shutil.rmtree(ctx.work_dir / "_labelled", ignore_errors=True)
+        total_before = sum(float(c[cfg.unit]) for c in per_lang.values()) or 1.0
+        total_after = sum(targets.values()) or 1.0
+        table = {}
+        for lang, c in sorted(per_lang.items(), key=lambda kv: -kv[1][cfg.unit]):
+            r = rates.get(lang, 0.0)
+            table[lang] = {
+                "documents": c["documents"], "bytes": c["bytes"], "chars": c["chars"],
+                "share_before": round(c[cfg.unit] / total_before, 6),
+                "target": round(targets.get(lang, 0.0), 3), "share_target": round(targets.get(lang, 0.0) / total_after, 6),
+                "rate": round(r, 6), "epochs": round(r, 4),
+            }
+        ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
+                                   "languages": table})
+
+    def targets(self, sizes: dict[str, float]) -> dict[str, float]:
+        cfg = self.config
+        total = sum(sizes.values())
+        budget = cfg.budget if cfg.budget is not None else total
+        if cfg.strategy == "natural":
+            t = {lang: budget * n / total for lang, n in sizes.items()}
+        elif cfg.strategy == "temperature":
+            t = temperature_targets(sizes, cfg.alpha, budget)
+        elif cfg.strategy == "unimax":
+            t = unimax_targets(sizes, budget, cfg.max_epochs)
+        else:
+            t = weight_targets(sizes, cfg.weights, budget)
+        return clamp_targets(t, cfg.min_size, cfg.max_size)
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        s = manifest.get("stats", {})
+        rows = [("strategy", f"{s.get('strategy')} over {s.get('unit')}, budget {s.get('budget', 0):,.0f}")]
+        for lang, v in list(s.get("languages", {}).items())[:12]:
+            rows.append((f"  {lang}", f"{100 * v['share_before']:.2f}% -> {100 * v['share_target']:.2f}% "
+                                      f"(rate {v['rate']:.3f})"))
+        return rows
+
+
+class _Renamed:
+    """Runs a job whose shard keys carry a prefix (its side output is named by the plain key)."""
+
+    def __init__(self, job: LabelJob):
+        self.job = job
+
+    def setup(self) -> None:
+        self.job.setup()
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        out.data.write_empty = False
+        return self.job.run(ShardTask(task.key.split("-", 1)[1], task.payload), out)

@@ -1,0 +1,123 @@
+"""Language-balanced sampling: allocations by hand, shares after sampling, determinism, language ID."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+
+import orjson
+import pyarrow.compute as pc
+import pytest
+import zstandard
+from conftest import DATA_DIR
+
+from pipeline.parquet_io import read_table
+from stages.balance import clamp_targets, copies_for, detect, temperature_targets, unimax_targets, weight_targets
+
+
+def test_unimax_by_hand_with_cap_and_redistribution():
+    sizes = {"a": 1.0, "b": 10.0, "c": 100.0}
+    # budget 60 over 3 languages: a is capped at 4 × 1; its leftover goes to b and c (28 each)
+    assert unimax_targets(sizes, 60, 4) == pytest.approx({"a": 4.0, "b": 28.0, "c": 28.0})
+    # 2 epochs: a capped at 2, b capped at 20, c takes the rest
+    assert unimax_targets(sizes, 60, 2) == pytest.approx({"a": 2.0, "b": 20.0, "c": 38.0})
+    # a budget below the uniform share caps nothing
+    assert unimax_targets(sizes, 3, 4) == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
+
+
+def test_temperature_and_weights_by_hand():
+    sizes = {"a": 1.0, "b": 4.0, "c": 16.0}
+    # p^0.5 is proportional to 1 : 2 : 4
+    assert temperature_targets(sizes, 0.5, 21) == pytest.approx({"a": 3.0, "b": 6.0, "c": 12.0})
+    assert temperature_targets(sizes, 1.0, 21) == pytest.approx(sizes)
+    assert weight_targets(sizes, {"a": 1, "c": 3}, 8) == pytest.approx({"a": 2.0, "c": 6.0})
+    assert clamp_targets({"a": 2.0, "c": 6.0}, {"a": 3.0}, {"c": 5.0}) == {"a": 3.0, "c": 5.0}
+
+
+def test_hash_sampler_meets_rates_and_is_stateless():
+    ids = [f"doc-{i}" for i in range(20000)]
+    import numpy as np
+
+    for rate in (0.25, 1.0, 2.6):
+        copies = copies_for(ids, np.full(len(ids), rate), seed=3)
+        assert abs(copies.sum() / len(ids) - rate) < 0.02
+        assert set(np.unique(copies)) <= {int(rate), int(rate) + 1}
+    shuffled = ids[::-1]
+    a = dict(zip(ids, copies_for(ids, np.full(len(ids), 0.4), 9), strict=True))
+    b = dict(zip(shuffled, copies_for(shuffled, np.full(len(ids), 0.4), 9), strict=True))
+    assert a == b  # order (and so block layout) does not matter
+
+
+def make_corpus(tmp_path) -> dict[str, int]:
+    rng = random.Random(1)
+    sizes = {"en": 3000, "de": 900, "fr": 200, "ga": 40}
+    rows = []
+    for lang, n in sizes.items():
+        for i in range(n):
+            rows.append({"id": f"{lang}-{i}", "lang": lang, "text": f"{lang} text {i} " + "x" * rng.randint(50, 150)})
+    rng.shuffle(rows)
+    (tmp_path / "docs.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return sizes
+
+
+SPEC = """
+name: bal
+seed: 11
+output: out
+inputs:
+  docs: {{paths: [docs.jsonl]}}
+stages:
+  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.05}}
+  - name: balance
+    type: balance
+    inputs: [ingest]
+    langid: {{mode: "off"}}
+    strategy: {strategy}
+    unit: documents
+    budget: 2000
+    max_epochs: 4
+    alpha: 0.3
+"""
+
+
+@pytest.mark.parametrize("strategy", ["unimax", "temperature"])
+def test_sampled_shares_match_targets(run_spec, tmp_path, strategy):
+    make_corpus(tmp_path)
+    _, out = run_spec(SPEC.format(strategy=strategy))
+    table = read_table(sorted((out / "balance" / "data").glob("*.parquet")))
+    got = Counter(table.column("lang").to_pylist())
+    m = json.loads((out / "balance" / "manifest.json").read_text())
+    langs = m["stats"]["languages"]
+    for lang, v in langs.items():
+        assert abs(got[lang] / table.num_rows - v["share_target"]) < 0.02, (lang, got[lang], v)
+    if strategy == "unimax":  # ga has 40 documents: capped at 4 epochs = 160
+        assert langs["ga"]["target"] == 160 and 130 < got["ga"] < 190
+        assert max(table.filter(pc.equal(table.column("lang"), "ga")).column("copy").to_pylist()) == 3
+    assert m["rows_in"] + sum(m["added"].values()) == m["rows_out"] + sum(m["dropped"].values())
+
+
+def test_sample_is_identical_across_runs_and_shard_layouts(run_spec, tmp_path):
+    outs = []
+    for sub, shard_mb in (("a", 0.05), ("b", 0.05), ("c", 1.0)):
+        d = tmp_path / sub
+        d.mkdir()
+        make_corpus(d)
+        _, out = run_spec(SPEC.format(strategy="unimax").replace("shard_mb: 0.05", f"shard_mb: {shard_mb}"),
+                          directory=d)
+        t = read_table(sorted((out / "balance" / "data").glob("*.parquet")))
+        outs.append(sorted(zip(t.column("id").to_pylist(), t.column("copy").to_pylist(), strict=True)))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_language_id_on_udhr():
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((DATA_DIR / "udhr_articles_1-3.jsonl.zst")
+                                                                .read_bytes())).read()
+    rows = [orjson.loads(x) for x in raw.splitlines()]
+    iso3 = {"eng": "en", "deu": "de", "fra": "fr", "spa": "es", "rus": "ru", "jpn": "ja", "arb": "ar",
+            "ita": "it", "pol": "pl", "ces": "cs", "tur": "tr", "nld": "nl", "ukr": "uk", "ell": "el"}
+    texts = {r["lang"]: r["text"] for r in rows if r["lang"] in iso3 and r["article"] == 1}
+    found, probs = detect(list(texts.values()), 2000)
+    correct = sum(iso3[lang] == f for lang, f in zip(texts, found, strict=True))
+    assert len(texts) >= 12 and correct / len(texts) >= 0.9
