@@ -16,7 +16,8 @@ The sampler is stateless: a document's number of copies is ``⌊r_l⌋ + [u < r_
 same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
 ``copy = k`` (0 for the first) so later stages can spread repeats apart.
 
-Language ID is offline: ``py3langid`` (Lui & Baldwin 2012's langid.py model, shipped in the wheel), on the first ``langid_chars`` characters.
+Language ID is offline: ``py3langid`` (Lui & Baldwin 2012's langid.py model, shipped in the wheel),
+on the first ``langid_chars`` characters.
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ class BalanceStage(Stage[BalanceConfig]):
             table[lang] = {
                 "documents": c["documents"], "bytes": c["bytes"], "chars": c["chars"],
                 "share_before": round(c[cfg.unit] / total_before, 6),
-                "target": round(targets.get(lang, 0.0), 3), "share_target": round(targets.get(lang, 0.0) / total_after, 6),
+                "target": round(targets.get(lang, 0.0), 3),
+                "share_target": round(targets.get(lang, 0.0) / total_after, 6),
                 "rate": round(r, 6), "epochs": round(r, 4),
             }
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
