@@ -109,7 +109,7 @@ def test_recall_and_precision_against_brute_force_jaccard(threshold):
     transitive = sum(true_j.get(p, 0.0) >= threshold - 0.1 for p in same_cluster) / len(same_cluster)
     print(f"threshold {threshold}: recall {recall:.3f} precision {precision:.3f} "
           f"(same-cluster pairs {transitive:.3f}; {len(should)} true pairs, {len(edges)} merges)")
-    assert len(should) > 200 and len(edges) > 200
+    assert len(should) > 150 and len(edges) > 150
     assert recall >= 0.95, recall
     assert precision >= 0.95, precision
 
