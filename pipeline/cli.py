@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
 
+    from pipeline import report
+
+    rep = sub.add_parser("report", help="rebuild report.html and report.json of an output directory")
+    report._args(rep)
+
     for name, (help_text, add_args, _) in EXTRA_COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
     return p
@@ -95,6 +100,10 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
         inspect_path(Path(args.path), console, rows=args.rows)
         return 0
+    if args.command == "report":
+        from pipeline.report import report_command
+
+        return report_command(args, console)
     if args.command in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args.command][2](args, console)
     spec = load_spec(args.spec)

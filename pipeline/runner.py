@@ -140,6 +140,9 @@ def run_pipeline(
                 for sp in to_run:
                     _run_stage(spec, plan, sp, reporter)
     _write_run_summary(out, spec, plan)
+    from pipeline.report import build_report
+
+    build_report(out)
     return plan
 
 

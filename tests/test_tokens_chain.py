@@ -163,3 +163,12 @@ def test_rerun_of_encode_and_pack_gives_identical_bytes(chain):
              if p.is_file() and p.name != "manifest.json"}
     assert before.keys() == after.keys() and before == after
     assert pq.read_metadata(chain / "pack" / "data" / "part-00000.parquet").num_rows > 0
+
+
+def test_run_report_is_self_contained_with_every_chart(chain):
+    page = (chain / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    for chart in ("funnel", "premiums:tok", "bytes_per_token:tok", "packing:pack", "packing:concat"):
+        assert f'data-chart="{chart}" src="data:image/png;base64,' in page
+    summary = json.loads((chain / "report.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["ingest", "tok", "encode", "pack", "concat"]
