@@ -145,7 +145,8 @@ def run_shards(
 
     if pending:
         cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        workers = max(1, min(len(pending), max_workers or cluster_cpus, int(cluster_cpus / worker_cpus)))
+        cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
+        workers = max(1, min(len(pending), max_workers or cap, cap, int(cluster_cpus / worker_cpus)))
         ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
         if use_actors:
             ds = ds.map_batches(
@@ -163,7 +164,8 @@ def run_shards(
                 out = [_run_one(job, Path(wd), task_list[int(i)]) for i in batch["i"]]
                 return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in out], dtype=object)}
 
-            ds = ds.map_batches(run_task_batch, batch_size=1, num_cpus=worker_cpus)
+            ds = ds.map_batches(run_task_batch, batch_size=1, num_cpus=worker_cpus,
+                                compute=ray.data.TaskPoolStrategy(size=workers))
         for row in ds.iter_rows():
             task = pending[int(row["i"])]
             stats = json.loads(row["result"])

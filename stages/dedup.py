@@ -444,20 +444,23 @@ def _edges_for_partition(files: list[str]) -> pa.Table:
                      "kuid": [ids[i] for i in hs], "kv0": k0[sel], "kvid": [ids[i] for i in sel]})
 
 
-def _verify(edges: pa.Table, sig_files: list[str], threshold: float) -> pa.Table:
+def _needed_signatures(sig_file: str, *edge_tables: pa.Table) -> dict[int, np.ndarray]:
+    """Signatures, from one signature file, of the documents that some candidate edge touches."""
+    nodes = np.unique(np.concatenate([np.r_[e.column("u").to_numpy(), e.column("v").to_numpy()]
+                                      for e in edge_tables] or [np.zeros(0, np.int64)]))
+    t = pq.read_table(sig_file)
+    nd = t.column("node").to_numpy()
+    mask = np.isin(nd, nodes)
+    if not mask.any():
+        return {}
+    flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
+    return {int(nd[i]): flat[i].copy() for i in np.flatnonzero(mask)}
+
+
+def _verify(edges: pa.Table, sigs: dict[int, np.ndarray], threshold: float) -> pa.Table:
     """Keep exact edges and near edges whose signature-estimated Jaccard reaches the threshold."""
     if not edges.num_rows:
         return edges.append_column("sim", pa.array([], pa.float64()))
-    nodes = np.unique(np.r_[edges.column("u").to_numpy(), edges.column("v").to_numpy()])
-    sigs: dict[int, np.ndarray] = {}
-    for f in sig_files:
-        t = pq.read_table(f)
-        nd = t.column("node").to_numpy()
-        mask = np.isin(nd, nodes)
-        if mask.any():
-            flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
-            for i in np.flatnonzero(mask):
-                sigs[int(nd[i])] = flat[i]
     u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
     kinds = edges.column("kind").to_pylist()
     sims = np.array([1.0 if k == "exact" or int(a) not in sigs else estimated_jaccard(sigs[int(a)], sigs[int(b)])
@@ -546,19 +549,26 @@ class DedupStage(Stage[DedupConfig]):
         offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
         tasks = [ShardTask(k, str(f)) for k, f in zip(keys, files, strict=True)]
 
+        import time
+
+        t0 = time.perf_counter()
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
         sig_job = SignatureJob(cfg, str(ctx.work_dir), offsets)
         ctx.map_shards(_SideOutputJob(sig_job), [ShardTask(f"sig-{t.key}", t.payload) for t in tasks],
                        count_rows=False)
+        t1 = time.perf_counter()
         # pass 2 + 3: edges per partition, verified, reduced to forests, merged pairwise
         sig_files = sorted(str(p) for p in (ctx.work_dir / "_signatures").glob("*.parquet"))
-        edge_task = ray.remote(num_returns=2)(_partition_forest)
-        forests = []
-        for p in range(cfg.partitions):
-            pfiles = sorted(str(x) for x in (ctx.work_dir / "_buckets" / f"p{p:04d}").glob("*.parquet"))
-            if pfiles:
-                verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
-                forests.append(edge_task.remote(pfiles, sig_files, verify_at))
+        # candidate edges per partition; the signatures they need, read once per signature file
+        # (only documents that have a candidate: O(duplicates)); then verification and a forest
+        edges_task = ray.remote(_edges_for_partition)
+        cand = [edges_task.remote(sorted(str(x) for x in pdir.glob("*.parquet")))
+                for pdir in sorted((ctx.work_dir / "_buckets").glob("p*"))]
+        needed = ray.remote(_needed_signatures)
+        sig_parts = [needed.remote(f, *cand) for f in sig_files] if cfg.near.verify else []
+        verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
+        forest_task = ray.remote(num_returns=2)(_partition_forest)
+        forests = [forest_task.remote(c, verify_at, *sig_parts) for c in cand]
         merge = ray.remote(_merge_forests)
         edge_refs = [f[1] for f in forests] if forests else []
         roots = [f[0] for f in forests]
@@ -568,6 +578,7 @@ class DedupStage(Stage[DedupConfig]):
         forest = ray.get(roots[0]) if roots else _forest_table(UnionFind())
         edges = pa.concat_tables(ray.get(edge_refs)) if edge_refs else None
 
+        t2 = time.perf_counter()
         # the clusters table and the drop set
         drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
         (ctx.work_dir / "clusters").mkdir(parents=True, exist_ok=True)
@@ -578,6 +589,8 @@ class DedupStage(Stage[DedupConfig]):
         ctx.map_shards(FilterDuplicatesJob(drop, offsets), tasks)
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
+        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "clusters": round(t2 - t1, 3),
+                                         "filter": round(time.perf_counter() - t2, 3)}
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": cfg.partitions, "keep": cfg.keep}
@@ -636,9 +649,13 @@ class DedupStage(Stage[DedupConfig]):
         return rows
 
 
-def _partition_forest(files: list[str], sig_files: list[str], threshold: float) -> tuple[pa.Table, pa.Table]:
-    edges = _verify(_edges_for_partition(files), sig_files, threshold)
-    return _forest(edges), edges
+def _partition_forest(edges: pa.Table, threshold: float, *sig_parts: dict[int, np.ndarray]
+                      ) -> tuple[pa.Table, pa.Table]:
+    sigs: dict[int, np.ndarray] = {}
+    for part in sig_parts:
+        sigs.update(part)
+    verified = _verify(edges, sigs, threshold)
+    return _forest(verified), verified
 
 
 class _SideOutputJob:

@@ -121,3 +121,15 @@ def test_language_id_on_udhr():
     found, _ = detect(list(texts.values()), 2000)
     correct = sum(iso3[lang] == f for lang, f in zip(texts, found, strict=True))
     assert len(texts) >= 12 and correct / len(texts) >= 0.9
+
+
+def test_sample_is_identical_with_one_and_two_workers(run_spec, tmp_path, monkeypatch):
+    outs = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv("TOKENMILL_MAX_WORKERS", workers)
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        make_corpus(d)
+        _, out = run_spec(SPEC.format(strategy="temperature"), directory=d)
+        outs.append({p.name: p.read_bytes() for p in sorted((out / "balance" / "data").glob("*.parquet"))})
+    assert outs[0] == outs[1] and len(outs[0]) > 1

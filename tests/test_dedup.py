@@ -184,3 +184,14 @@ def test_output_is_identical_across_partitionings_and_runs(run_spec, tmp_path):
         outs.append({p.relative_to(out / "dedup"): p.read_bytes()
                      for p in sorted((out / "dedup").rglob("*.parquet"))})
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_same_output_with_one_and_two_workers(run_spec, tmp_path, monkeypatch):
+    outs = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv("TOKENMILL_MAX_WORKERS", workers)
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        out = run_dedup(run_spec, d)
+        outs.append({p.relative_to(out / "dedup"): p.read_bytes() for p in sorted((out / "dedup").rglob("*.parquet"))})
+    assert outs[0] == outs[1]
