@@ -133,3 +133,16 @@ def test_sample_is_identical_with_one_and_two_workers(run_spec, tmp_path, monkey
         _, out = run_spec(SPEC.format(strategy="temperature"), directory=d)
         outs.append({p.name: p.read_bytes() for p in sorted((out / "balance" / "data").glob("*.parquet"))})
     assert outs[0] == outs[1] and len(outs[0]) > 1
+
+
+def test_calibrated_rate_inverts_the_size_histogram():
+    import numpy as np
+
+    from stages.balance import HASH_BINS, calibrated_rate
+
+    hist = np.zeros(HASH_BINS)
+    hist[0], hist[HASH_BINS // 2], hist[-1] = 100.0, 50.0, 10.0  # three documents
+    assert calibrated_rate(100.0, hist) == pytest.approx(1 / HASH_BINS)  # just the first document
+    assert calibrated_rate(150.0, hist) == pytest.approx((HASH_BINS // 2 + 1) / HASH_BINS)
+    assert calibrated_rate(160.0, hist) == pytest.approx(1.0)
+    assert 2.0 < calibrated_rate(420.0, hist) < 2.6  # two full epochs (320) plus the first document
