@@ -1,0 +1,379 @@
+"""Token cleaning: token-level loss masks, model-free rules and reference-model scoring.
+
+Token Cleaning (Pang et al. 2025, "Token Cleaning: Fine-Grained Data Selection for LLM Supervised
+Fine-Tuning", arXiv 2502.01968): inside good documents many tokens are uninformative; masking them
+from the loss (they stay as context) helps. Rho-1 (Lin et al., NeurIPS 2024) applies the same
+excess-loss rule to pre-training. Scorers:
+
+* ``influence``: ``score_j = loss_base(x_j | x_<j) − loss_ref(x_j | x_<j)`` with count-based n-gram
+  models over token ids trained here (base: the corpus being cleaned; reference: a trusted subset
+  named in the spec), interpolated Witten-Bell (:mod:`stages.clean_core`). The top ``keep_ratio``
+  of tokens by score are kept, globally (a mergeable fixed-bin histogram of scores gives the
+  threshold: no process ever holds all scores) or per document.
+* ``repetition``: tokens in periodic repeats beyond the k-th repetition.
+* ``boilerplate``: tokens of lines (as token sequences) that occur in at least ``min_docs`` documents;
+  line hashes are counted in a hash-partitioned distributed pass.
+* ``special``: special-token ids inside document text (e.g. a literal ``<|endoftext|>``).
+
+BOS at the start and EOS at the end of a document are never masked. Output: ``loss_mask``
+(list<uint8>, 1 = train) beside ``input_ids``, optional ``token_scores``; the manifest holds the
+share masked per scorer and per language, the score histogram and decoded samples of masked spans.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.context import StageContext
+from pipeline.errors import TokenmillError
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.parquet_io import iter_batches
+from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
+
+SCORE_RANGE = (-30.0, 30.0)
+SCORE_BINS = 6000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReferenceFilter(_Strict):
+    """Which documents of the input form the trusted reference set."""
+
+    sources: list[str] | None = None
+    langs: list[str] | None = None
+
+
+class InfluenceConfig(_Strict):
+    enabled: bool = False
+    order: int = Field(default=3, ge=1, le=3, description="n-gram order of both models.")
+    reference: ReferenceFilter = Field(default_factory=ReferenceFilter)
+    keep_ratio: float = Field(default=0.6, gt=0, le=1, description="Share of tokens kept (the paper keeps 60%).")
+    granularity: Literal["global", "document"] = "global"
+
+
+class RepetitionConfig(_Strict):
+    enabled: bool = True
+    min_period: int = Field(default=1, ge=1)
+    max_period: int = Field(default=13, ge=1)
+    keep_repeats: int = Field(default=3, ge=1, description="Repeats of a periodic run that stay trainable.")
+
+
+class BoilerplateConfig(_Strict):
+    enabled: bool = True
+    min_docs: int = Field(default=5, ge=2, description="A line in at least this many documents is boilerplate.")
+    min_tokens: int = Field(default=3, ge=1, description="Shorter lines are never boilerplate.")
+
+
+class CleanConfig(StageConfig):
+    type: Literal["clean"]
+    tokenizer: Annotated[str, RefKind("artifact")] = Field(description="The tokenizer the encode stage used.")
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
+    repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
+    boilerplate: BoilerplateConfig = Field(default_factory=BoilerplateConfig)
+    special: bool = Field(default=True, description="Mask special-token ids inside document text.")
+    keep_scores: bool = Field(default=False, description="Write token_scores (influence) beside the mask.")
+    partitions: int = Field(default=8, ge=1)
+    samples: int = Field(default=20, ge=0, description="Masked spans decoded into the manifest.")
+
+
+def _line_hashes(ids: np.ndarray, newline: np.ndarray, min_tokens: int) -> list[tuple[int, int, int]]:
+    out = []
+    for a, b in line_spans(ids, newline):
+        if b - a >= min_tokens:
+            out.append((xxhash.xxh64_intdigest(ids[a:b].astype(np.uint32).tobytes()), a, b))
+    return out
+
+
+def _is_reference(row: dict[str, Any], ref: ReferenceFilter) -> bool:
+    return (ref.sources is None or row.get("source") in ref.sources) and (ref.langs is None or row.get("lang") in
+                                                                           ref.langs)
+
+
+class _Tables:
+    """Per-worker tokenizer facts: which ids contain a newline, which are special."""
+
+    def __init__(self, tokenizer_path: str):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(tokenizer_path)
+        vocab = self.tok.get_vocab_size(with_added_tokens=True)
+        self.newline = np.zeros(vocab + 1, bool)
+        for i in range(vocab):
+            if "\n" in self.tok.decode([i], skip_special_tokens=False):
+                self.newline[i] = True
+        self.special = np.zeros(vocab + 1, bool)
+        for i, t in self.tok.get_added_tokens_decoder().items():
+            if t.special:
+                self.special[i] = True
+        self.vocab = vocab
+
+
+class CountJob:
+    """Pass 1: boilerplate line hashes (hash-partitioned files) and n-gram counts (base and reference)."""
+
+    def __init__(self, cfg: CleanConfig, tokenizer: str, work: str):
+        self.cfg, self.tokenizer, self.work = cfg, tokenizer, Path(work)
+        self.tables: _Tables | None = None
+
+    def setup(self) -> None:
+        if self.tables is None:
+            self.tables = _Tables(self.tokenizer)
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        self.setup()
+        assert self.tables is not None
+        cfg, key = self.cfg, task.key.split("-", 1)[1]
+        out.data.write_empty = False
+        line_keys: list[int] = []
+        base = NGramCounts(cfg.influence.order) if cfg.influence.enabled else None
+        ref = NGramCounts(cfg.influence.order) if cfg.influence.enabled else None
+        for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids", "source", "lang"]):
+            rows = batch.to_pylist()
+            docs = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
+            if cfg.boilerplate.enabled:
+                for ids in docs:
+                    lines = _line_hashes(ids, self.tables.newline, cfg.boilerplate.min_tokens)
+                    line_keys.extend({h for h, _, _ in lines})  # a line counts once per document
+            if base is not None and ref is not None:
+                base.add_documents(docs)
+                trusted = [d for d, r in zip(docs, rows, strict=True) if _is_reference(r, cfg.influence.reference)]
+                ref.add_documents(trusted)
+        if cfg.boilerplate.enabled:
+            keys, counts = np.unique(np.array(line_keys, dtype=np.uint64), return_counts=True)
+            part = (keys % np.uint64(cfg.partitions)).astype(np.int64)
+            for p in range(cfg.partitions):
+                d = self.work / "_lines" / f"p{p:04d}"
+                d.mkdir(parents=True, exist_ok=True)
+                np.savez(d / f"{key}.npz", keys=keys[part == p], counts=counts[part == p])
+        if base is not None:
+            (self.work / "_ngrams").mkdir(parents=True, exist_ok=True)
+            (self.work / "_ngrams" / f"{key}.pkl").write_bytes(pickle.dumps((base, ref)))
+        return {}
+
+
+def _frequent_lines(files: list[str], min_docs: int) -> np.ndarray:
+    """One partition's line hashes that occur in at least ``min_docs`` documents."""
+    keys, counts = [], []
+    for f in files:
+        with np.load(f) as z:
+            keys.append(z["keys"])
+            counts.append(z["counts"])
+    if not keys:
+        return np.zeros(0, np.uint64)
+    k = np.concatenate(keys)
+    uniq, inv = np.unique(k, return_inverse=True)
+    total = np.bincount(inv, weights=np.concatenate(counts))
+    return uniq[total >= min_docs]
+
+
+class MaskJob:
+    """Scores and masks per document; in ``histogram`` mode only the influence-score histogram."""
+
+    def __init__(self, cfg: CleanConfig, tokenizer: str, boiler: np.ndarray, models: Any, threshold: float | None,
+                 histogram: bool):
+        self.cfg, self.tokenizer, self.boiler = cfg, tokenizer, boiler
+        self.models, self.threshold, self.histogram = models, threshold, histogram
+        self.tables: _Tables | None = None
+
+    def setup(self) -> None:
+        if self.tables is None:
+            self.tables = _Tables(self.tokenizer)
+
+    def scores(self, ids: np.ndarray) -> np.ndarray:
+        base, ref = self.models
+        return (np.log(ref.prob(ids)) - np.log(base.prob(ids))).astype(np.float32)
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        self.setup()
+        assert self.tables is not None
+        cfg, tables = self.cfg, self.tables
+        if self.histogram:
+            out.data.write_empty = False
+            hist = np.zeros(SCORE_BINS, np.int64)
+            for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids"]):
+                for toks in batch.column("input_ids").to_pylist():
+                    s = self.scores(np.asarray(toks, dtype=np.int64))
+                    hist += np.histogram(s, bins=SCORE_BINS, range=SCORE_RANGE)[0]
+            return {"stats": {"histogram": hist.tolist()}}
+        schema = pq.read_schema(task.payload)
+        fields = [f for f in schema if f.name not in ("loss_mask", "token_scores")]
+        fields.append(pa.field("loss_mask", pa.list_(pa.uint8())))
+        if cfg.keep_scores and self.models is not None:
+            fields.append(pa.field("token_scores", pa.list_(pa.float32())))
+        out.data.schema = pa.schema(fields)
+        masked: Counter[str] = Counter()
+        per_lang: dict[str, Counter[str]] = {}
+        samples: list[dict[str, Any]] = []
+        rows_in = 0
+        for batch in iter_batches(Path(task.payload), 1024):
+            masks, scores_col = [], []
+            langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            for toks, lang in zip(batch.column("input_ids").to_pylist(), langs, strict=True):
+                ids = np.asarray(toks, dtype=np.int64)
+                m = np.ones(len(ids), np.uint8)
+                rules: dict[str, np.ndarray] = {}
+                if cfg.repetition.enabled:
+                    rules["repetition"] = repetition_mask(ids, cfg.repetition.min_period, cfg.repetition.max_period,
+                                                          cfg.repetition.keep_repeats)
+                if cfg.boilerplate.enabled and len(self.boiler):
+                    bm = np.ones(len(ids), np.uint8)
+                    for h, a, b in _line_hashes(ids, tables.newline, cfg.boilerplate.min_tokens):
+                        if np.isin(np.uint64(h), self.boiler):
+                            bm[a:b] = 0
+                    rules["boilerplate"] = bm
+                if cfg.special:
+                    rules["special"] = (~tables.special[ids]).astype(np.uint8)
+                s = None
+                if self.models is not None:
+                    s = self.scores(ids)
+                    if cfg.influence.granularity == "global":
+                        keep = s >= (self.threshold if self.threshold is not None else -np.inf)
+                    else:
+                        k = max(1, round(cfg.influence.keep_ratio * len(ids)))
+                        keep = np.zeros(len(ids), bool)
+                        keep[np.argsort(-s, kind="stable")[:k]] = True
+                    rules["influence"] = keep.astype(np.uint8)
+                for name, r in rules.items():
+                    masked[f"{name}_tokens"] += int((r == 0).sum())
+                    m &= r
+                if len(ids):  # document boundaries stay trainable
+                    if tables.special[ids[0]]:
+                        m[0] = 1
+                    if tables.special[ids[-1]]:
+                        m[-1] = 1
+                lc = per_lang.setdefault(lang or "und", Counter())
+                lc["tokens"] += len(ids)
+                lc["masked"] += int((m == 0).sum())
+                masked["tokens"] += len(ids)
+                masked["masked"] += int((m == 0).sum())
+                if len(samples) < cfg.samples and (m == 0).any():
+                    zero = np.flatnonzero(m == 0)
+                    a = int(zero[0])
+                    b = a
+                    while b + 1 < len(ids) and m[b + 1] == 0 and b - a < 40:
+                        b += 1
+                    samples.append({"text": tables.tok.decode(ids[a:b + 1].tolist(), skip_special_tokens=False),
+                                    "rules": [n for n, r in rules.items() if r[a] == 0]})
+                masks.append(m)
+                scores_col.append(s)
+            t = batch.drop_columns([c for c in ("loss_mask", "token_scores") if c in batch.column_names])
+            t = t.append_column("loss_mask", pa.array([x for x in masks], pa.list_(pa.uint8())))
+            if cfg.keep_scores and self.models is not None:
+                t = t.append_column("token_scores", pa.array(scores_col, pa.list_(pa.float32())))
+            out.data.write(t)
+            rows_in += batch.num_rows
+        return {"rows_in": rows_in, "rows_out": rows_in,
+                "stats": {**dict(masked), "per_lang": {k: dict(v) for k, v in per_lang.items()}, "samples": samples}}
+
+
+def threshold_for(hist: np.ndarray, keep_ratio: float) -> float:
+    """The score above which ``keep_ratio`` of the histogram's tokens lie (bin resolution)."""
+    total = hist.sum()
+    if total == 0:
+        return -np.inf
+    above = np.cumsum(hist[::-1])[::-1]  # tokens in bins >= b
+    b = int(np.flatnonzero(above >= keep_ratio * total).max())
+    edges = np.linspace(*SCORE_RANGE, SCORE_BINS + 1)
+    return float(edges[b]) if b > 0 else -np.inf
+
+
+@register_stage
+class CleanStage(Stage[CleanConfig]):
+    """Per-token loss masks from the configured scorers."""
+
+    config_model = CleanConfig
+    code_version: ClassVar[str] = "1"
+
+    def run(self, ctx: StageContext) -> None:
+        import ray
+
+        cfg = self.config
+        files = [f for _, f in ctx.input_files()]
+        if files and "input_ids" not in pq.read_schema(files[0]).names:
+            raise TokenmillError(f"stage '{ctx.name}': input has no input_ids (put an encode stage before it)")
+        tok = str(ctx.artifact("tokenizer"))
+        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
+        boiler = np.zeros(0, np.uint64)
+        models = None
+        if cfg.boilerplate.enabled or cfg.influence.enabled:
+            ctx.map_shards(CountJob(cfg, tok, str(ctx.work_dir)), [ShardTask(f"count-{t.key}", t.payload)
+                                                                     for t in tasks], count_rows=False)
+        if cfg.boilerplate.enabled:
+            freq = ray.remote(_frequent_lines)
+            parts = [freq.remote(sorted(str(x) for x in d.glob("*.npz")), cfg.boilerplate.min_docs)
+                     for d in sorted((ctx.work_dir / "_lines").glob("p*"))]
+            found = ray.get(parts)
+            boiler = np.sort(np.concatenate(found)) if found else boiler
+        if cfg.influence.enabled:
+            base = ref = None
+            for f in sorted((ctx.work_dir / "_ngrams").glob("*.pkl")):
+                b, r = pickle.loads(f.read_bytes())
+                base = b if base is None else base.merge(b)
+                ref = r if ref is None else ref.merge(r)
+            if ref is None or base is None or ref.total_tokens() == 0:
+                raise TokenmillError(f"stage '{ctx.name}': the influence reference filter selects no documents")
+            from tokenizers import Tokenizer
+
+            vocab = Tokenizer.from_file(tok).get_vocab_size(with_added_tokens=True)
+            models = (NGramLM(base, vocab), NGramLM(ref, vocab))
+        threshold = None
+        hist = None
+        if models is not None and cfg.influence.granularity == "global":
+            res = ctx.map_shards(MaskJob(cfg, tok, boiler, models, None, True),
+                                 [ShardTask(f"hist-{t.key}", t.payload) for t in tasks], count_rows=False)
+            hist = np.sum([np.array(r["stats"]["histogram"]) for r in res], axis=0) if res else np.zeros(SCORE_BINS)
+            threshold = threshold_for(hist, cfg.influence.keep_ratio)
+        results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False), tasks)
+        merged: Counter[str] = Counter()
+        per_lang: dict[str, Counter[str]] = {}
+        samples: list[dict[str, Any]] = []
+        for r in results:
+            st = r["stats"]
+            merged.update({k: v for k, v in st.items() if isinstance(v, int)})
+            for lang, c in st["per_lang"].items():
+                per_lang.setdefault(lang, Counter()).update(c)
+            samples.extend(st["samples"])
+        total = merged["tokens"] or 1
+        import shutil
+
+        for side in ("_lines", "_ngrams"):
+            shutil.rmtree(ctx.work_dir / side, ignore_errors=True)
+        ctx.manifest.stats.update({
+            "tokens": merged["tokens"], "masked_tokens": merged["masked"],
+            "masked_share": round(merged["masked"] / total, 6),
+            "masked_share_by_scorer": {k.removesuffix("_tokens"): round(v / total, 6) for k, v in merged.items()
+                                       if k.endswith("_tokens") and k != "tokens"},
+            "masked_share_by_lang": {k: round(v["masked"] / max(v["tokens"], 1), 6) for k, v in
+                                     sorted(per_lang.items(), key=lambda kv: -kv[1]["tokens"])},
+            "boilerplate_lines": len(boiler), "influence_threshold": threshold,
+            "score_histogram": _coarse(hist) if hist is not None else None,
+            "masked_samples": samples[: cfg.samples],
+        })
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        s = manifest.get("stats", {})
+        rows = [("tokens masked", f"{s.get('masked_tokens', 0):,} of {s.get('tokens', 0):,} "
+                                  f"({100 * s.get('masked_share', 0):.2f}%)")]
+        rows += [(f"  by {k}", f"{100 * v:.2f}%") for k, v in s.get("masked_share_by_scorer", {}).items()]
+        rows += [(f"masked [{i}]", repr(x["text"])[:70] + f" ({', '.join(x['rules'])})")
+                 for i, x in enumerate(s.get("masked_samples", [])[:6])]
+        return rows
+
+
+def _coarse(hist: np.ndarray, bins: int = 60) -> dict[str, int]:
+    """The score histogram in 60 bins for the manifest."""
+    h = hist.reshape(bins, -1).sum(axis=1)
+    edges = np.linspace(*SCORE_RANGE, bins + 1)
+    return {f"{edges[i]:.1f}": int(h[i]) for i in range(bins) if h[i]}
