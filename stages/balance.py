@@ -279,7 +279,8 @@ class LabelJob:
             if self.cfg.mark_mismatch:
                 src = original.cast(pa.string()).to_pylist()
                 t = t.append_column("lang_mismatch", pa.array(
-                    [bool(a) and s is not None and _base(a) != _base(s) for a, s in zip(labels, src, strict=True)],
+                    [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s)
+                     for a, s in zip(labels, src, strict=True)],
                     pa.bool_()))
             writer.write(t)
             b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
@@ -289,8 +290,10 @@ class LabelJob:
             bins = np.minimum((hash_u(batch.column("id").to_pylist(), self.seed) * HASH_BINS).astype(np.int64),
                               HASH_BINS - 1)
             langs_now = t.column("lang").to_pylist()
+            mism = t.column("lang_mismatch").to_pylist() if self.cfg.mark_mismatch else [False] * t.num_rows
             for j, (lang, nb, nc) in enumerate(zip(langs_now, b, c, strict=True)):
                 k = counts.setdefault(lang, Counter())
+                k["mismatched"] += int(mism[j])
                 k["documents"] += 1
                 k["bytes"] += int(nb)
                 k["chars"] += int(nc)
@@ -397,6 +400,7 @@ class BalanceStage(Stage[BalanceConfig]):
             table[lang] = {
                 "documents": c["documents"], "bytes": c["bytes"], "chars": c["chars"],
                 **({"tokens": c["tokens"]} if "tokens" in c else {}),
+                **({"mismatched": c["mismatched"]} if cfg.langid.mark_mismatch else {}),
                 "byte_share_before": round(c["bytes"] / bytes_before, 6),
                 "documents_after": a["documents"], "bytes_after": a["bytes"],
                 "byte_share_after": round(a["bytes"] / bytes_after, 6),
@@ -404,7 +408,7 @@ class BalanceStage(Stage[BalanceConfig]):
                 "share_before": round(c[cfg.unit] / total_before, 6),
                 "target": round(targets.get(lang, 0.0), 3),
                 "share_target": round(targets.get(lang, 0.0) / total_after, 6),
-                "rate": round(r, 6), "epochs": round(r, 4),
+                "rate": round(r, 6), "epochs": round(targets.get(lang, 0.0) / c[cfg.unit], 4) if c[cfg.unit] else 0.0,
             }
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
                                    "languages": table})
@@ -434,9 +438,16 @@ class BalanceStage(Stage[BalanceConfig]):
         return rows
 
 
+NO_LANGUAGE = frozenset({"und", "zxx"})
+# Labels a detector may give for a macrolanguage's member (or the reverse); compared as one language.
+_ALIASES = {"nb": "no", "nn": "no", "cmn": "zh", "wuu": "zh", "yue": "zh", "arb": "ar", "zsm": "ms", "pes": "fa"}
+
+
 def _base(label: str) -> str:
-    """'pt_BR', 'pt-br' and 'PT' compare as 'pt' (Debian locales against detected ISO codes)."""
-    return label.replace("-", "_").split("_")[0].lower()
+    """'pt_BR', 'pt-br' and 'PT' compare as 'pt' (Debian locales against detected ISO codes); a
+    macrolanguage's members compare as the macrolanguage (so a confident 'nb' is no mismatch for 'no')."""
+    base = label.replace("-", "_").split("_")[0].lower()
+    return _ALIASES.get(base, base)
 
 
 class _Renamed:

@@ -92,6 +92,7 @@ def test_language_id_fills_missing_labels_and_marks_mismatches(run_spec, tmp_pat
     assert all(rows[i]["lang_source"] == "fr" and rows[i]["lang"] == "de" for i in wrong)
     m = json.loads((out / "balance" / "manifest.json").read_text())
     assert m["stats"]["languages"]["de"]["documents"] == 3
+    assert sum(v["mismatched"] for v in m["stats"]["languages"].values()) == len(flagged)
 
 
 def make_sized_corpus(tmp_path) -> None:
