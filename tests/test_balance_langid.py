@@ -83,9 +83,11 @@ def test_language_id_fills_missing_labels_and_marks_mismatches(run_spec, tmp_pat
     assert all(rows[d["id"]]["lang"] == d["lang"] and rows[d["id"]]["lang_score"] is None for d in labelled)
     assert not any(r["lang_mismatch"] for r in rows.values())
 
-    _, out = run_spec(LID_SPEC.format(mode="all").replace("output: out", "output: out_all"))
+    _, out = run_spec(LID_SPEC.format(mode="all").replace("output: out", "output: out_all")
+                      .replace("strategy: natural", "strategy: natural\n    drop_langs: [und]"))
     t = read_table(sorted((out / "balance" / "data").glob("*.parquet")))
     rows = {r["id"]: r for r in t.to_pylist()}
+    assert "noise" not in rows and "und" not in set(t.column("lang").to_pylist())  # dropped
     flagged = {i for i, r in rows.items() if r["lang_mismatch"]}
     wrong = {d["id"] for d in docs if d["lang"] == "fr"}
     assert wrong <= flagged and len(flagged) <= len(wrong) + 1
@@ -150,3 +152,41 @@ def test_per_language_token_budgets(run_spec, tmp_path):
     assert langs["de"]["documents_after"] == 0 and langs["de"]["byte_share_after"] == 0
     assert sum(v["byte_share_after"] for v in langs.values()) == pytest.approx(1.0, abs=1e-4)
     assert max(t.filter(pc.equal(t["lang"], "fr")).column("copy").to_pylist()) >= 1
+
+
+BYTES_SPEC = """
+name: bytes
+seed: 3
+output: out
+inputs:
+  debian: {{paths: [{corpus}]}}
+stages:
+  - {{name: ingest, type: ingest, inputs: [debian], shard_mb: 1}}
+  - {{name: unimax, type: balance, inputs: [ingest], strategy: unimax, unit: bytes, budget: 3000000,
+      max_epochs: 4}}
+  - {{name: temperature, type: balance, inputs: [ingest], strategy: temperature, alpha: 0.3, unit: bytes,
+      budget: 3000000}}
+"""
+
+
+def test_byte_shares_on_the_quickstart_sample_meet_targets(run_spec):
+    """The acceptance check in small: 31 languages of real Debian text (5.6 MB), a 3 MB byte budget;
+    every language's byte share after sampling is within 2 points of its computed target."""
+    from conftest import REPO_ROOT
+
+    corpus = REPO_ROOT / "yaml_specs" / "data" / "debian-sample.jsonl.zst"
+    _, out = run_spec(BYTES_SPEC.format(corpus=corpus))
+    for stage in ("unimax", "temperature"):
+        t = read_table(sorted((out / stage / "data").glob("*.parquet")), columns=["lang", "text"])
+        size = pc.binary_length(t["text"]).to_numpy(zero_copy_only=False)
+        by: Counter[str] = Counter()
+        for lang, n in zip(t.column("lang").to_pylist(), size, strict=True):
+            by[lang] += int(n)
+        total = sum(by.values())
+        langs = json.loads((out / stage / "manifest.json").read_text())["stats"]["languages"]
+        assert len(langs) >= 30 and abs(total - 3_000_000) < 0.05 * 3_000_000
+        for lang, v in langs.items():
+            assert abs(by[lang] / total - v["share_target"]) < 0.02, (stage, lang, by[lang] / total, v)
+            assert v["byte_share_after"] == pytest.approx(by[lang] / total, abs=1e-5)
+        if stage == "unimax":
+            assert max(v["epochs"] for v in langs.values()) <= 4.0
