@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
+from pipeline.executor import ShardOutput, ShardTask
 from pipeline.parquet_io import iter_batches
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 
@@ -46,6 +48,23 @@ class ReportConfig(BaseModel):
     heldout_docs: int = Field(default=2000, ge=0, description="Input documents outside the sample to measure on.")
 
 
+class SuperBPEConfig(BaseModel):
+    """SuperBPE (Liu et al. 2025): subwords up to a transition size, then superwords across spaces."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = Field(default=False, description="Train SuperBPE (model: bpe only).")
+    transition_vocab: int | None = Field(
+        default=None, ge=300, description="Stage-1 vocabulary size; default transition_share x vocab_size.")
+    transition_share: float = Field(default=0.5, gt=0, lt=1, description="Stage-1 share of the vocabulary.")
+    max_words: int = Field(default=4, ge=1, le=64, description="Most words one superword token may hold.")
+    sample_mb: float = Field(default=16, gt=0, description="Stage-2 text budget (MB): a hash subset of the sample.")
+    parallel_count_mb: float = Field(
+        default=8, ge=0, description="Count stage-2 pre-tokens on Ray workers above this many MB of input.")
+
+    def transition(self, vocab_size: int) -> int:
+        return self.transition_vocab or int(self.transition_share * vocab_size)
+
+
 class TrainTokenizerConfig(StageConfig):
     type: Literal["train_tokenizer"]
     model: Literal["bpe", "unigram", "wordpiece"] = "bpe"
@@ -64,10 +83,20 @@ class TrainTokenizerConfig(StageConfig):
         "text fields (e.g. UDHR) for token premiums across languages.",
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
+    superbpe: SuperBPEConfig = Field(default_factory=SuperBPEConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainTokenizerConfig:
+        if self.superbpe.enabled:
+            if self.model != "bpe":
+                raise ValueError("superbpe needs model: bpe")
+            if self.superbpe.transition(self.vocab_size) >= self.vocab_size:
+                raise ValueError("superbpe.transition_vocab must be smaller than vocab_size")
+        return self
 
 
-def build_tokenizer(cfg: TrainTokenizerConfig) -> tuple[Any, Any]:
-    """An untrained tokenizer and its trainer for the configured model."""
+def build_tokenizer(cfg: TrainTokenizerConfig, vocab_size: int | None = None) -> tuple[Any, Any]:
+    """An untrained tokenizer and its trainer for the configured model (``vocab_size`` overrides)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     norm = {"nfc": normalizers.NFC(), "nfkc": normalizers.NFKC()}.get(cfg.normalization)
@@ -80,7 +109,7 @@ def build_tokenizer(cfg: TrainTokenizerConfig) -> tuple[Any, Any]:
         ])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
+            vocab_size=vocab_size or cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_token_length=cfg.max_token_length,
             show_progress=False,
         )
@@ -92,7 +121,7 @@ def build_tokenizer(cfg: TrainTokenizerConfig) -> tuple[Any, Any]:
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token=unk, show_progress=False,
+            vocab_size=vocab_size or cfg.vocab_size, special_tokens=specials, unk_token=unk, show_progress=False,
             max_piece_length=cfg.max_token_length or 16,
         )
     else:
@@ -103,7 +132,8 @@ def build_tokenizer(cfg: TrainTokenizerConfig) -> tuple[Any, Any]:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials, show_progress=False,
+            vocab_size=vocab_size or cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
+            show_progress=False,
         )
     if norm is not None:
         tok.normalizer = norm
@@ -139,7 +169,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         files = [f for _, f in ctx.input_files()]
         total = sum(ds.manifest.get("bytes_out", 0) for ds in ctx.datasets) or 1
         rate = min(1.0, cfg.sample_mb * 1e6 / total)
-        tok, trainer = build_tokenizer(cfg)
+        stage1_vocab = cfg.superbpe.transition(cfg.vocab_size) if cfg.superbpe.enabled else None
+        tok, trainer = build_tokenizer(cfg, stage1_vocab)
         counts = {"documents": 0, "bytes": 0}
 
         def texts() -> Iterator[str]:
@@ -153,6 +184,11 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         train_s = time.perf_counter() - t0
         if counts["documents"] == 0:
             raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
+        superbpe_stats: dict[str, Any] = {}
+        if cfg.superbpe.enabled:
+            t1 = time.perf_counter()
+            tok, superbpe_stats = self._superbpe_stage2(ctx, tok, files, rate, total)
+            superbpe_stats["seconds"] = round(time.perf_counter() - t1, 3)
         path = ctx.work_dir / "tokenizer.json"
         tok.save(str(path))
         n = cfg.report.heldout_docs
@@ -170,10 +206,36 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             "sample_rate": round(rate, 6), "train_seconds": round(train_s, 3),
             "training_mb_per_s": round(counts["bytes"] / 1e6 / max(train_s, 1e-9), 3),
             "report": report["summary"],
+            "config": cfg.model_dump(mode="json", exclude={"name", "description"}),
+            "input_fingerprints": {ds.name: ds.manifest.get("fingerprint") for ds in ctx.datasets},
+            **({"superbpe": superbpe_stats} if superbpe_stats else {}),
         })
         ctx.manifest.rows_in = sum(ds.manifest.get("rows_out", 0) for ds in ctx.datasets)
         ctx.manifest.rows_out = ctx.manifest.rows_in
         ctx.manifest.bytes_in = total
+
+    def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Path], rate: float,
+                         total: int) -> tuple[Any, dict[str, Any]]:
+        """Count stage-2 pre-tokens of a hash subset of the sample (on Ray when large), then extend."""
+        from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
+
+        cfg = self.config
+        sb = cfg.superbpe
+        rate2 = min(rate, sb.sample_mb * 1e6 / total)  # same hash, lower threshold: a subset of the sample
+        job = ChunkCountJob(ctx.seed, rate2, cfg.max_doc_chars)
+        if rate2 * total > sb.parallel_count_mb * 1e6 and len(files) > 1:
+            tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", str(f)) for i, f in enumerate(files)]
+            ctx.map_shards(job, tasks, count_rows=False)
+            chunks = read_chunk_counts(sorted(ctx.data_dir.glob("part-*.parquet")))
+            ctx.data_dir.rename(ctx.work_dir / "chunk_counts")  # keep the counts; this stage has no dataset
+            where = "ray"
+        else:
+            chunks = count_chunks(row["text"] for row in iter_sample(files, ctx.seed, rate2, cfg.max_doc_chars))
+            where = "driver"
+        if not chunks:
+            raise TokenmillError(f"stage '{ctx.name}': superbpe stage 2 has no text (raise superbpe.sample_mb)")
+        tok, stats = extend_tokenizer(stage1, chunks, cfg.vocab_size, cfg.min_frequency, sb.max_words)
+        return tok, {**stats, "counted_on": where, "sample_rate": round(rate2, 6)}
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         from stages.tokenizer_report import summary_rows
@@ -182,4 +244,42 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         rows = [("model", f"{s.get('model')} ({s.get('vocab_size', 0):,} tokens)"),
                 ("trained on", f"{s.get('training_documents', 0):,} docs, {s.get('training_bytes', 0) / 1e6:.1f} MB "
                                f"in {s.get('train_seconds', 0)} s")]
+        sb = s.get("superbpe")
+        if sb:
+            rows.append(("superbpe", f"{sb['transition_vocab']:,} subwords + {sb['stage2_merges']:,} stage-2 merges "
+                                     f"({sb['superwords']:,} superwords) on {sb['distinct_chunks']:,} chunks, "
+                                     f"{sb.get('seconds', 0)} s"))
         return rows + summary_rows(s.get("report", {}))
+
+
+class ChunkCountJob:
+    """Ray shard job: the stage-2 pre-tokens of the sampled documents of one part, with counts."""
+
+    def __init__(self, seed: int, rate: float, max_chars: int):
+        self.seed, self.rate, self.max_chars = seed, rate, max_chars
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        import pyarrow as pa
+
+        from stages.tokenizer_superbpe import count_chunks
+
+        docs = list(iter_sample([Path(task.payload)], self.seed, self.rate, self.max_chars))
+        counts = count_chunks(d["text"] for d in docs)
+        keys = sorted(counts)
+        out.data.write(pa.table({"chunk": pa.array(keys, pa.string()),
+                                 "count": pa.array([counts[k] for k in keys], pa.int64())}))
+        return {"rows_in": len(docs), "rows_out": len(keys), "bytes_in": sum(len(d["text"]) for d in docs)}
+
+
+def read_chunk_counts(parts: list[Path]) -> Counter[str]:
+    """Sum the per-part chunk counts (the reduce step); order-independent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not parts:
+        return Counter()
+    table = pa.concat_tables([pq.read_table(p) for p in parts]).group_by("chunk").aggregate([("count", "sum")])
+    return Counter(dict(zip(table.column("chunk").to_pylist(), table.column("count_sum").to_pylist(), strict=True)))
