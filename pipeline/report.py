@@ -1,9 +1,16 @@
 """Run report: ``<output>/report.json`` and a self-contained ``<output>/report.html`` built from the manifests.
 
-Charts are drawn with matplotlib (Agg) and inlined as base64 PNG, so the page needs no network.
-Each section appears only when the stage that feeds it ran: the funnel and the stage table from
-every manifest, language shares from ``balance``, cluster sizes from ``dedup``, token premiums and
-bytes per token from ``train_tokenizer``, fill and padding from ``pack``.
+Why: people judge a data run by looking at it (what each stage removed, how the language mix moved,
+how the tokenizer treats each language, how full the packed sequences are). Everything here is read
+back from what the run already wrote (``run.json``, each ``<stage>/manifest.json``, the tokenizer's
+``report.json`` and, for length histograms, the ``text`` column of the datasets), so
+``pipeline report OUTPUT_DIR`` rebuilds the same page at any time.
+
+Charts are drawn with matplotlib (Agg) and inlined as base64 PNG: the page makes no network request.
+Each section appears only when the stage that feeds it ran, so the report degrades gracefully when a
+chain has fewer stages: the stage table, the funnel and the wall-time chart come from every manifest;
+language shares from ``balance``; cluster sizes from ``dedup``; token premiums and bytes per token
+from ``train_tokenizer``; share masked and masked spans from ``clean``; fill and padding from ``pack``.
 """
 
 from __future__ import annotations
@@ -16,15 +23,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.manifest import read_manifest, write_json_atomic
 
+# Length histograms read the text column of at most this many parts per dataset (evenly spread):
+# enough for a histogram, bounded for corpora of any size.
+LENGTH_PARTS = 16
+LENGTH_BINS = np.logspace(1, 7, 31)  # 10 B .. 10 MB, log-spaced
 
+
+# ---------------------------------------------------------------------------------------------
+# collect: read what the run wrote
+# ---------------------------------------------------------------------------------------------
 def collect(output: Path) -> dict[str, Any]:
-    """Every stage manifest under ``output``, in run order when ``run.json`` has it."""
+    """Every stage manifest under ``output`` (in run order when ``run.json`` has it) plus derived figures."""
     order: list[str] = []
+    run_info: dict[str, Any] = {}
     run = output / "run.json"
     if run.exists():
-        order = [s["name"] for s in json.loads(run.read_text())["stages"]]
+        run_info = json.loads(run.read_text())
+        order = [s["name"] for s in run_info.get("stages", [])]
     names = order or sorted(p.name for p in output.iterdir() if (p / "manifest.json").exists())
     stages = []
     for name in names:
@@ -34,21 +53,80 @@ def collect(output: Path) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if m["type"] == "train_tokenizer" and (output / name / "report.json").exists():
             extra["tokenizer_report"] = json.loads((output / name / "report.json").read_text())
+        hist = length_histogram(sorted((output / name / "data").glob("*.parquet")))
+        if hist is not None:
+            extra["length_histogram"] = hist
         stages.append({**m, **extra})
-    return {"output": str(output), "stages": stages}
+    return {"output": str(output), "spec": run_info.get("spec"), "stages": stages}
 
 
+def length_histogram(parts: list[Path]) -> dict[str, Any] | None:
+    """UTF-8 byte lengths of documents, histogrammed on LENGTH_BINS; None when there is no text column."""
+    if not parts:
+        return None
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if "text" not in pq.read_schema(parts[0]).names:
+        return None
+    pick = parts if len(parts) <= LENGTH_PARTS else [parts[i] for i in
+                                                      np.linspace(0, len(parts) - 1, LENGTH_PARTS).astype(int)]
+    lengths = [pc.binary_length(pq.read_table(p, columns=["text"]).column("text")).to_numpy(zero_copy_only=False)
+               for p in pick]
+    arr = np.concatenate(lengths) if lengths else np.zeros(0)
+    counts, _ = np.histogram(np.clip(arr, LENGTH_BINS[0], LENGTH_BINS[-1]), bins=LENGTH_BINS)
+    return {"bins": [round(float(x), 1) for x in LENGTH_BINS], "counts": counts.tolist(),
+            "documents": int(arr.size), "parts_read": len(pick), "parts": len(parts),
+            "median_bytes": float(np.median(arr)) if arr.size else 0.0}
+
+
+def tokens_of(stage: dict[str, Any]) -> int | None:
+    """Tokens a stage's output holds, where its manifest says so (encode, clean, pack)."""
+    st = stage.get("stats", {})
+    if stage["type"] == "pack":
+        return st.get("tokens")
+    if stage["type"] in ("encode", "clean"):
+        return st.get("tokens")
+    return None
+
+
+def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Documents, bytes and tokens after each stage, with every reason rows left (dropped or rejected)."""
+    rows = []
+    for s in data["stages"]:
+        reasons = {**{f"dropped: {k}": v for k, v in s.get("dropped", {}).items()},
+                   **{f"rejected: {k}": v for k, v in s.get("rejected_by_reason", {}).items()},
+                   **{f"added: {k}": v for k, v in s.get("added", {}).items()}}
+        st = s.get("stats", {})
+        if s["type"] == "pack":
+            reasons.update({k: st[k] for k in ("documents_split", "documents_truncated", "tokens_truncated",
+                                               "padding_tokens") if st.get(k)})
+        if s["type"] == "clean" and st.get("masked_tokens"):
+            reasons["masked tokens (kept as context)"] = st["masked_tokens"]
+        secs = s.get("wall_time_s") or 0.0
+        rows.append({"stage": s["stage"], "type": s["type"], "status": s.get("status"),
+                     "documents_in": s.get("rows_in", 0), "documents_out": s.get("rows_out", 0),
+                     "bytes_in": s.get("bytes_in", 0), "bytes_out": s.get("bytes_out", 0),
+                     "tokens_out": tokens_of(s), "reasons": reasons, "wall_time_s": secs,
+                     "mb_per_s": round(s.get("bytes_in", 0) / 1e6 / secs, 3) if secs else None,
+                     "docs_per_s": round(s.get("rows_in", 0) / secs, 1) if secs else None})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# charts: one matplotlib figure per section, inlined
+# ---------------------------------------------------------------------------------------------
 def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def charts(data: dict[str, Any]) -> dict[str, str]:
-    """Chart name -> inlined PNG data URI."""
+    """Chart name -> inlined PNG data URI, one per section whose stage ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,87 +134,216 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     stages = data["stages"]
-    if stages:
-        fig, ax = plt.subplots(figsize=(8, 3))
-        ax.bar([s["stage"] for s in stages], [s.get("rows_out", 0) for s in stages], color="#4c72b0")
-        ax.set_ylabel("rows out")
-        ax.set_title("funnel: rows after each stage")
-        ax.tick_params(axis="x", rotation=30)
-        out["funnel"] = _png(fig)
+    if not stages:
+        return out
+    fun = funnel(data)
+    names = [r["stage"] for r in fun]
+    panels = [("documents", [r["documents_out"] for r in fun]), ("MB", [r["bytes_out"] / 1e6 for r in fun])]
+    if any(r["tokens_out"] for r in fun):
+        panels.append(("tokens", [r["tokens_out"] or 0 for r in fun]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (label, vals) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.bar(names, vals, color="#4c72b0")
+        ax.set_title(f"{label} after each stage")
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle("funnel")
+    out["funnel"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(names[::-1], [r["wall_time_s"] for r in fun][::-1], color="#937860")
+    ax.set_xlabel("wall time (s)")
+    ax.set_title("time per stage")
+    out["stage_time"] = _png(fig)
+
+    hists = [(s["stage"], s["length_histogram"]) for s in stages if s.get("length_histogram", {}).get("documents")]
+    if hists:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        for name, h in hists:
+            edges = np.array(h["bins"])
+            share = np.array(h["counts"]) / max(1, h["documents"])
+            ax.step(edges[:-1], share, where="post", label=f"{name} ({h['documents']:,} docs)")
+        ax.set_xscale("log")
+        ax.set_xlabel("document length (UTF-8 bytes)")
+        ax.set_ylabel("share of documents")
+        ax.set_title("document lengths")
+        ax.legend(fontsize=7)
+        out["lengths"] = _png(fig)
+
     for s in stages:
-        st = s.get("stats", {})
-        if s["type"] == "balance" and st.get("languages"):
-            langs = list(st["languages"])[:30]
-            before = [100 * st["languages"][x]["share_before"] for x in langs]
-            after = [100 * st["languages"][x]["share_target"] for x in langs]
-            fig, ax = plt.subplots(figsize=(10, 3.5))
-            xs = range(len(langs))
-            ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before")
-            ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after")
-            ax.set_xticks(list(xs), langs, rotation=90)
-            ax.set_ylabel(f"share of {st.get('unit')} (%)")
-            ax.set_title(f"{s['stage']}: language shares ({st.get('strategy')})")
-            ax.legend()
-            out[f"languages:{s['stage']}"] = _png(fig)
-        if s["type"] == "dedup" and st.get("cluster_size_histogram"):
-            hist = st["cluster_size_histogram"]
-            fig, ax = plt.subplots(figsize=(6, 3))
-            ax.bar(list(hist), list(hist.values()), color="#dd8452")
-            ax.set_xlabel("cluster size")
-            ax.set_ylabel("clusters")
-            ax.set_title(f"{s['stage']}: duplicate clusters")
-            out[f"clusters:{s['stage']}"] = _png(fig)
-        if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
-            rep = s["tokenizer_report"]
-            prem = rep.get("token_premium", {}).get("premiums", {})
-            if prem:
-                items = sorted(((k, v) for k, v in prem.items() if v), key=lambda kv: kv[1])
-                fig, ax = plt.subplots(figsize=(10, 3.5))
-                ax.plot(range(len(items)), [v for _, v in items], color="#55a868")
-                ax.axhline(1.0, color="grey", lw=0.8)
-                ax.set_ylabel("token premium vs reference")
-                ax.set_xlabel(f"{len(items)} languages, sorted")
-                ax.set_title(f"{s['stage']}: token premiums on parallel text")
-                out[f"premiums:{s['stage']}"] = _png(fig)
-            per = rep.get("per_language", {})
-            if per:
-                langs = sorted(per, key=lambda k: -per[k]["bytes_per_token"])[:30]
-                fig, ax = plt.subplots(figsize=(10, 3))
-                ax.bar(langs, [per[k]["bytes_per_token"] for k in langs], color="#8172b3")
-                ax.set_ylabel("bytes per token")
-                ax.tick_params(axis="x", rotation=90)
-                ax.set_title(f"{s['stage']}: compression per language (held out)")
-                out[f"bytes_per_token:{s['stage']}"] = _png(fig)
-        if s["type"] == "pack" and st.get("sequences"):
-            fig, ax = plt.subplots(figsize=(5, 3))
-            real, pad = st["tokens"], st["padding_tokens"]
-            ax.bar(["tokens", "padding"], [real, pad], color=["#4c72b0", "#c44e52"])
-            ax.set_title(f"{s['stage']}: {st['method']} @ {st['seq_len']}, padding {100 * st['padding_share']:.2f}%")
-            out[f"packing:{s['stage']}"] = _png(fig)
+        for key, draw in _STAGE_CHARTS.get(s["type"], []):
+            fig = draw(plt, s)
+            if fig is not None:
+                out[f"{key}:{s['stage']}"] = _png(fig)
     return out
 
 
-def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
-    rows = []
+def _languages(plt: Any, s: dict[str, Any]) -> Any:
+    st = s.get("stats", {})
+    table = st.get("languages") or {}
+    if not table:
+        return None
+    langs = sorted(table, key=lambda x: -table[x].get("share_before", 0))[:40]
+    xs = np.arange(len(langs))
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    ax.bar(xs - 0.27, [100 * table[x].get("share_before", 0) for x in langs], width=0.27, label="before")
+    ax.bar(xs, [100 * table[x].get("share_target", 0) for x in langs], width=0.27, label="target")
+    if all("byte_share_after" in table[x] for x in langs) and st.get("unit") == "bytes":
+        ax.bar(xs + 0.27, [100 * table[x]["byte_share_after"] for x in langs], width=0.27, label="after (sampled)")
+    ax.set_xticks(xs, langs, rotation=90)
+    ax.set_ylabel(f"share of {st.get('unit', 'data')} (%)")
+    ax.set_title(f"{s['stage']}: language distribution before and after balancing ({st.get('strategy')})")
+    ax.legend()
+    return fig
+
+
+def _clusters(plt: Any, s: dict[str, Any]) -> Any:
+    hist = s.get("stats", {}).get("cluster_size_histogram")
+    if not hist:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([str(k) for k in hist], list(hist.values()), color="#dd8452")
+    ax.set_yscale("log")
+    ax.set_xlabel("cluster size (documents)")
+    ax.set_ylabel("clusters")
+    ax.set_title(f"{s['stage']}: near-duplicate cluster sizes")
+    return fig
+
+
+def _premiums(plt: Any, s: dict[str, Any]) -> Any:
+    prem = s.get("tokenizer_report", {}).get("token_premium", {}).get("premiums", {})
+    items = sorted(((k, v) for k, v in prem.items() if v), key=lambda kv: kv[1])
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.plot(range(len(items)), [v for _, v in items], color="#55a868")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    for i in {0, len(items) // 2, len(items) - 1}:
+        ax.annotate(items[i][0], (i, items[i][1]), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("token premium vs reference")
+    ax.set_xlabel(f"{len(items)} languages, sorted")
+    ax.set_title(f"{s['stage']}: token premiums on parallel text")
+    return fig
+
+
+def _bytes_per_token(plt: Any, s: dict[str, Any]) -> Any:
+    per = s.get("tokenizer_report", {}).get("per_language", {})
+    per = {k: v for k, v in per.items() if isinstance(v, dict) and v.get("bytes_per_token")}
+    if not per:
+        return None
+    langs = sorted(per, key=lambda k: -per[k]["bytes_per_token"])[:40]
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.bar(langs, [per[k]["bytes_per_token"] for k in langs], color="#8172b3")
+    ax.set_ylabel("bytes per token")
+    ax.tick_params(axis="x", rotation=90)
+    ax.set_title(f"{s['stage']}: bytes per token per language (held-out documents)")
+    return fig
+
+
+def _masked(plt: Any, s: dict[str, Any]) -> Any:
+    st = s.get("stats", {})
+    by_scorer = st.get("masked_share_by_scorer") or {}
+    by_lang = dict(list((st.get("masked_share_by_lang") or {}).items())[:30])
+    if "masked_share" not in st:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 3]})
+    axes[0].bar(["all", *by_scorer], [100 * st["masked_share"], *(100 * v for v in by_scorer.values())],
+                color="#c44e52")
+    axes[0].set_ylabel("tokens masked (%)")
+    axes[0].tick_params(axis="x", rotation=45)
+    axes[0].set_title("by scorer")
+    axes[1].bar(list(by_lang), [100 * v for v in by_lang.values()], color="#c44e52")
+    axes[1].tick_params(axis="x", rotation=90)
+    axes[1].set_title("by language")
+    fig.suptitle(f"{s['stage']}: share of tokens masked from the loss")
+    return fig
+
+
+def _packing(plt: Any, s: dict[str, Any]) -> Any:
+    st = s.get("stats", {})
+    if not st.get("sequences"):
+        return None
+    real, pad = st.get("tokens", 0), st.get("padding_tokens", 0)
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.barh(["slots"], [real], color="#4c72b0", label=f"tokens ({real:,})")
+    ax.barh(["slots"], [pad], left=[real], color="#c44e52", label=f"padding ({pad:,})")
+    ax.legend(loc="lower right", fontsize=8)
+    fill = 100 * (1 - st.get("padding_share", 0))
+    ax.set_title(f"{s['stage']}: {st.get('method', '')} @ {st.get('seq_len', '?')}: fill {fill:.2f}%, "
+                 f"{st.get('avg_documents_per_sequence', 0):.2f} docs/sequence")
+    return fig
+
+
+_STAGE_CHARTS: dict[str, list[tuple[str, Any]]] = {
+    "balance": [("languages", _languages)],
+    "dedup": [("clusters", _clusters)],
+    "train_tokenizer": [("premiums", _premiums), ("bytes_per_token", _bytes_per_token)],
+    "clean": [("masked", _masked)],
+    "pack": [("packing", _packing)],
+}
+
+
+def expected_charts(data: dict[str, Any]) -> set[str]:
+    """Chart names the stages that ran should produce (what tests check the page against)."""
+    names = {"funnel", "stage_time"} if data["stages"] else set()
     for s in data["stages"]:
-        secs = s.get("wall_time_s") or 0
-        mbps = (s.get("bytes_in", 0) / 1e6 / secs) if secs else 0
-        dropped = ", ".join(f"{k}: {v:,}" for k, v in {**s.get("dropped", {}), **s.get("rejected_by_reason", {})}
-                            .items()) or "-"
-        rows.append(f"<tr><td>{html.escape(s['stage'])}</td><td>{html.escape(s['type'])}</td>"
-                    f"<td>{s.get('status')}</td><td>{s.get('rows_in', 0):,}</td><td>{s.get('rows_out', 0):,}</td>"
-                    f"<td>{html.escape(dropped)}</td><td>{secs:.1f}</td><td>{mbps:.1f}</td></tr>")
-    figs = "\n".join(f'<figure><img alt="{html.escape(k)}" data-chart="{html.escape(k)}" src="{v}">'
-                     f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, v in images.items())
+        st = s.get("stats", {})
+        if s.get("length_histogram", {}).get("documents"):
+            names.add("lengths")
+        want = {"balance": st.get("languages"), "dedup": st.get("cluster_size_histogram"),
+                "clean": "masked_share" in st, "pack": st.get("sequences")}
+        key = {"balance": "languages", "dedup": "clusters", "clean": "masked", "pack": "packing"}.get(s["type"])
+        if key and want.get(s["type"]):
+            names.add(f"{key}:{s['stage']}")
+        if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
+            names.add(f"premiums:{s['stage']}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# html
+# ---------------------------------------------------------------------------------------------
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return f"{v:,}" if isinstance(v, int) else html.escape(str(v))
+
+
+def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
+    esc = html.escape
+    fun = funnel(data)
+    rows = "".join(
+        f"<tr><td>{esc(r['stage'])}</td><td>{esc(r['type'])}</td><td>{esc(str(r['status']))}</td>"
+        f"<td>{_num(r['documents_in'])}</td><td>{_num(r['documents_out'])}</td>"
+        f"<td>{r['bytes_in'] / 1e6:,.1f}</td><td>{r['bytes_out'] / 1e6:,.1f}</td><td>{_num(r['tokens_out'])}</td>"
+        f"<td>{_num(r['wall_time_s'])}</td><td>{_num(r['mb_per_s'])}</td><td>{_num(r['docs_per_s'])}</td>"
+        f"<td class=l>{esc('; '.join(f'{k}: {v:,}' for k, v in r['reasons'].items()) or '-')}</td></tr>"
+        for r in fun)
+    dag = " &rarr; ".join(esc(r["stage"]) for r in fun)
+    sections = []
+    for key, uri in images.items():
+        sections.append(f'<figure id="{esc(key)}"><img alt="{esc(key)}" data-chart="{esc(key)}" src="{uri}">'
+                        f"<figcaption>{esc(key)}</figcaption></figure>")
+    for s in data["stages"]:
+        samples = s.get("stats", {}).get("masked_samples") or []
+        if samples:
+            items = "".join(f"<li><code>{esc(str(x.get('text', ''))[:200])}</code> "
+                            f"<small>{esc(', '.join(x.get('rules', [])))}</small></li>" for x in samples[:12])
+            sections.append(f'<h3 id="masked-spans:{esc(s["stage"])}">{esc(s["stage"])}: example masked spans</h3>'
+                            f"<ul>{items}</ul>")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tokenmill run report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
-figure{{margin:1.5em 0}}img{{max-width:100%}}</style></head>
-<body><h1>tokenmill run report</h1><p>{html.escape(data['output'])}</p>
-<h2>Stages</h2><table><tr><th>stage</th><th>type</th><th>status</th><th>rows in</th><th>rows out</th>
-<th>dropped / rejected</th><th>seconds</th><th>MB/s in</th></tr>{''.join(rows)}</table>
-<h2>Charts</h2>{figs}</body></html>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,td:nth-child(2),td.l{{text-align:left}}
+figure{{margin:1.5em 0}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head>
+<body><h1>tokenmill run report</h1><p>{esc(data['output'])}</p>
+<h2>DAG</h2><p>{dag}</p>
+<h2>Stages and funnel</h2><table><tr><th>stage</th><th>type</th><th>status</th><th>docs in</th><th>docs out</th>
+<th>MB in</th><th>MB out</th><th>tokens out</th><th>seconds</th><th>MB/s</th><th>docs/s</th>
+<th>where rows went</th></tr>{rows}</table>
+<h2>Charts</h2>{''.join(sections)}</body></html>
 """
 
 
@@ -144,9 +351,10 @@ def build_report(output: Path) -> dict[str, Any]:
     """Write report.json and report.html under ``output``; returns the report data."""
     data = collect(output)
     images = charts(data)
-    summary = {"output": data["output"], "charts": sorted(images), "stages": [
-        {k: s.get(k) for k in ("stage", "type", "status", "rows_in", "rows_out", "rejected", "dropped",
-                               "bytes_in", "bytes_out", "wall_time_s", "stats")} for s in data["stages"]]}
+    summary = {"output": data["output"], "charts": sorted(images), "funnel": funnel(data), "stages": [
+        {**{k: s.get(k) for k in ("stage", "type", "status", "rows_in", "rows_out", "rejected", "dropped",
+                                  "bytes_in", "bytes_out", "wall_time_s", "stats")},
+         "length_histogram": s.get("length_histogram")} for s in data["stages"]]}
     write_json_atomic(output / "report.json", summary)
     (output / "report.html").write_text(render_html(data, images), encoding="utf-8")
     return summary
@@ -162,6 +370,8 @@ def report_command(args: argparse.Namespace, console: Any) -> int:
     out = Path(args.output)
     if not out.is_dir():
         raise TokenmillError(f"{out}: not a directory")
+    if not any(out.glob("*/manifest.json")):
+        raise TokenmillError(f"{out}: no stage manifests found (is this a pipeline output directory?)")
     summary = build_report(out)
     console.print(f"wrote {out / 'report.html'} ({len(summary['charts'])} charts) and {out / 'report.json'}")
     return 0
