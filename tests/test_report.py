@@ -1,0 +1,149 @@
+"""The run report: a real quickstart-shaped chain on a real local Ray writes a self-contained report.html.
+
+Checks: no external URL anywhere in src/href (the page must open with no network), every chart of every
+stage that ran is present as an inlined image, the funnel reconciles with the manifests, and
+``pipeline report`` rebuilds the same chart set; a shorter chain gets only the charts its stages feed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import orjson
+import pytest
+import zstandard
+from conftest import DATA_DIR, REPO_ROOT
+
+from pipeline.cli import main
+from pipeline.report import build_report, collect, expected_charts
+
+CHAIN = """
+name: report
+seed: 3
+output: out
+inputs:
+  docs: {paths: [docs.jsonl.zst], keep_fields: [locale]}
+  udhr: {kind: artifact, path: udhr.jsonl.zst}
+stages:
+  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 0.25}
+  - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}
+  - name: balance
+    type: balance
+    inputs: [dedup]
+    langid: {mode: missing}
+    strategy: unimax
+    unit: bytes
+    budget: 300000
+    max_epochs: 2
+  - name: tok
+    type: train_tokenizer
+    inputs: [balance]
+    vocab_size: 1000
+    parallel_text: udhr
+    report: {reference_lang: eng, heldout_docs: 100}
+  - {name: encode, type: encode, inputs: [balance], tokenizer: tok, add_eos: true}
+  - name: clean
+    type: clean
+    inputs: [encode]
+    tokenizer: tok
+    repetition: {keep_repeats: 3}
+    boilerplate: {min_docs: 5}
+  - {name: pack, type: pack, inputs: [clean], method: best_fit, seq_len: 512, writers: []}
+"""
+
+URL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+
+
+def sample_docs(n: int) -> list[dict]:
+    raw = (REPO_ROOT / "yaml_specs" / "data" / "debian-sample.jsonl.zst").read_bytes()
+    rows = [orjson.loads(x) for x in zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read().splitlines()]
+    rows = [r for r in rows if len(r["text"]) < 4000][:n]
+    # exact and near copies so dedup has clusters to draw
+    dups = [{**r, "id": f"{r['id']}-copy"} for r in rows[:20]]
+    near = [{**r, "id": f"{r['id']}-near", "text": r["text"] + " (mirror)"} for r in rows[20:30]]
+    return rows + dups + near
+
+
+def write_inputs(d, n: int = 700) -> None:
+    (d / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        b"".join(orjson.dumps(r) + b"\n" for r in sample_docs(n))))
+    shutil.copy(DATA_DIR / "udhr_articles_1-3.jsonl.zst", d / "udhr.jsonl.zst")
+
+
+@pytest.fixture(scope="module")
+def chain(ray_local, tmp_path_factory):
+    from conftest import write_spec
+
+    from pipeline.progress import QuietReporter
+    from pipeline.runner import run_pipeline
+    from pipeline.spec import load_spec
+
+    d = tmp_path_factory.mktemp("report")
+    write_inputs(d)
+    run_pipeline(load_spec(write_spec(d, CHAIN)), reporter=QuietReporter())
+    return d / "out"
+
+
+def test_report_is_self_contained_with_every_chart(chain):
+    page = (chain / "report.html").read_text()
+    assert not URL.search(page), "report.html must not reference any external URL"
+    assert "http://" not in page and "https://" not in page
+    charts = dict(re.findall(r'data-chart="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page))
+    for name, b64 in charts.items():
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n", name
+    want = {"funnel", "stage_time", "lengths", "clusters:dedup", "languages:balance", "premiums:tok",
+            "bytes_per_token:tok", "masked:clean", "packing:pack"}
+    assert want <= set(charts), want - set(charts)
+    assert expected_charts(collect(chain)) <= set(charts)
+    assert "example masked spans" in page
+
+
+def test_report_json_funnel_matches_manifests(chain):
+    rep = json.loads((chain / "report.json").read_text())
+    fun = {r["stage"]: r for r in rep["funnel"]}
+    assert list(fun) == ["ingest", "dedup", "balance", "tok", "encode", "clean", "pack"]
+    for name, row in fun.items():
+        m = json.loads((chain / name / "manifest.json").read_text())
+        assert (row["documents_in"], row["documents_out"]) == (m["rows_in"], m["rows_out"])
+        assert row["status"] == m["status"]
+    # 20 exact copies and 10 near copies were planted; dedup names why each left
+    assert fun["dedup"]["reasons"].get("dropped: exact_duplicate", 0) >= 20
+    assert fun["dedup"]["documents_out"] < fun["ingest"]["documents_out"]
+    pack = json.loads((chain / "pack" / "manifest.json").read_text())["stats"]
+    assert fun["pack"]["tokens_out"] == pack["tokens"] == fun["encode"]["tokens_out"]
+    hist = next(s["length_histogram"] for s in rep["stages"] if s["stage"] == "ingest")
+    assert sum(hist["counts"]) == hist["documents"] == fun["ingest"]["documents_out"]
+
+
+def test_pipeline_report_command_rebuilds_the_same_charts(chain, tmp_path):
+    before = json.loads((chain / "report.json").read_text())["charts"]
+    copy = tmp_path / "copy"
+    shutil.copytree(chain, copy)
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert json.loads((copy / "report.json").read_text())["charts"] == before
+    assert (copy / "report.html").stat().st_size > 10_000
+
+
+def test_report_command_refuses_a_directory_without_manifests(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) != 0
+    assert "no stage manifests" in capsys.readouterr().err
+
+
+def test_short_chain_gets_only_its_charts(run_spec, tmp_path):
+    write_inputs(tmp_path, n=200)
+    _, out = run_spec("""
+        name: short
+        output: out
+        inputs:
+          docs: {paths: [docs.jsonl.zst]}
+        stages:
+          - {name: ingest, type: ingest, inputs: [docs]}
+    """)
+    summary = build_report(out)
+    assert summary["charts"] == ["funnel", "lengths", "stage_time"]
+    assert "data-chart=\"funnel\"" in (out / "report.html").read_text()
