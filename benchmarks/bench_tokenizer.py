@@ -1,15 +1,17 @@
-"""Tokenizer training: the pipeline stage vs ``Tokenizer.train_from_iterator`` on the same text and cores."""
+"""Tokenizer training: the pipeline stage vs ``Tokenizer.train_from_iterator`` on the same text and cores,
+and SuperBPE vs plain byte-level BPE at the same vocabulary size on held-out Debian text."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
 from benchmarks.common import DEBIAN, load_jsonl_zst, manifest, print_table, run_cli, save, timed, write_jsonl
 
 
-def run(quick: bool, vocab: int = 32000) -> list[dict]:
+def run_training(quick: bool, vocab: int = 32000) -> list[dict]:
     from tokenizers import Tokenizer
 
     from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
@@ -47,9 +49,74 @@ def run(quick: bool, vocab: int = 32000) -> list[dict]:
     ]
 
 
+def _reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM) so each row reports its own peak (Linux clear_refs 5)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_superbpe(quick: bool, vocab: int = 32000, transition: int = 16000) -> list[dict]:
+    """Plain BPE vs SuperBPE (stage 1 to ``transition``, then :mod:`stages.tokenizer_superbpe`) on the
+    same training sample; tokens on held-out documents (every 50th, never trained on)."""
+    from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
+    from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+
+    docs = load_jsonl_zst(DEBIAN)
+    held = [d["text"] for d in docs[::50]]
+    held_bytes = sum(len(t.encode()) for t in held)
+    rows = []
+    for step in (16,) if quick else (16, 4):
+        train = [d["text"][:100_000] for i, d in enumerate(docs) if i % 50 and i % step == 0]
+        mb = sum(len(t.encode()) for t in train) / 1e6
+
+        def bpe(v: int, texts: list[str] = train) -> object:
+            tok, trainer = build_tokenizer(TrainTokenizerConfig(name="t", type="train_tokenizer", vocab_size=v))
+            tok.train_from_iterator(texts, trainer=trainer)
+            return tok
+
+        _reset_peak()
+        plain, t_plain = timed(lambda v=vocab: bpe(v))
+        peak_plain = _peak_mb()
+        _reset_peak()
+        stage1, t1 = timed(lambda: bpe(transition))
+        chunks, t_count = timed(lambda texts=train: count_chunks(texts))
+        (sb, st), t2 = timed(lambda s1=stage1, c=chunks: extend_tokenizer(s1, c, vocab))
+        peak_sb = _peak_mb()
+        n_plain = sum(len(e.ids) for e in plain.encode_batch(held, add_special_tokens=False))
+        n_sb = sum(len(e.ids) for e in sb.encode_batch(held, add_special_tokens=False))
+        assert all(sb.decode(e.ids) == t for e, t in zip(sb.encode_batch(held[:500]), held[:500], strict=True))
+        rows.append({"what": "BPE (train_from_iterator)", "vocab": vocab, "train MB": mb, "seconds": t_plain,
+                     "MB/s": mb / t_plain, "peak MB": peak_plain, "held-out tokens": n_plain,
+                     "bytes/token": held_bytes / n_plain, "tokens vs BPE": 1.0})
+        rows.append({"what": f"SuperBPE t={transition}", "vocab": sb.get_vocab_size(), "train MB": mb,
+                     "seconds": t1 + t_count + t2, "MB/s": mb / (t1 + t_count + t2), "peak MB": peak_sb,
+                     "held-out tokens": n_sb, "bytes/token": held_bytes / n_sb, "tokens vs BPE": n_sb / n_plain,
+                     "stage-2 s": t2, "chunks": st["distinct_chunks"], "superwords": st["superwords"]})
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """Both comparisons (the rows run_all prints)."""
+    return run_training(quick) + run_superbpe(quick)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    out = run(p.parse_args().quick)
-    print_table("tokenizer training: stage vs train_from_iterator", out)
-    save("tokenizer", out)
+    p.add_argument("--only", choices=["train", "superbpe"], help="run one of the two comparisons")
+    a = p.parse_args()
+    if a.only != "superbpe":
+        out = run_training(a.quick)
+        print_table("tokenizer training: stage vs train_from_iterator", out)
+        save("tokenizer", out)
+    if a.only != "train":
+        sb_rows = run_superbpe(a.quick)
+        print_table("SuperBPE vs BPE, same vocabulary, held-out Debian text", sb_rows)
+        save("tokenizer_superbpe", sb_rows)

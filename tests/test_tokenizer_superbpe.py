@@ -70,6 +70,11 @@ def test_extended_tokenizer_loads_encodes_as_learnt_and_compresses(tmp_path):
     tok.save(str(path))
     loaded = Tokenizer.from_file(str(path))  # stock tokenizers, no custom code
     assert loaded.get_vocab_size() == 420
+    from transformers import PreTrainedTokenizerFast  # the Hugging Face loader, as trainers use it
+
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    assert fast(held[0])["input_ids"] == loaded.encode(held[0]).ids
+    assert fast.decode(fast(held[0])["input_ids"]) == held[0]
     # stock encoding of the training text gives exactly the learner's segmentation of its chunks
     hf = sum(len(e.ids) for e in loaded.encode_batch(train, add_special_tokens=False))
     assert hf == stats["chunk_tokens_after"] < stats["chunk_tokens_before"]
