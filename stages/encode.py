@@ -12,6 +12,7 @@ and ``n_tokens``; optional BOS/EOS per document. Token counts per language go to
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -40,6 +41,12 @@ class EncodeConfig(StageConfig):
     eos_token: str | None = Field(default=None, description="EOS token string (default: found in the vocabulary).")
     keep_text: bool = Field(default=True, description="Keep the text column beside the ids.")
     batch_rows: int = Field(default=1024, ge=1, description="Documents per encode_batch call.")
+    rust_threads: bool = Field(
+        default=False,
+        description="Let each actor use the tokenizers Rust thread pool (only useful with fewer actors than "
+                    "cores, e.g. TOKENMILL_MAX_WORKERS=1); off by default so actors and threads do not "
+                    "oversubscribe the cores.",
+    )
 
 
 def ids_type(vocab_size: int) -> pa.DataType:
@@ -114,8 +121,11 @@ class EncodeStage(MapStage[EncodeConfig]):
         from tokenizers import Tokenizer
 
         self.state = state
+        # tokenizers reads this on every encode_batch call; Ray workers default to "false" (WORKER_ENV)
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if self.config.rust_threads else "false"
         self.tokenizer = Tokenizer.from_file(state["path"])  # loaded once per actor
         self.dtype = ids_type(state["vocab_size"])
+        self.batch_rows = self.config.batch_rows  # the runner streams parts in batches of this many rows
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [f for f in input_schema if f.name not in ("input_ids", "n_tokens", "loss_mask")]

@@ -74,6 +74,14 @@ def _sequence_arrays(segs: list[Segment], docs: list[np.ndarray], masks: list[np
     return tokens, mask, pos, lens
 
 
+def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat numpy values, int64 offsets from 0), zero-copy where Arrow allows."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    return values, offsets - offsets[0]
+
+
 class PackJob:
     """Packs one encoded part into sequences (a part is packed on its own: deterministic, parallel)."""
 
@@ -146,11 +154,15 @@ class PackJob:
         limit = cfg.buffer_docs if cfg.method == "best_fit" else 1 << 62
         n_docs = 0
         for batch in iter_batches(Path(task.payload), 2048, columns=columns):
-            col_ids = batch.column("input_ids").to_pylist()
-            col_mask = batch.column("loss_mask").to_pylist() if "loss_mask" in columns else [None] * len(col_ids)
-            for doc_id, toks, m in zip(batch.column("id").to_pylist(), col_ids, col_mask, strict=True):
-                docs.append(np.asarray(toks, dtype=dtype))
-                masks.append(None if m is None else np.asarray(m, dtype=np.uint8))
+            values, offsets = flat_lists(batch.column("input_ids"))
+            values = values.astype(dtype, copy=False)
+            mvalues = flat_lists(batch.column("loss_mask"))[0].astype(np.uint8, copy=False) \
+                if "loss_mask" in columns else None
+            bounds = offsets.tolist()
+            for k, doc_id in enumerate(batch.column("id").to_pylist()):
+                a, b = bounds[k], bounds[k + 1]
+                docs.append(values[a:b])  # views into the batch: no per-document copy
+                masks.append(None if mvalues is None else mvalues[a:b])
                 ids.append(doc_id)
                 n_docs += 1
                 if len(docs) >= limit:
@@ -242,21 +254,18 @@ class PackStage(Stage[PackConfig]):
             olmo = OlmoWriter(ctx.work_dir / "olmo", olmo_dtype, cfg.max_tokens_per_file) \
                 if "olmo" in cfg.writers else None
             loc = 0
-            for f in files:
+            for f in files:  # parts in sorted key order: the trainer's document order is deterministic
                 cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in pq.read_schema(f).names
                                                          else [])
-                for batch in iter_batches(f, 2048, columns=cols):
-                    masks = batch.column("loss_mask").to_pylist() if "loss_mask" in cols else None
-                    for i, (doc_id, src, toks) in enumerate(zip(batch.column("id").to_pylist(),
-                                                                batch.column("source").to_pylist(),
-                                                                batch.column("input_ids").to_pylist(), strict=True)):
-                        arr = np.asarray(toks)
-                        if mega is not None:
-                            mega.add_document(arr)
-                        if olmo is not None:
-                            m = np.ones(len(arr), np.uint8) if masks is None else np.asarray(masks[i], np.uint8)
-                            olmo.add_document(arr, m, doc_id, src or "", loc)
-                        loc += 1
+                for batch in iter_batches(f, 8192, columns=cols):
+                    values, offsets = flat_lists(batch.column("input_ids"))
+                    if mega is not None:
+                        mega.add_documents(values, offsets)
+                    if olmo is not None:
+                        masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
+                        srcs = [s or "" for s in batch.column("source").to_pylist()]
+                        olmo.add_documents(values, offsets, masks, batch.column("id").to_pylist(), srcs, loc)
+                    loc += batch.num_rows
             if mega is not None:
                 out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
             if olmo is not None:

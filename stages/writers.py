@@ -45,6 +45,14 @@ class MegatronWriter:
         self.bin.write(arr.tobytes(order="C"))
         self.lengths.append(len(arr))
 
+    def add_documents(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        """A whole batch at once: ``values`` flat tokens, ``offsets`` [n + 1] document boundaries.
+
+        One ``write`` per batch instead of one per document (the Python loop dominated otherwise).
+        """
+        self.bin.write(np.asarray(values).astype(np.dtype(self.dtype).newbyteorder("<"), copy=False).tobytes())
+        self.lengths.extend(np.diff(offsets).tolist())
+
     def close(self) -> dict[str, int]:
         self.bin.close()
         lengths = np.array(self.lengths, dtype="<i4")
@@ -101,6 +109,28 @@ class OlmoWriter:
         self.mask.write(np.asarray(mask, dtype=np.uint8).tobytes())
         self.csv.writerow([self.pos, self.pos + len(tokens), doc_id, src, loc])
         self.pos += len(tokens)
+
+    def add_documents(self, values: np.ndarray, offsets: np.ndarray, masks: np.ndarray | None,
+                      doc_ids: list[str], srcs: list[str], loc: int) -> None:
+        """A batch of documents (flat ``values`` cut by ``offsets``), written in runs that fit the file."""
+        n = len(offsets) - 1
+        i = 0
+        while i < n:
+            if self.pos and self.pos + int(offsets[i + 1] - offsets[i]) > self.max_tokens:
+                self._open_next()
+            # the longest run of documents from i that still fits (at least one document)
+            room = self.max_tokens - self.pos
+            j = int(np.searchsorted(offsets, offsets[i] + room, side="right")) - 1
+            j = min(max(j, i + 1), n)
+            a, b = int(offsets[i]), int(offsets[j])
+            self.tokens.write(np.asarray(values[a:b]).astype(self.dtype, copy=False).tobytes())
+            self.mask.write((np.ones(b - a, np.uint8) if masks is None else
+                             np.asarray(masks[a:b], dtype=np.uint8)).tobytes())
+            starts = (offsets[i:j] - a + self.pos).tolist()
+            ends = (offsets[i + 1:j + 1] - a + self.pos).tolist()
+            self.csv.writerows(zip(starts, ends, doc_ids[i:j], srcs[i:j], range(loc + i, loc + j), strict=True))
+            self.pos += b - a
+            i = j
 
     def close(self) -> dict[str, object]:
         self._close_current()
