@@ -1,27 +1,84 @@
-"""Run every benchmark: ``python -m benchmarks.run_all [--quick]`` (from the repository root)."""
+"""Run every benchmark: ``python benchmarks/run_all.py [--quick] [--only NAME ...]`` from the repository root.
+
+Discovers every ``benchmarks/bench_*.py``, calls its ``run(quick)`` one after the other (never in
+parallel: they share 2 cores), prints each table, then one combined table of the headline columns
+(throughput, wall time, peak memory and the ratio to the module's baseline), and writes
+``benchmarks/results/<name>.json`` per module plus ``benchmarks/results/all.json``. A module that fails
+is reported in the combined table with its error and does not stop the others.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import platform
+import sys
 import time
+import traceback
+from pathlib import Path
+from typing import Any
 
-from benchmarks.common import print_table, save
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, ROOT, print_table, save
 
-MODULES = ["bench_dedup", "bench_langid", "bench_balance", "bench_tokenizer", "bench_encode_pack"]
+# The whole-pipeline and datatrove runs are the slowest: last, so the per-stage figures come first.
+LAST = ("bench_pipeline", "bench_datatrove")
+HEADLINE = ("MB/s", "docs/s", "tokens/s", "wall_s", "peak_rss_MB", "peak_MB")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="a 20k-document subset where the benchmark allows")
-    p.add_argument("--only", nargs="*", help="run only these modules")
+def modules() -> list[str]:
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    return [n for n in names if n not in LAST] + [n for n in LAST if n in names]
+
+
+def _headline(module: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The comparable columns of one row: what it measured, throughput, time, memory, ratio."""
+    label = " ".join(str(v) for k, v in row.items() if isinstance(v, str))[:60]
+    out: dict[str, Any] = {"benchmark": module.removeprefix("bench_"), "case": label}
+    for k, v in row.items():
+        if k in HEADLINE or "ratio" in k or "speedup" in k or "peak" in k:
+            out[k] = v
+    return out
+
+
+def machine() -> dict[str, Any]:
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "memory_GiB": round(mem_gib, 1), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small subsets where the benchmark allows")
+    p.add_argument("--only", nargs="*", help="run only these modules (e.g. bench_dedup or dedup)")
     args = p.parse_args()
-    for name in args.only or MODULES:
+    wanted = [n if n.startswith("bench_") else f"bench_{n}" for n in (args.only or [])] or modules()
+    combined: list[dict[str, Any]] = []
+    everything: dict[str, Any] = {"machine": machine(), "quick": args.quick, "modules": {}}
+    failed = 0
+    for name in wanted:
         t0 = time.perf_counter()
-        rows = importlib.import_module(f"benchmarks.{name}").run(args.quick)
-        print_table(f"{name} ({time.perf_counter() - t0:.0f} s)", rows)
+        try:
+            rows = importlib.import_module(f"benchmarks.{name}").run(args.quick)
+        except Exception as exc:  # one broken benchmark must not hide the others
+            failed += 1
+            traceback.print_exc()
+            combined.append({"benchmark": name.removeprefix("bench_"), "case": f"FAILED: {exc}"[:60]})
+            continue
+        secs = time.perf_counter() - t0
+        print_table(f"{name} ({secs:.0f} s)", rows)
         save(name.removeprefix("bench_"), rows)
+        everything["modules"][name] = {"seconds": round(secs, 1), "rows": rows}
+        combined += [_headline(name, r) for r in rows]
+    print_table(f"all benchmarks{' (quick)' if args.quick else ''}: {machine()}", combined)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "all.json").write_text(json.dumps(everything, indent=2))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    os.chdir(ROOT)
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Whole pipeline at 1x, 2x and 4x the shared Debian corpus: how wall time and peak memory grow.
+
+The corpus is repeated k times with new ids (``<id>~r<k>``), as the issue asks. Copies are exact
+duplicates, so dedup removes them all: its own work grows with the input, while balance (after dedup)
+stays constant. To measure the streaming stages on a growing stream, encode and pack read the ingest
+output (the DAG is ingest -> dedup -> balance and ingest -> train_tokenizer / encode -> pack); the
+tokenizer trains on a fixed ``sample_mb`` budget, so its time should stay flat. Token cleaning (an
+n-gram model over all tokens) is left out of this run to keep the 4x full-corpus run under an hour
+on 2 cores; it has its own benchmark.
+
+Memory: a sampler thread reads the proportional set size (PSS, /proc/PID/smaps_rollup, so Ray's
+shared object store is not counted once per process) of the pipeline process and all its
+descendants (GCS, raylet, workers) every 0.25 s; samples are assigned to the stage that was running
+by the manifests' ``started_at`` + ``wall_time_s``. Run: ``python benchmarks/bench_pipeline.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEBIAN, ROOT, print_table, save
+
+SCALES = (1, 2, 4)
+QUICK_DOCS = 4000
+
+SPEC = """
+name: bench_pipeline
+seed: 1
+output: out
+inputs:
+  debian: {{paths: [corpus.jsonl.zst], keep_fields: [locale]}}
+stages:
+  - {{name: ingest, type: ingest, inputs: [debian], shard_mb: {shard_mb}}}
+  - {{name: dedup, type: dedup, inputs: [ingest], near: {{threshold: 0.8}}}}
+  - {{name: balance, type: balance, inputs: [dedup], langid: {{mode: missing}}, strategy: natural}}
+  - {{name: tokenizer, type: train_tokenizer, inputs: [ingest], vocab_size: 16000, sample_mb: 8,
+      report: {{heldout_docs: 200}}}}
+  - {{name: encode, type: encode, inputs: [ingest], tokenizer: tokenizer, add_eos: true, keep_text: false}}
+  - {{name: pack, type: pack, inputs: [encode], method: best_fit, seq_len: 2048, writers: [numpy]}}
+"""
+STREAMING = ("ingest", "encode", "pack")
+
+
+def repeated_corpus(lines: list[bytes], k: int, path: Path) -> int:
+    """Write the corpus k times, copy r under ids ``<id>~r<r>`` (copy 0 keeps its id); returns bytes."""
+    import orjson
+
+    cctx = zstandard.ZstdCompressor(level=3)
+    total = 0
+    with open(path, "wb") as f, cctx.stream_writer(f) as w:
+        for r in range(k):
+            for line in lines:
+                if r:
+                    doc = orjson.loads(line)
+                    doc["id"] = f"{doc['id']}~r{r}"
+                    line = orjson.dumps(doc)
+                w.write(line + b"\n")
+                total += len(line) + 1
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc/*/stat parent links."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, frontier = [pid], [pid]
+    while frontier:
+        frontier = [c for c, p in parent.items() if p in frontier]
+        out += frontier
+    return out
+
+
+def _pss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total / 1024
+
+
+def run_measured(spec: Path, interval: float = 0.25) -> tuple[float, list[tuple[float, float]]]:
+    """Run ``pipeline run spec`` in a child process; (wall seconds, [(unix time, PSS MB of the tree)])."""
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"], cwd=spec.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    samples: list[tuple[float, float]] = []
+
+    def sample() -> None:
+        while proc.poll() is None:
+            samples.append((time.time(), _pss_mb(_tree(proc.pid))))
+            time.sleep(interval)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline run failed:\n{err.decode()[-3000:]}")
+    return time.perf_counter() - t0, samples
+
+
+def per_stage(out: Path, samples: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
+    res = {}
+    for name in json.loads((out / "run.json").read_text())["stages"]:
+        m = json.loads((out / name["name"] / "manifest.json").read_text())
+        start = datetime.fromisoformat(m["started_at"].replace("Z", "+00:00")).timestamp()
+        end = start + m["wall_time_s"] + 1.0
+        inside = [mb for t, mb in samples if start - 0.5 <= t <= end]
+        res[m["stage"]] = {"s": m["wall_time_s"], "peak_mb": max(inside, default=0.0), "rows_in": m["rows_in"],
+                           "bytes_in": m["bytes_in"]}
+    return res
+
+
+def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(DEBIAN.read_bytes())).read()
+    lines = raw.splitlines()
+    n = base_docs or (QUICK_DOCS if quick else len(lines))
+    lines = lines[:n]
+    rows: list[dict[str, Any]] = []
+    base: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_", dir=os.environ.get("TMPDIR")) as tmp:
+        for k in SCALES:
+            d = Path(tmp) / f"x{k}"
+            d.mkdir()
+            nbytes = repeated_corpus(lines, k, d / "corpus.jsonl.zst")
+            (d / "spec.yaml").write_text(SPEC.format(shard_mb=8 if quick else 32))
+            wall, samples = run_measured(d / "spec.yaml")
+            stages = per_stage(d / "out", samples)
+            tokens = json.loads((d / "out" / "encode" / "manifest.json").read_text())["stats"]["tokens"]
+            row: dict[str, Any] = {"scale": f"{k}x", "docs": n * k, "MB": round(nbytes / 1e6, 1),
+                                   "wall_s": round(wall, 1),
+                                   "MB/s": round(nbytes / 1e6 / wall, 2), "docs/s": round(n * k / wall),
+                                   "tokens/s": round(tokens / wall),
+                                   "peak_MB_all": round(max((mb for _, mb in samples), default=0.0))}
+            for name, st in stages.items():
+                row[f"{name}_s"] = round(st["s"], 1)
+            for name in STREAMING:
+                row[f"{name}_peak_MB"] = round(stages[name]["peak_mb"])
+            if k == 1:
+                base = row
+            row["time_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
+            row["time_ratio/scale"] = round(row["time_ratio"] / k, 2)
+            for name in STREAMING:
+                row[f"{name}_mem_ratio"] = round(row[f"{name}_peak_MB"] / max(1, base[f"{name}_peak_MB"]), 2)
+            rows.append(row)
+            print(f"  {k}x done in {wall:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"the first {QUICK_DOCS} documents as 1x")
+    p.add_argument("--base-docs", type=int, help="documents of the 1x corpus (default: all, or the quick subset)")
+    args = p.parse_args()
+    rows = run(args.quick, args.base_docs)
+    print_table("whole pipeline at 1x/2x/4x", rows)
+    save("pipeline", rows)
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()
