@@ -81,7 +81,9 @@ class Reporter:
             )
         elif time.monotonic() - self._last_line >= self.interval_s or st.done == st.total:
             self._last_line = time.monotonic()
-            self.message(f"[{name}] {st.done}/{st.total} shards, {st.rows:,} rows, {st.bytes / 1e6:.1f} MB, {rate}")
+            eta = f", ETA {elapsed / st.done * (st.total - st.done):.0f}s" if st.total > st.done else ""
+            mb = st.bytes / 1e6
+            self.message(f"[{name}] {st.done}/{st.total} shards, {st.rows:,} rows, {mb:.1f} MB, {rate}{eta}")
 
     def stage_finished(self, name: str, manifest: dict) -> None:
         line = (
