@@ -136,7 +136,9 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     stages = data["stages"]
     if not stages:
         return out
-    fun = funnel(data)
+    # the funnel follows datasets only: a tokenizer stage reads documents but emits no dataset
+    has_data = {s["stage"] for s in stages if any(f["path"].startswith("data/") for f in s.get("files", []))}
+    fun = [r for r in funnel(data) if r["stage"] in has_data] or funnel(data)
     names = [r["stage"] for r in fun]
     panels = [("documents", [r["documents_out"] for r in fun]), ("MB", [r["bytes_out"] / 1e6 for r in fun])]
     if any(r["tokens_out"] for r in fun):
@@ -144,13 +146,14 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (label, vals) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.bar(names, vals, color="#4c72b0")
-        ax.set_title(f"{label} after each stage")
+        ax.set_title(f"funnel: {label} after each stage", fontsize=10)
         ax.tick_params(axis="x", rotation=45)
-    fig.suptitle("funnel")
+    fig.tight_layout()
     out["funnel"] = _png(fig)
 
+    every = funnel(data)
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh(names[::-1], [r["wall_time_s"] for r in fun][::-1], color="#937860")
+    ax.barh([r["stage"] for r in every][::-1], [r["wall_time_s"] for r in every][::-1], color="#937860")
     ax.set_xlabel("wall time (s)")
     ax.set_title("time per stage")
     out["stage_time"] = _png(fig)
@@ -255,7 +258,7 @@ def _masked(plt: Any, s: dict[str, Any]) -> Any:
     axes[1].bar(list(by_lang), [100 * v for v in by_lang.values()], color="#c44e52")
     axes[1].tick_params(axis="x", rotation=90)
     axes[1].set_title("by language")
-    fig.suptitle(f"{s['stage']}: share of tokens masked from the loss")
+    fig.suptitle(f"{s['stage']}: share of tokens masked from the loss", y=1.04)
     return fig
 
 
