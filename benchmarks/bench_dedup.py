@@ -60,7 +60,7 @@ def run(quick: bool) -> list[dict]:
             "  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}\n"
             "  - {name: dedup, type: dedup, inputs: [ingest], exact: {enabled: false}}\n"
         )
-        wall, peak = run_cli(["run", "spec.yaml", "--quiet"], d)
+        _, peak = run_cli(["run", "spec.yaml", "--quiet"], d)
         m = manifest(d / "out", "dedup")
     t_stage = m["wall_time_s"]
     removed = sum(m["dropped"].values())
