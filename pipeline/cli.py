@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     from pipeline.stage_api import discover_stages
 
     discover_stages()  # stage modules may register extra commands
+    import pipeline.submit  # noqa: F401  (registers 'pipeline submit')
     p = argparse.ArgumentParser(prog="pipeline", description="tokenmill: raw text to training-ready tokens.")
     sub = p.add_subparsers(dest="command", required=True)
 
