@@ -26,7 +26,7 @@ from benchmarks.common import RESULTS, ROOT, print_table, save
 
 # The whole-pipeline and datatrove runs are the slowest: last, so the per-stage figures come first.
 LAST = ("bench_pipeline", "bench_datatrove")
-HEADLINE = ("MB/s", "docs/s", "tokens/s", "wall_s", "peak_rss_MB", "peak_MB")
+HEADLINE = ("MB/s", "docs/s", "tokens/s", "wall_s")
 
 
 def modules() -> list[str]:
