@@ -5,7 +5,9 @@ batches of 1,024 documents, with the Rust thread pool on (all cores) and off (on
 reads Parquet, encodes on a Ray actor pool and writes Parquet; its rate counts all of that. Two
 splits of the cores are measured for the stage: one actor per core with Rust threads off (the
 default) and one actor using the Rust pool. Throughput is the stage's own wall time from its
-manifest; peak memory is the driver's (child CLI process) and this process's.
+manifest; peak memory is the driver's (child CLI process) and this process's. The 1-minute load
+average is printed beside each row: on a shared host, rows measured under different loads are
+not comparable, and the ratio is only meaningful when the load stays near the core count.
 
     python benchmarks/bench_encode.py [--quick]
 """
@@ -81,7 +83,8 @@ def run(quick: bool) -> list[dict]:
         for label, n_tok, secs in raws:
             rows.append({"what": f"encode_batch: {label}", "docs": len(texts), "MB": mb, "tokens": n_tok,
                          "seconds": secs, "tokens/s": n_tok / secs, "MB/s": mb / secs, "docs/s": len(texts) / secs,
-                         "ratio": (n_tok / secs) / best, "peak MB": peak_rss_mb()})
+                         "ratio": (n_tok / secs) / best, "peak MB": peak_rss_mb(),
+                         "load avg": os.getloadavg()[0]})
         del tok
         write_jsonl(docs, d / "docs.jsonl")
         for label, rust, workers, force in [("stage: 1 actor/core, Rust pool off (default)", "false", "", []),
@@ -96,7 +99,8 @@ def run(quick: bool) -> list[dict]:
             secs, n_tok = m["wall_time_s"], m["stats"]["tokens"]
             rows.append({"what": label, "docs": len(texts), "MB": mb, "tokens": n_tok, "seconds": secs,
                          "tokens/s": n_tok / secs, "MB/s": mb / secs, "docs/s": len(texts) / secs,
-                         "ratio": (n_tok / secs) / best, "peak MB": peak})
+                         "ratio": (n_tok / secs) / best, "peak MB": peak,
+                         "load avg": os.getloadavg()[0]})
         os.environ.pop("TOKENMILL_MAX_WORKERS", None)
     return rows
 
