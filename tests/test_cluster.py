@@ -1,0 +1,315 @@
+"""A real two-node Ray cluster on this machine: multi-node runs, job submission, fault tolerance.
+
+The head and the worker node are separate ``ray start --block`` processes (each in its own process
+group, so teardown ends exactly them and never another engineer's Ray). Every pipeline run is a
+subprocess (``sys.executable -m pipeline ...``): a process may only ``ray.init`` once, and the
+session-scoped ``ray_local`` fixture is not used here. Outputs are compared byte for byte with a
+single-node run of the same spec.
+
+Order matters: the node-removal test stops the worker node, so it runs last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "dedup")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="token", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+               RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_BACKEND_LOG_LEVEL="fatal")
+    env.update(extra)
+    return env
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class LocalCluster:
+    """A head and one worker node, each a ``ray start --block`` process group."""
+
+    def __init__(self, tmp: Path):
+        self.port, self.dash = _free_port(), _free_port()
+        self.gcs = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dash}"
+        self.tmp = tmp
+        # a short path: Ray's Unix socket paths under the temp dir must stay below 108 bytes
+        self.ray_tmp = tempfile.mkdtemp(prefix="tmray", dir="/tmp")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        self.procs[name] = subprocess.Popen([_ray_bin(), "start", "--block", *args], env=_env(),
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self) -> None:
+        self._start("head", ["--head", f"--port={self.port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=true", f"--dashboard-port={self.dash}",
+                             "--dashboard-host=127.0.0.1", f"--temp-dir={self.ray_tmp}",
+                             f"--ray-client-server-port={_free_port()}", "--resources={\"head\": 1}"])
+        self._wait_nodes(1, 90)
+        self.add_worker()
+
+    def add_worker(self) -> None:
+        self._start("worker", [f"--address={self.gcs}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                               "--resources={\"worker_node\": 1}"])
+        self._wait_nodes(2, 90)
+
+    def alive_nodes(self) -> int:
+        code = ("import ray,json,logging;ray.init(address=" + repr(self.gcs) + ",logging_level=logging.ERROR);"
+                "print('NODES',sum(n['Alive'] for n in ray.nodes()))")
+        try:
+            r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return 0
+        for line in r.stdout.splitlines():
+            if line.startswith("NODES"):
+                return int(line.split()[1])
+        return 0
+
+    def _wait_nodes(self, n: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if all(p.poll() is None for p in self.procs.values()) and self.alive_nodes() >= n:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"cluster did not reach {n} nodes: " + (self.tmp / "head.log").read_text()[-2000:])
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def stop_all(self) -> None:
+        for name in ("worker", "head"):
+            self.stop(name)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+    def worker_pids(self) -> list[int]:
+        """Ray worker processes of this cluster that are running a Ray Data map task."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                env = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith("ray::") and "MapBatches" in cmd and f":{self.port}".encode() in env:
+                pids.append(int(proc.name))
+        return pids
+
+
+def make_corpus(path: Path, n_docs: int, seed: int = 7) -> None:
+    """Deterministic multilingual-looking JSONL with exact and near duplicates."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(3000)]
+    with path.open("w") as f:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(40, 160)))
+            if i % 10 == 9:
+                text = f"duplicate body {i % 30}"  # exact duplicates for dedup
+            f.write(json.dumps({"id": f"d{i}", "text": text, "lang": rng.choice(["en", "de", "fr"]),
+                                "source": "synthetic"}) + "\n")
+
+
+def write_spec(directory: Path, corpus: Path, shard_mb: float, fail: bool = False) -> Path:
+    dedup = "  - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}\n"
+    if fail:  # a stage whose error happens on the cluster: an input file that is not there
+        corpus = corpus.with_name("missing.jsonl")
+    spec = directory / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        name: cluster-test
+        seed: 99
+        output: out
+        inputs:
+          docs:
+            paths: [{corpus}]
+            fields: {{id: id, text: text, lang: lang, source: source}}
+        stages:
+          - {{name: ingest, type: ingest, inputs: [docs], shard_mb: {shard_mb}}}
+        """) + dedup)
+    return spec
+
+
+def pipeline_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def run_cli(*args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_cmd(*args), env=_env(**env), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def digest(out: Path, stages=STAGES) -> dict[str, str]:
+    """sha256 of every Parquet file of the stages (manifests hold timings, so they are left out)."""
+    res = {}
+    for stage in stages:
+        files = sorted((out / stage).rglob("*.parquet"))
+        assert files, f"no parquet output under {out / stage}"
+        for f in files:
+            res[str(f.relative_to(out))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return res
+
+
+def node_ids_of_tasks(dashboard: str) -> set[str]:
+    code = textwrap.dedent(f"""
+        from ray.util.state import list_tasks
+        ts = list_tasks(address={dashboard!r}, filters=[("state", "=", "FINISHED")], limit=10000,
+                        raise_on_missing_output=False)
+        print("NODES", " ".join(sorted({{t.node_id for t in ts if "MapBatches" in t.name and t.node_id}})))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    for line in r.stdout.splitlines():
+        if line.startswith("NODES"):
+            return set(line.split()[1:])
+    raise AssertionError(r.stderr[-2000:])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    path = d / "docs.jsonl"
+    make_corpus(path, 6000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> dict[str, str]:
+    """The single-node run: an embedded local Ray in its own process."""
+    d = tmp_path_factory.mktemp("single")
+    spec = write_spec(d, corpus, shard_mb=0.5)
+    r = run_cli("run", str(spec), "--quiet")
+    assert r.returncode == 0, r.stderr
+    return digest(d / "out")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("raycluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_run_with_address_uses_both_nodes_and_matches_single_node(cluster, corpus, reference, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5)
+    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs)
+    assert r.returncode == 0, r.stderr
+    assert digest(tmp_path / "out") == reference
+    nodes = node_ids_of_tasks(cluster.dashboard)
+    assert len(nodes) == 2, f"map tasks ran on {nodes}"
+
+
+def test_submit_job_succeeds_and_matches(cluster, corpus, reference, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5)
+    r = run_cli("submit", str(spec), "--address", cluster.dashboard, "--output", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCEEDED" in r.stdout
+    assert digest(tmp_path / "out") == reference
+
+
+def test_submit_failing_stage_returns_nonzero_with_error(cluster, corpus, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5, fail=True)
+    r = run_cli("submit", str(spec), "--address", cluster.dashboard)
+    assert r.returncode != 0
+    assert "missing.jsonl" in r.stdout + r.stderr
+    assert "FAILED" in r.stdout + r.stderr
+
+
+def _wait_committed(out: Path, stage: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> list[Path]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = sorted((out / ".tmp").glob(f"{stage}-*/_shards/*.json"))
+        if len(done) >= n:
+            return done
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {n} shards were committed: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for committed shards")
+
+
+def test_fault_worker_killed_mid_stage(cluster, corpus, reference, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5)
+    proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    _wait_committed(tmp_path / "out", "ingest", 1, proc)
+    killed = 0
+    deadline = time.time() + 30
+    while not killed and time.time() < deadline and proc.poll() is None:
+        for pid in cluster.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        time.sleep(0.05)
+    assert killed, "no worker process found mid-stage"
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert digest(tmp_path / "out") == reference
+
+
+def test_fault_driver_killed_then_resumed(cluster, corpus, reference, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    done = _wait_committed(out, "ingest", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not (out / "ingest" / "manifest.json").exists(), "the stage finished before the kill"
+    committed = {}
+    for marker in done:
+        for part in marker.parent.parent.rglob(f"part-{marker.stem}*.parquet"):
+            committed[part.name] = part.stat().st_mtime_ns
+    assert committed
+    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs)
+    assert r.returncode == 0, r.stderr
+    assert digest(out) == reference
+    for name, mtime in committed.items():  # files committed before the kill were not rewritten
+        (part,) = list((out / "ingest").rglob(name))
+        assert part.stat().st_mtime_ns == mtime, name
+
+
+def test_fault_worker_node_removed_mid_run(cluster, corpus, reference, tmp_path):
+    spec = write_spec(tmp_path, corpus, shard_mb=0.5)
+    proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    _wait_committed(tmp_path / "out", "ingest", 1, proc)
+    cluster.stop("worker")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert digest(tmp_path / "out") == reference
