@@ -61,6 +61,12 @@ class InfluenceConfig(_Strict):
     reference: ReferenceFilter = Field(default_factory=ReferenceFilter)
     keep_ratio: float = Field(default=0.6, gt=0, le=1, description="Share of tokens kept (the paper keeps 60%).")
     granularity: Literal["global", "document"] = "global"
+    model: Literal["ngram", "hf"] = Field(default="ngram", description="n-gram models trained here, or two local "
+                                          "Hugging Face causal LMs (optional extra 'hf').")
+    base_model: str | None = Field(default=None, description="hf: local directory of the base model.")
+    reference_model: str | None = Field(default=None, description="hf: local directory of the reference model.")
+    device: str = Field(default="auto", description="hf: 'auto' (GPU if present), 'cpu' or 'cuda'.")
+    batch_size: int = Field(default=8, ge=1, description="hf: documents per forward pass.")
 
 
 class RepetitionConfig(_Strict):
@@ -137,8 +143,9 @@ class CountJob:
         cfg, key = self.cfg, task.key.split("-", 1)[1]
         out.data.write_empty = False
         line_keys: list[int] = []
-        base = NGramCounts(cfg.influence.order) if cfg.influence.enabled else None
-        ref = NGramCounts(cfg.influence.order) if cfg.influence.enabled else None
+        ngram = cfg.influence.enabled and cfg.influence.model == "ngram"
+        base = NGramCounts(cfg.influence.order) if ngram else None
+        ref = NGramCounts(cfg.influence.order) if ngram else None
         for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids", "source", "lang"]):
             rows = batch.to_pylist()
             docs = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
@@ -190,10 +197,16 @@ class MaskJob:
     def setup(self) -> None:
         if self.tables is None:
             self.tables = _Tables(self.tokenizer)
+        if isinstance(self.models, dict):  # hf: load the models once per worker
+            from stages.clean_hf import HFScorer
 
-    def scores(self, ids: np.ndarray) -> np.ndarray:
+            self.models = HFScorer(**self.models)
+
+    def batch_scores(self, docs: list[np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(self.models, tuple):
+            return self.models.score_batch(docs)
         base, ref = self.models
-        return (np.log(ref.prob(ids)) - np.log(base.prob(ids))).astype(np.float32)
+        return [(np.log(ref.prob(ids)) - np.log(base.prob(ids))).astype(np.float32) for ids in docs]
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         self.setup()
@@ -203,8 +216,8 @@ class MaskJob:
             out.data.write_empty = False
             hist = np.zeros(SCORE_BINS, np.int64)
             for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids"]):
-                for toks in batch.column("input_ids").to_pylist():
-                    s = self.scores(np.asarray(toks, dtype=np.int64))
+                docs = [np.asarray(t, dtype=np.int64) for t in batch.column("input_ids").to_pylist()]
+                for s in self.batch_scores(docs):
                     hist += np.histogram(s, bins=SCORE_BINS, range=SCORE_RANGE)[0]
             return {"stats": {"histogram": hist.tolist()}}
         schema = pq.read_schema(task.payload)
@@ -220,8 +233,9 @@ class MaskJob:
         for batch in iter_batches(Path(task.payload), 1024):
             masks, scores_col = [], []
             langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
-            for toks, lang in zip(batch.column("input_ids").to_pylist(), langs, strict=True):
-                ids = np.asarray(toks, dtype=np.int64)
+            docs = [np.asarray(t, dtype=np.int64) for t in batch.column("input_ids").to_pylist()]
+            all_scores = self.batch_scores(docs) if self.models is not None else [None] * len(docs)
+            for ids, lang, s in zip(docs, langs, all_scores, strict=True):
                 m = np.ones(len(ids), np.uint8)
                 rules: dict[str, np.ndarray] = {}
                 if cfg.repetition.enabled:
@@ -235,9 +249,7 @@ class MaskJob:
                     rules["boilerplate"] = bm
                 if cfg.special:
                     rules["special"] = (~tables.special[ids]).astype(np.uint8)
-                s = None
-                if self.models is not None:
-                    s = self.scores(ids)
+                if s is not None:
                     if cfg.influence.granularity == "global":
                         keep = s >= (self.threshold if self.threshold is not None else -np.inf)
                     else:
@@ -316,7 +328,16 @@ class CleanStage(Stage[CleanConfig]):
                      for d in sorted((ctx.work_dir / "_lines").glob("p*"))]
             found = ray.get(parts)
             boiler = np.sort(np.concatenate(found)) if found else boiler
-        if cfg.influence.enabled:
+        if cfg.influence.enabled and cfg.influence.model == "hf":
+            inf = cfg.influence
+            if not inf.base_model or not inf.reference_model:
+                raise TokenmillError(f"stage '{ctx.name}': influence.model 'hf' needs base_model and reference_model")
+            from stages.clean_hf import _require
+
+            _require()  # a clear error on the driver when the extra is missing
+            models = {"base_dir": inf.base_model, "ref_dir": inf.reference_model, "device": inf.device,
+                      "batch_size": inf.batch_size}
+        elif cfg.influence.enabled:
             base = ref = None
             for f in sorted((ctx.work_dir / "_ngrams").glob("*.pkl")):
                 b, r = pickle.loads(f.read_bytes())
