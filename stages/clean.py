@@ -389,7 +389,7 @@ class CleanStage(Stage[CleanConfig]):
                                   f"({100 * s.get('masked_share', 0):.2f}%)")]
         rows += [(f"  by {k}", f"{100 * v:.2f}%") for k, v in s.get("masked_share_by_scorer", {}).items()]
         rows += [(f"masked [{i}]", repr(x["text"])[:70] + f" ({', '.join(x['rules'])})")
-                 for i, x in enumerate(s.get("masked_samples", [])[:6])]
+                 for i, x in enumerate(_readable(s.get("masked_samples", []))[:6])]
         return rows
 
 
@@ -398,3 +398,8 @@ def _coarse(hist: np.ndarray, bins: int = 60) -> dict[str, int]:
     h = hist.reshape(bins, -1).sum(axis=1)
     edges = np.linspace(*SCORE_RANGE, bins + 1)
     return {f"{edges[i]:.1f}": int(h[i]) for i in range(bins) if h[i]}
+
+
+def _readable(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Samples with visible text first: a run of spaces tells a reader little."""
+    return sorted(samples, key=lambda x: not x["text"].strip())
