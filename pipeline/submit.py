@@ -52,7 +52,9 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
     spec = Path(args.spec)
     if not spec.is_file():
         raise TokenmillError(f"spec not found: {spec}")
-    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    # the driver's ray.init adds its own worker env_vars; without the override Ray refuses to merge
+    # them with the job's runtime env ("Failed to merge the Job's runtime env")
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONUNBUFFERED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}}
     if args.no_working_dir:
         spec_arg = str(spec.resolve())
     else:
