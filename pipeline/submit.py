@@ -104,7 +104,15 @@ def submit_command(args: argparse.Namespace, console: Console) -> int:
         client = JobSubmissionClient(_address(args))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TokenmillError(f"cannot reach the Ray Jobs API: {exc}") from None
-    job_id = client.submit_job(**job)
+    deadline = time.time() + 60
+    while True:  # a freshly started head answers "No available agent" until its job agent is up
+        try:
+            job_id = client.submit_job(**job)
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise TokenmillError(f"job submission failed: {exc}") from None
+            time.sleep(2)
     console.print(f"submitted job {job_id}", highlight=False)
     if args.no_wait:
         return 0

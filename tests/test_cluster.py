@@ -118,17 +118,18 @@ class LocalCluster:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def worker_pids(self) -> list[int]:
-        """Ray worker processes of this cluster that are running a Ray Data map task."""
+        """Ray worker processes of this cluster (same session as our ``ray start``) running a map task."""
+        sessions = {p.pid for p in self.procs.values()}
         pids = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                env = (proc / "environ").read_bytes()
-            except OSError:
+                sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            except (OSError, ValueError, IndexError):
                 continue
-            if cmd.startswith("ray::") and "MapBatches" in cmd and f":{self.port}".encode() in env:
+            if sid in sessions and cmd.startswith("ray::") and "Map" in cmd:
                 pids.append(int(proc.name))
         return pids
 
