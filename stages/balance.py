@@ -32,6 +32,7 @@ sampler's hash bins, so the driver can pick the rate whose sample meets the targ
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -39,6 +40,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -268,7 +270,12 @@ class LabelJob:
         counts: dict[str, Counter[str]] = {}
         hists: dict[str, np.ndarray] = {}
         n = 0
-        for batch in iter_batches(Path(task.payload), 2048):
+        batches = iter_batches(Path(task.payload), 2048)
+        first = next(batches, None)
+        # an empty input part (dedup may empty one) still yields a labelled part with the full schema
+        batches = itertools.chain([first], batches) if first is not None else iter(
+            [pq.read_schema(task.payload).empty_table()])
+        for batch in batches:
             labels = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
             scores: list[float | None] = [None] * batch.num_rows
             if self.cfg.mode != "off":

@@ -146,3 +146,15 @@ def test_calibrated_rate_inverts_the_size_histogram():
     assert calibrated_rate(150.0, hist) == pytest.approx((HASH_BINS // 2 + 1) / HASH_BINS)
     assert calibrated_rate(160.0, hist) == pytest.approx(1.0)
     assert 2.0 < calibrated_rate(420.0, hist) < 2.6  # two full epochs (320) plus the first document
+
+
+def test_an_empty_input_part_is_balanced_to_an_empty_part(run_spec, tmp_path):
+    rows = [{"id": f"d{i}", "lang": "en", "text": "same text every time"} for i in range(600)]
+    (tmp_path / "docs.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    spec = SPEC.format(strategy="natural").replace("shard_mb: 0.05", "shard_mb: 0.005").replace(
+        "  - name: balance\n    type: balance\n    inputs: [ingest]",
+        "  - {name: dedup, type: dedup, inputs: [ingest]}\n  - name: balance\n    type: balance\n    inputs: [dedup]")
+    _, out = run_spec(spec)
+    m = json.loads((out / "balance" / "manifest.json").read_text())
+    assert len(list((out / "dedup" / "data").glob("*.parquet"))) > 1  # all but one part are empty
+    assert m["rows_in"] == 1 and m["rows_out"] >= 1
