@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
+import torch  # the hf extra is part of the test install (README, .ci/run): a missing torch is a failure
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from stages.clean_hf import HFScorer  # noqa: E402
+from stages.clean_hf import HFScorer
 
 
 def tiny_model(path, vocab: int, seed: int) -> str:
