@@ -104,7 +104,7 @@ def submit_command(args: argparse.Namespace, console: Console) -> int:
         client = JobSubmissionClient(_address(args))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TokenmillError(f"cannot reach the Ray Jobs API: {exc}") from None
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # under load the head's job agent can take minutes to come up
     while True:  # a freshly started head answers "No available agent" until its job agent is up
         try:
             job_id = client.submit_job(**job)
