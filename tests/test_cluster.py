@@ -51,6 +51,13 @@ def _ray_bin() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+def _agent_ports() -> list[str]:
+    """Free ports for the node's agents: the defaults (52365, ...) may be taken by another local Ray
+    (the test session's own), and a head whose job agent cannot bind answers "No available agent"."""
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+
+
 class LocalCluster:
     """A head and one worker node, each a ``ray start --block`` process group."""
 
@@ -72,13 +79,14 @@ class LocalCluster:
         self._start("head", ["--head", f"--port={self.port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
                              "--include-dashboard=true", f"--dashboard-port={self.dash}",
                              "--dashboard-host=127.0.0.1", f"--temp-dir={self.ray_tmp}",
-                             f"--ray-client-server-port={_free_port()}", "--resources={\"head\": 1}"])
+                             f"--ray-client-server-port={_free_port()}", "--resources={\"head\": 1}",
+                             *_agent_ports()])
         self._wait_nodes(1, 90)
         self.add_worker()
 
     def add_worker(self) -> None:
         self._start("worker", [f"--address={self.gcs}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                               "--resources={\"worker_node\": 1}"])
+                               "--resources={\"worker_node\": 1}", *_agent_ports()])
         self._wait_nodes(2, 90)
 
     def alive_nodes(self) -> int:
