@@ -58,6 +58,27 @@ class ShardJob(Protocol):
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]: ...
 
 
+class SidePass:
+    """Runs a job that writes only side files (no dataset part) as an extra pass of a stage.
+
+    Its tasks are the stage's shard tasks with their keys prefixed by ``name`` (so each pass has its
+    own commit markers for resume); the job sees the plain key, which names its side files.
+    """
+
+    def __init__(self, name: str, job: ShardJob):
+        self.prefix, self.job = f"{name}-", job
+
+    def tasks(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+        return [ShardTask(self.prefix + t.key, t.payload) for t in tasks]
+
+    def setup(self) -> None:
+        self.job.setup()
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        out.data.write_empty = False
+        return self.job.run(ShardTask(task.key.removeprefix(self.prefix), task.payload), out)
+
+
 class WorkerError(Exception):
     """A shard raised: ``user_error`` marks input errors (one line), others carry a traceback."""
 

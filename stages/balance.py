@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
-from pipeline.executor import ShardOutput, ShardTask
+from pipeline.executor import ShardOutput, ShardTask, SidePass
 from pipeline.parquet_io import iter_batches
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 
@@ -381,10 +381,9 @@ class BalanceStage(Stage[BalanceConfig]):
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
-        label_tasks = [ShardTask(f"label-{t.key}", t.payload) for t in tasks]
         tok = str(ctx.artifact("tokenizer")) if cfg.tokenizer else None
-        results = ctx.map_shards(_Renamed(LabelJob(cfg.langid, str(ctx.work_dir), ctx.seed, cfg.unit, tok)),
-                                 label_tasks, count_rows=False)
+        label = SidePass("label", LabelJob(cfg.langid, str(ctx.work_dir), ctx.seed, cfg.unit, tok))
+        results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
         for r in results:
             for lang, c in r["stats"]["per_lang"].items():
@@ -466,16 +465,3 @@ def _base(label: str) -> str:
     base = label.replace("-", "_").split("_")[0].lower()
     return _ALIASES.get(base, base)
 
-
-class _Renamed:
-    """Runs a job whose shard keys carry a prefix (its side output is named by the plain key)."""
-
-    def __init__(self, job: LabelJob):
-        self.job = job
-
-    def setup(self) -> None:
-        self.job.setup()
-
-    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        out.data.write_empty = False
-        return self.job.run(ShardTask(task.key.split("-", 1)[1], task.payload), out)

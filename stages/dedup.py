@@ -46,7 +46,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
-from pipeline.executor import ShardOutput, ShardTask
+from pipeline.executor import ShardOutput, ShardTask, SidePass
 from pipeline.parquet_io import PartWriter, iter_batches
 from pipeline.stage_api import Stage, StageConfig, register_stage
 
@@ -554,8 +554,8 @@ class DedupStage(Stage[DedupConfig]):
         t0 = time.perf_counter()
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
         sig_job = SignatureJob(cfg, str(ctx.work_dir), offsets)
-        ctx.map_shards(_SideOutputJob(sig_job), [ShardTask(f"sig-{t.key}", t.payload) for t in tasks],
-                       count_rows=False)
+        side = SidePass("sig", sig_job)
+        ctx.map_shards(side, side.tasks(tasks), count_rows=False)
         t1 = time.perf_counter()
         # pass 2 + 3: edges per partition, verified, reduced to forests, merged pairwise
         sig_files = sorted(str(p) for p in (ctx.work_dir / "_signatures").glob("*.parquet"))
@@ -657,16 +657,3 @@ def _partition_forest(edges: pa.Table, threshold: float, *sig_parts: dict[int, n
     verified = _verify(edges, sigs, threshold)
     return _forest(verified), verified
 
-
-class _SideOutputJob:
-    """Adapts a job that writes only side files (no dataset rows) to the shard executor."""
-
-    def __init__(self, job: SignatureJob):
-        self.job = job
-
-    def setup(self) -> None:
-        self.job.setup()
-
-    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        out.data.write_empty = False  # side files only: no dataset part for this shard
-        return self.job.run(ShardTask(task.key.removeprefix("sig-"), task.payload), out)
