@@ -24,11 +24,8 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +33,7 @@ import zstandard
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_pipeline import _pss_mb, _tree
-from benchmarks.common import DEBIAN, ROOT, print_table, save
+from benchmarks.common import DEBIAN, ROOT, print_table, run_child, save
 
 QUICK_DOCS = 10_000
 NUM_BUCKETS, ROWS, NGRAM = 16, 8, 5
@@ -143,25 +139,9 @@ def patch_xxhash() -> None:
 
 
 def _run(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run a child command; (wall seconds, peak PSS MB of its whole process tree, sampled every 0.25 s)."""
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    peak = [0.0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _pss_mb(_tree(proc.pid)))
-            time.sleep(0.25)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, err = proc.communicate()
-    th.join()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
-    return wall, peak[0]
+    """Run a child command; (wall seconds, peak PSS MB of its whole process tree)."""
+    wall, mem = run_child(cmd, cwd)
+    return wall, mem.peak_mb
 
 
 def _train_tokenizer(lines: list[bytes], path: Path) -> None:
@@ -184,9 +164,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     try:
         version("datatrove")
-    except PackageNotFoundError:
-        print("datatrove is not installed: pip install datatrove (benchmark-only extra)", file=sys.stderr)
-        return []
+    except PackageNotFoundError as exc:  # a missing comparison must show as a failure, not an empty table
+        raise RuntimeError('datatrove is not installed: pip install -e ".[bench]" (benchmark-only extra)') from exc
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(DEBIAN.read_bytes())).read()
     lines = raw.splitlines()
     if quick:

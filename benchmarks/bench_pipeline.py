@@ -3,8 +3,7 @@
 The corpus is repeated k times with new ids (``<id>~r<k>``), as the issue asks. Copies are exact
 duplicates, so dedup removes them all: its own work grows with the input while its output stays
 constant. To measure the other stages on a growing stream, they read the ingest output (the DAG is
-ingest -> dedup, ingest -> balance, ingest -> train_tokenizer, ingest -> encode -> pack; balance after
-dedup also fails today when a dedup output part is empty, see the README); the
+ingest -> dedup, ingest -> balance, ingest -> train_tokenizer, ingest -> encode -> pack); the
 tokenizer trains on a fixed ``sample_mb`` budget, so its time should stay flat. Token cleaning (an
 n-gram model over all tokens) is left out of this run to keep the 4x full-corpus run under an hour
 on 2 cores; it has its own benchmark.
@@ -21,11 +20,8 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +30,7 @@ import zstandard
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DEBIAN, ROOT, print_table, save
+from benchmarks.common import DEBIAN, ROOT, print_table, run_child, save
 
 SCALES = (1, 2, 4)
 QUICK_DOCS = 4000
@@ -75,56 +71,10 @@ def repeated_corpus(lines: list[bytes], k: int, path: Path) -> int:
     return total
 
 
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc/*/stat parent links."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    out, frontier = [pid], [pid]
-    while frontier:
-        frontier = [c for c, p in parent.items() if p in frontier]
-        out += frontier
-    return out
-
-
-def _pss_mb(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-                    break
-        except OSError:
-            continue
-    return total / 1024
-
-
-def run_measured(spec: Path, interval: float = 0.25) -> tuple[float, list[tuple[float, float]]]:
+def run_measured(spec: Path) -> tuple[float, list[tuple[float, float]]]:
     """Run ``pipeline run spec`` in a child process; (wall seconds, [(unix time, PSS MB of the tree)])."""
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"], cwd=spec.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    samples: list[tuple[float, float]] = []
-
-    def sample() -> None:
-        while proc.poll() is None:
-            samples.append((time.time(), _pss_mb(_tree(proc.pid))))
-            time.sleep(interval)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, err = proc.communicate()
-    th.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run failed:\n{err.decode()[-3000:]}")
-    return time.perf_counter() - t0, samples
+    wall, mem = run_child([sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"], spec.parent)
+    return wall, mem.samples
 
 
 def per_stage(out: Path, samples: list[tuple[float, float]]) -> dict[str, dict[str, float]]:

@@ -8,6 +8,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,28 +37,106 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
+    """Peak resident memory of this process over its whole life (MB). Prefer :func:`measure`, which
+    gives the peak of one call; kept for cores measured in-process where the life-time peak is the point."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_cli(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Run ``pipeline ARGS`` in a child process; (wall seconds, peak RSS MB of the driver process)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from the parent links in /proc/*/stat."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, frontier = [pid], {pid}
+    while frontier:
+        frontier = {c for c, p in parent.items() if p in frontier}
+        out += sorted(frontier)
+    return out
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size of these processes (MB): shared pages (Ray's object store, shared
+    libraries) are split between the processes that map them, so a sum over a tree counts them once."""
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples the PSS of a process tree in a background thread while the ``with`` block runs.
+
+    Why not ``ru_maxrss``: it is a life-time high-water mark (a child even inherits its parent's
+    across fork+exec), it misses Ray's worker processes, and it counts the object store's mapped
+    pages in full in every process. ``samples`` keeps (unix time, MB) for per-stage attribution.
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.1) -> None:
+        self.pid = pid or os.getpid()
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append((time.time(), pss_mb(process_tree(self.pid))))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, mb in self.samples), default=0.0)
+
+
+def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Call ``fn`` in this process; (result, wall seconds, peak PSS MB of this process and its children
+    during the call)."""
+    with PeakMemory() as mem:
+        out, secs = timed(fn)
+    return out, secs, mem.peak_mb
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
+              interval: float = 0.25) -> tuple[float, PeakMemory]:
+    """Run a child command; (wall seconds, its PeakMemory: the whole tree, Ray's GCS, raylet and
+    workers included). Raises with the tail of stderr when it fails."""
+    # Ray starts its workers at nice 15; the raw-library baselines run in this process at nice 0. Same
+    # priority for both, or any other load on the machine would tilt every ratio against the stage.
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_worker_niceness": "0", **(env or {})}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    with PeakMemory(proc.pid, interval) as mem:
+        _, err = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"pipeline {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    peak = float(proc.stdout.strip().splitlines()[-1])
-    return wall, peak
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode(errors='replace')[-3000:]}")
+    return wall, mem
 
 
-_CHILD = """
-import resource, sys
-from pipeline.cli import main
-code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-sys.exit(code)
-"""
+def run_cli(args: list[str], cwd: Path) -> tuple[float, float]:
+    """Run ``pipeline ARGS`` in a child process; (wall seconds, peak PSS MB of its process tree)."""
+    wall, mem = run_child([sys.executable, "-m", "pipeline", *args], cwd)
+    return wall, mem.peak_mb
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -80,9 +159,41 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         print(" | ".join(_fmt(r.get(c)).ljust(width[c]) for c in cols))
 
 
-def save(name: str, rows: list[dict[str, Any]]) -> None:
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: cores, memory, Python, date, and the load average (a shared
+    machine makes absolute times noisy; ratios measured in the same run much less so)."""
+    import platform
+
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "memory_GiB": round(mem_gib, 1), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def save(name: str, rows: list[dict[str, Any]], quick: bool | None = None) -> None:
+    """Write ``benchmarks/results/<name>.json``: the rows and what they were measured on (the README's
+    tables are rendered from these files by ``benchmarks/readme_tables.py``)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    if quick is None:
+        quick = "--quick" in sys.argv
+    doc = {"measured": {**machine(), "quick": quick}, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
+
+
+def load_rows(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(measured-on metadata, rows) of a saved result; older files hold the bare row list."""
+    doc = json.loads((RESULTS / f"{name}.json").read_text())
+    if isinstance(doc, list):
+        return {}, doc
+    return doc["measured"], doc["rows"]
+
+
+def markdown_table(rows: list[dict[str, Any]], exclude: tuple[str, ...] = ()) -> str:
+    """Rows as a GitHub markdown table: every column that any row has, in first-seen order."""
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in exclude]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:
