@@ -117,7 +117,7 @@ def run(quick: bool) -> list[dict]:
                          "raw pyarrow+xxhash s": base_s, "raw MB/s": text_mb / base_s,
                          "ratio": (text_mb / m["wall_time_s"]) / (text_mb / base_s),
                          "same with 1 and 2 workers": "yes" if first[stage] == second[stage] else "NO",
-                         "driver peak MB": peak, "parquet MB in": bytes_in / 1e6})
+                         "peak MB (process tree)": peak, "parquet MB in": bytes_in / 1e6})
     return rows
 
 

@@ -5,7 +5,8 @@ batches of 1,024 documents, with the Rust thread pool on (all cores) and off (on
 reads Parquet, encodes on a Ray actor pool and writes Parquet; its rate counts all of that. Two
 splits of the cores are measured for the stage: one actor per core with Rust threads off (the
 default) and one actor using the Rust pool. Throughput is the stage's own wall time from its
-manifest; peak memory is the driver's (child CLI process) and this process's. The 1-minute load
+manifest; peak memory is the PSS of this process during a raw run (the texts it holds included)
+and of the whole process tree (driver, Ray's processes, actors) during a stage run. The 1-minute load
 average is printed beside each row: on a shared host, rows measured under different loads are
 not comparable, and the ratio is only meaningful when the load stays near the core count.
 
@@ -26,11 +27,10 @@ from benchmarks.common import (
     DEBIAN,
     load_jsonl_zst,
     manifest,
-    peak_rss_mb,
+    measure,
     print_table,
     run_cli,
     save,
-    timed,
     write_jsonl,
 )
 
@@ -45,7 +45,7 @@ stages:
 """
 
 
-def _raw(tok: object, texts: list[str], batch: int | None, threads: bool) -> tuple[int, float]:
+def _raw(tok: object, texts: list[str], batch: int | None, threads: bool) -> tuple[int, float, float]:
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
 
     def go() -> int:
@@ -54,7 +54,7 @@ def _raw(tok: object, texts: list[str], batch: int | None, threads: bool) -> tup
         return sum(len(e.ids) for i in range(0, len(texts), batch)
                    for e in tok.encode_batch(texts[i:i + batch], add_special_tokens=False))
 
-    return timed(go)
+    return measure(go)
 
 
 def run(quick: bool) -> list[dict]:
@@ -77,13 +77,12 @@ def run(quick: bool) -> list[dict]:
         for label, batch, threads in [("all at once, Rust pool on", None, True),
                                       ("batches of 1024, Rust pool on", 1024, True),
                                       ("batches of 1024, 1 thread", 1024, False)]:
-            n_tok, secs = _raw(tok, texts, batch, threads)
-            raws.append((label, n_tok, secs))
-        best = max(n / s for _, n, s in raws)
-        for label, n_tok, secs in raws:
+            raws.append((label, *_raw(tok, texts, batch, threads)))
+        best = max(n / s for _, n, s, _ in raws)
+        for label, n_tok, secs, peak in raws:
             rows.append({"what": f"encode_batch: {label}", "docs": len(texts), "MB": mb, "tokens": n_tok,
                          "seconds": secs, "tokens/s": n_tok / secs, "MB/s": mb / secs, "docs/s": len(texts) / secs,
-                         "ratio": (n_tok / secs) / best, "peak MB": peak_rss_mb(),
+                         "ratio": (n_tok / secs) / best, "peak MB": peak,
                          "load avg": os.getloadavg()[0]})
         del tok
         write_jsonl(docs, d / "docs.jsonl")

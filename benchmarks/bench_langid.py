@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.common import UDHR, load_jsonl_zst, manifest, peak_rss_mb, print_table, run_cli, save, write_jsonl
+from benchmarks.common import UDHR, load_jsonl_zst, manifest, measure, print_table, run_cli, save, write_jsonl
 from pipeline.parquet_io import read_table
 
 # UDHR (ISO 639-3, with macrolanguage members) -> the model's labels
@@ -65,9 +65,7 @@ def run(quick: bool) -> list[dict]:
         mine = [r for r in rows if ISO3_TO_LABEL[r["lang"]] in labels[model]]
         # model loading is not part of the throughput: lingua loads each language's model lazily
         detect([r["text"] for r in mine if r["article"] == 1], 2000, model)
-        t0 = time.perf_counter()
-        found, _ = detect([r["text"] for r in mine], 2000, model)
-        secs = time.perf_counter() - t0
+        (found, _), secs, peak = measure(lambda mine=mine, model=model: detect([r["text"] for r in mine], 2000, model))
         hit = [ISO3_TO_LABEL[r["lang"]] == f for r, f in zip(mine, found, strict=True)]
         on_common = [h for r, h in zip(mine, hit, strict=True) if ISO3_TO_LABEL[r["lang"]] in common]
         per_lang: dict[str, list[int]] = {}
@@ -81,7 +79,7 @@ def run(quick: bool) -> list[dict]:
                     "accuracy": sum(hit) / len(mine),
                     f"accuracy on {len({r['lang'] for r in rows if ISO3_TO_LABEL[r['lang']] in common})} common":
                         sum(on_common) / max(1, len(on_common)),
-                    "docs/s (1 core)": len(mine) / secs, "MB/s": mb / secs, "peak RSS MB": peak_rss_mb(),
+                    "docs/s (1 core)": len(mine) / secs, "MB/s": mb / secs, "peak MB": peak,
                     "worst": ", ".join(f"{k} {v[0] / v[1]:.2f}" for k, v in worst)})
     out.append(stage_row(rows))
     return out
@@ -115,8 +113,7 @@ def stage_row(rows: list[dict]) -> dict:
         d = Path(tmp)
         write_jsonl([{"id": f"{r['lang']}-{r['article']}", "text": r["text"]} for r in rows], d / "udhr.jsonl")
         (d / "spec.yaml").write_text(STAGE_SPEC)
-        # (the child's ru_maxrss would inherit this process's high-water mark across fork+exec)
-        run_cli(["run", "spec.yaml", "--quiet"], d)
+        _, stage_peak = run_cli(["run", "spec.yaml", "--quiet"], d)
         m = manifest(d / "out", "balance")
         t = read_table(sorted((d / "out" / "balance" / "data").glob("*.parquet")), columns=["id", "lang"])
     got = dict(zip(t.column("id").to_pylist(), t.column("lang").to_pylist(), strict=True))
@@ -124,7 +121,7 @@ def stage_row(rows: list[dict]) -> dict:
     mb = sum(len(r["text"].encode()) for r in rows) / 1e6
     return {"model": "balance stage, mode all (py3langid)", "articles": len(rows),
             "docs/s (1 core)": len(rows) / raw_s, "stage docs/s (2 workers)": len(rows) / m["wall_time_s"],
-            "MB/s": mb / m["wall_time_s"], "peak RSS MB": None, "worst": f"same labels as raw model: {same:.3f}"}
+            "MB/s": mb / m["wall_time_s"], "peak MB": stage_peak, "worst": f"same labels as raw model: {same:.3f}"}
 
 
 if __name__ == "__main__":

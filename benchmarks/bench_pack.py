@@ -26,11 +26,10 @@ from benchmarks.common import (
     DEBIAN,
     load_jsonl_zst,
     manifest,
-    peak_rss_mb,
+    measure,
     print_table,
     run_cli,
     save,
-    timed,
     write_jsonl,
 )
 
@@ -80,18 +79,18 @@ def run(quick: bool) -> list[dict]:
                          "docs/seq": s["avg_documents_per_sequence"], "peak MB": peak})
         n_tok = int(lengths.sum())
         chunks = split_long(lengths.tolist(), SEQ_LEN)
-        bins, secs = timed(lambda: best_fit_decreasing(chunks, SEQ_LEN))
+        bins, secs, core_peak = measure(lambda: best_fit_decreasing(chunks, SEQ_LEN))
         rows.append({"what": "core best_fit_decreasing, one unbounded buffer", "docs": len(lengths),
                      "tokens": n_tok, "sequences": len(bins), "seconds": secs, "tokens/s": n_tok / secs,
                      "padding %": 100 * (1 - n_tok / (len(bins) * SEQ_LEN)), "docs split": long_docs,
-                     "docs > seq_len": long_docs, "docs/seq": len(chunks) / len(bins), "peak MB": peak_rss_mb()})
+                     "docs > seq_len": long_docs, "docs/seq": len(chunks) / len(bins), "peak MB": core_peak})
         flat = np.concatenate([pq.read_table(p, columns=["input_ids"]).column("input_ids").combine_chunks()
                                .flatten().to_numpy() for p in parts])
         n_seq = len(flat) // SEQ_LEN
-        _, secs = timed(lambda: flat[:n_seq * SEQ_LEN].reshape(n_seq, SEQ_LEN).copy())
+        _, secs, flat_peak = measure(lambda: flat[:n_seq * SEQ_LEN].reshape(n_seq, SEQ_LEN).copy())
         rows.append({"what": "numpy reshape of the flat stream (concat floor)", "docs": len(lengths),
                      "tokens": len(flat), "sequences": n_seq, "seconds": secs, "tokens/s": len(flat) / secs,
-                     "peak MB": peak_rss_mb()})
+                     "peak MB": flat_peak})
     return rows
 
 

@@ -29,7 +29,7 @@ from benchmarks.common import RESULTS, ROOT, machine, print_table, save
 
 # The whole-pipeline and datatrove runs are the slowest: last, so the per-stage figures come first.
 LAST = ("bench_pipeline", "bench_datatrove")
-HEADLINE = ("MB/s", "docs/s", "tokens/s", "wall_s")
+HEADLINE = ("MB/s", "docs/s", "tokens/s", "wall", "seconds", "peak", "ratio", "speedup", "baseline", " vs ")
 
 
 def modules() -> list[str]:
@@ -38,11 +38,12 @@ def modules() -> list[str]:
 
 
 def _headline(module: str, row: dict[str, Any]) -> dict[str, Any]:
-    """The comparable columns of one row: what it measured, throughput, time, memory, ratio."""
-    label = " ".join(str(v) for k, v in row.items() if isinstance(v, str))[:60]
+    """The comparable columns of one row: its label (the first text column), throughput, time,
+    memory and the ratio to the module's baseline, whatever each module calls them."""
+    label = next((v for v in row.values() if isinstance(v, str)), "")[:60]
     out: dict[str, Any] = {"benchmark": module.removeprefix("bench_"), "case": label}
     for k, v in row.items():
-        if k in HEADLINE or "ratio" in k or "speedup" in k or "peak" in k:
+        if isinstance(v, int | float) and any(h in k for h in HEADLINE):
             out[k] = v
     return out
 
