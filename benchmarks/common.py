@@ -79,19 +79,22 @@ class PeakMemory:
 
     Why not ``ru_maxrss``: it is a life-time high-water mark (a child even inherits its parent's
     across fork+exec), it misses Ray's worker processes, and it counts the object store's mapped
-    pages in full in every process. ``samples`` keeps (unix time, MB) for per-stage attribution.
+    pages in full in every process. ``samples`` keeps (unix time, MB of the tree, MB of the root
+    process alone) for per-stage attribution: the root is the ``pipeline`` driver, which may still
+    hold memory from an earlier stage while a streaming stage runs on the workers.
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.1) -> None:
         self.pid = pid or os.getpid()
         self.interval = interval
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while True:
-            self.samples.append((time.time(), pss_mb(process_tree(self.pid))))
+            tree = process_tree(self.pid)
+            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1])))
             if self._stop.wait(self.interval):
                 return
 
@@ -105,7 +108,7 @@ class PeakMemory:
 
     @property
     def peak_mb(self) -> float:
-        return max((mb for _, mb in self.samples), default=0.0)
+        return max((mb for _, mb, _ in self.samples), default=0.0)
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:

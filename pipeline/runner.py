@@ -139,11 +139,31 @@ def run_pipeline(
             with ray_session(spec.model.ray, address):
                 for sp in to_run:
                     _run_stage(spec, plan, sp, reporter)
+                    release_memory()
     _write_run_summary(out, spec, plan)
     from pipeline.report import build_report
 
     build_report(out)
     return plan
+
+
+def release_memory() -> None:
+    """Give the driver's freed memory back to the OS between stages.
+
+    A stage that gathers something in the driver (dedup's cluster forest, a tokenizer's training
+    sample) leaves freed-but-held memory in Arrow's pool and glibc's heap; without this, every
+    later stage, streaming ones included, would carry that high-water mark for the rest of the run.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) -> None:
