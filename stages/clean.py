@@ -107,6 +107,16 @@ def _is_reference(row: dict[str, Any], ref: ReferenceFilter) -> bool:
                                                                            ref.langs)
 
 
+def _docs(batch: pa.RecordBatch | pa.Table) -> list[np.ndarray]:
+    """The ``input_ids`` of a batch as int64 arrays, through Arrow's offsets (no per-token Python ints)."""
+    col = batch.column("input_ids")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = col.offsets.to_numpy() - col.offsets[0].as_py()
+    return np.split(values, offsets[1:-1]) if len(col) else []
+
+
 class _Tables:
     """Per-worker tokenizer facts: which ids contain a newline, which are special."""
 
@@ -146,17 +156,22 @@ class CountJob:
         ngram = cfg.influence.enabled and cfg.influence.model == "ngram"
         base = NGramCounts(cfg.influence.order) if ngram else None
         ref = NGramCounts(cfg.influence.order) if ngram else None
+        base_batches: list[list[np.ndarray]] = []
+        ref_batches: list[list[np.ndarray]] = []
         for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids", "source", "lang"]):
-            rows = batch.to_pylist()
-            docs = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
+            docs = _docs(batch)
             if cfg.boilerplate.enabled:
                 for ids in docs:
                     lines = _line_hashes(ids, self.tables.newline, cfg.boilerplate.min_tokens)
                     line_keys.extend({h for h, _, _ in lines})  # a line counts once per document
             if base is not None and ref is not None:
-                base.add_documents(docs)
-                trusted = [d for d, r in zip(docs, rows, strict=True) if _is_reference(r, cfg.influence.reference)]
-                ref.add_documents(trusted)
+                rows = batch.select(["source", "lang"]).to_pylist()
+                base_batches.append(docs)
+                ref_batches.append([d for d, r in zip(docs, rows, strict=True)
+                                    if _is_reference(r, cfg.influence.reference)])
+        if base is not None and ref is not None:
+            base.add_stream(base_batches)
+            ref.add_stream(ref_batches)
         if cfg.boilerplate.enabled:
             keys, counts = np.unique(np.array(line_keys, dtype=np.uint64), return_counts=True)
             part = (keys % np.uint64(cfg.partitions)).astype(np.int64)
@@ -201,12 +216,15 @@ class MaskJob:
             from stages.clean_hf import HFScorer
 
             self.models = HFScorer(**self.models)
+        elif isinstance(self.models, tuple) and isinstance(self.models[0], str):  # n-gram: memory-map the tables
+            self.models = (NGramLM.load(Path(self.models[0])), NGramLM.load(Path(self.models[1])))
 
     def batch_scores(self, docs: list[np.ndarray]) -> list[np.ndarray]:
         if not isinstance(self.models, tuple):
             return self.models.score_batch(docs)
         base, ref = self.models
-        return [(np.log(ref.prob(ids)) - np.log(base.prob(ids))).astype(np.float32) for ids in docs]
+        return [(np.log(r) - np.log(b)).astype(np.float32)
+                for b, r in zip(base.prob_docs(docs), ref.prob_docs(docs), strict=True)]
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         self.setup()
@@ -216,8 +234,7 @@ class MaskJob:
             out.data.write_empty = False
             hist = np.zeros(SCORE_BINS, np.int64)
             for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids"]):
-                docs = [np.asarray(t, dtype=np.int64) for t in batch.column("input_ids").to_pylist()]
-                for s in self.batch_scores(docs):
+                for s in self.batch_scores(_docs(batch)):
                     hist += np.histogram(s, bins=SCORE_BINS, range=SCORE_RANGE)[0]
             return {"stats": {"histogram": hist.tolist()}}
         schema = pq.read_schema(task.payload)
@@ -233,7 +250,7 @@ class MaskJob:
         for batch in iter_batches(Path(task.payload), 1024):
             masks, scores_col = [], []
             langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
-            docs = [np.asarray(t, dtype=np.int64) for t in batch.column("input_ids").to_pylist()]
+            docs = _docs(batch)
             all_scores = self.batch_scores(docs) if self.models is not None else [None] * len(docs)
             for ids, lang, s in zip(docs, langs, all_scores, strict=True):
                 m = np.ones(len(ids), np.uint8)
@@ -348,7 +365,11 @@ class CleanStage(Stage[CleanConfig]):
             from tokenizers import Tokenizer
 
             vocab = Tokenizer.from_file(tok).get_vocab_size(with_added_tokens=True)
-            models = (NGramLM(base, vocab), NGramLM(ref, vocab))
+            dirs = (ctx.work_dir / "_models" / "base", ctx.work_dir / "_models" / "reference")
+            for lm, d in zip((NGramLM(base, vocab), NGramLM(ref, vocab)), dirs, strict=True):
+                lm.save(d)
+            del base, ref
+            models = (str(dirs[0]), str(dirs[1]))  # workers memory-map them (MaskJob.setup)
         threshold = None
         hist = None
         if models is not None and cfg.influence.granularity == "global":
@@ -369,7 +390,7 @@ class CleanStage(Stage[CleanConfig]):
         total = merged["tokens"] or 1
         import shutil
 
-        for side in ("_lines", "_ngrams"):
+        for side in ("_lines", "_ngrams", "_models"):
             shutil.rmtree(ctx.work_dir / side, ignore_errors=True)
         ctx.manifest.stats.update({
             "tokens": merged["tokens"], "masked_tokens": merged["masked"],

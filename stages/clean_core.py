@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +54,22 @@ class NGramCounts:
                 self._merge(k, *np.unique(np.concatenate(parts[k]), return_counts=True))
         return self
 
+    def add_stream(self, batches: Iterable[list[np.ndarray]], buffer_keys: int = 4_000_000) -> NGramCounts:
+        """Count documents arriving in batches. Keys are buffered and merged into the table once per
+        ``buffer_keys`` keys rather than once per batch: merging re-sorts the whole table, so merging
+        per batch would make counting quadratic in the shard's size."""
+        pending: list[np.ndarray] = []
+        size = 0
+        for docs in batches:
+            pending.extend(docs)
+            size += sum(len(d) for d in docs)
+            if size >= buffer_keys:
+                self.add_documents(pending)
+                pending, size = [], 0
+        if pending:
+            self.add_documents(pending)
+        return self
+
     def total_tokens(self) -> int:
         return int(self.counts[0].sum())
 
@@ -87,43 +104,91 @@ class NGramLM:
             self.ctx_types.append(np.bincount(inv).astype(np.float64))
 
     @staticmethod
-    def _lookup(sorted_keys: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        if len(sorted_keys) == 0:
-            return np.zeros(len(keys))
-        idx = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        hit = sorted_keys[idx] == keys
-        return np.where(hit, values[idx], 0.0)
+    def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into ``sorted_keys``, found) for every key. The queries are sorted first: a binary
+        search over a table of millions of keys costs a cache miss per step when the queries come in
+        random order, and walks the table forwards when they are sorted (measured ~5x faster here
+        than plain ``searchsorted`` or a pandas hash index for 2M queries into 8M keys)."""
+        if len(sorted_keys) == 0 or len(keys) == 0:
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        order = np.argsort(keys, kind="stable")
+        idx = np.empty(len(keys), np.int64)
+        idx[order] = np.searchsorted(sorted_keys, keys[order])
+        np.minimum(idx, len(sorted_keys) - 1, out=idx)
+        return idx, sorted_keys[idx] == keys
+
+    @classmethod
+    def _lookup(cls, sorted_keys: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        idx, hit = cls._find(sorted_keys, keys)
+        return np.where(hit, values[idx], 0.0) if len(sorted_keys) else np.zeros(len(keys))
 
     def prob(self, ids: np.ndarray) -> np.ndarray:
         """P(x_j | up to order-1 previous ids of the same document), for every position j."""
-        ids = ids.astype(np.uint64)
+        return self.prob_docs([ids])[0]
+
+    def prob_docs(self, docs: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`prob` for a batch of documents at once: one lookup per order for the whole batch
+        (positions whose context would cross a document start keep the lower order)."""
+        lengths = np.array([len(d) for d in docs], np.int64)
+        if not len(docs) or not lengths.sum():
+            return [np.zeros(0) for _ in docs]
+        ids = np.concatenate(docs).astype(np.uint64)
         n = len(ids)
-        c1 = self._lookup(self.keys[0], self.counts[0].astype(np.float64), ids)
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        pos = np.arange(n) - np.repeat(starts, lengths)  # position inside its document
+        c1 = self._lookup(self.keys[0], self.counts[0], ids).astype(np.float64)
         p = (c1 + self.types / self.vocab) / (self.total + self.types) if self.total else np.full(n, 1 / self.vocab)
         for k in range(1, self.order):
-            # positions j >= k have a context of k ids: key = ids[j-k..j]
-            if n <= k:
+            at = np.flatnonzero(pos >= k)  # positions with k previous ids in the same document
+            if not len(at):
                 break
-            full = ngram_keys(ids, k + 1)  # n - k keys, for positions k..n-1
+            full = np.zeros(len(at), np.uint64)
+            for j in range(k, -1, -1):  # key = ids[t-k..t], oldest id in the high bits
+                full = (full << np.uint64(ID_BITS)) | ids[at - j]
             ctx = full >> np.uint64(ID_BITS)
-            c_hw = self._lookup(self.keys[k], self.counts[k].astype(np.float64), full)
-            c_h = self._lookup(self.ctx_keys[k], self.ctx_count[k], ctx)
-            t_h = self._lookup(self.ctx_keys[k], self.ctx_types[k], ctx)
-            lower = p[k:]
-            seen = c_h > 0
+            c_hw = self._lookup(self.keys[k], self.counts[k], full).astype(np.float64)
+            idx, seen = self._find(self.ctx_keys[k], ctx)
+            c_h = np.where(seen, self.ctx_count[k][idx], 0.0)
+            t_h = np.where(seen, self.ctx_types[k][idx], 0.0)
+            lower = p[at]
             denom = np.where(seen, c_h + t_h, 1.0)
-            p = p.copy()
-            p[k:] = np.where(seen, (c_hw + t_h * lower) / denom, lower)
-        return p
+            p[at] = np.where(seen, (c_hw + t_h * lower) / denom, lower)
+        return np.split(p, np.cumsum(lengths)[:-1])
+
+    def save(self, directory: Path) -> None:
+        """Write the model's tables as .npy files: workers memory-map them instead of each receiving a
+        pickled copy (a full-corpus trigram model is hundreds of MB; the page cache is shared)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "meta.npy", np.array([self.order, self.vocab, self.total, self.types], np.int64))
+        for k in range(self.order):
+            np.save(directory / f"keys{k}.npy", self.keys[k])
+            np.save(directory / f"counts{k}.npy", self.counts[k])
+            if k:
+                np.save(directory / f"ctx_keys{k}.npy", self.ctx_keys[k])
+                np.save(directory / f"ctx_count{k}.npy", self.ctx_count[k])
+                np.save(directory / f"ctx_types{k}.npy", self.ctx_types[k])
+
+    @classmethod
+    def load(cls, directory: Path) -> NGramLM:
+        """A model written by :meth:`save`, its tables memory-mapped read-only."""
+
+        def arr(name: str) -> np.ndarray:
+            return np.load(directory / f"{name}.npy", mmap_mode="r")
+
+        self = cls.__new__(cls)
+        self.order, self.vocab, self.total, self.types = (int(x) for x in np.load(directory / "meta.npy"))
+        self.keys = [arr(f"keys{k}") for k in range(self.order)]
+        self.counts = [arr(f"counts{k}") for k in range(self.order)]
+        self.ctx_keys = [None, *(arr(f"ctx_keys{k}") for k in range(1, self.order))]
+        self.ctx_count = [None, *(arr(f"ctx_count{k}") for k in range(1, self.order))]
+        self.ctx_types = [None, *(arr(f"ctx_types{k}") for k in range(1, self.order))]
+        return self
 
     def prob_all(self, context: np.ndarray) -> np.ndarray:
         """P(w | context) for every w in the vocabulary (for tests: it sums to 1)."""
         context = np.asarray(context, dtype=np.uint64)[-(self.order - 1):] if self.order > 1 else np.zeros(0)
-        out = np.empty(self.vocab)
-        for w in range(self.vocab):
-            seq = np.concatenate([context, [w]]).astype(np.uint64)
-            out[w] = self.prob(seq)[-1]
-        return out
+        seqs = [np.concatenate([context, [w]]).astype(np.uint64) for w in range(self.vocab)]
+        return np.array([p[-1] for p in self.prob_docs(seqs)])
 
 
 def repetition_mask(ids: np.ndarray, min_period: int = 1, max_period: int = 13, keep_repeats: int = 3) -> np.ndarray:
