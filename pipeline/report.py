@@ -332,7 +332,7 @@ def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
     for s in data["stages"]:
         samples = s.get("stats", {}).get("masked_samples") or []
         if samples:
-            items = "".join(f"<li><code>{esc(str(x.get('text', ''))[:200])}</code> "
+            items = "".join(f"<li><code>{esc(str(x.get('context') or x.get('text', ''))[:300])}</code> "
                             f"<small>{esc(', '.join(x.get('rules', [])))}</small></li>" for x in samples[:12])
             sections.append(f'<h3 id="masked-spans:{esc(s["stage"])}">{esc(s["stage"])}: example masked spans</h3>'
                             f"<ul>{items}</ul>")

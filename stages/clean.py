@@ -250,9 +250,10 @@ class MaskJob:
         for batch in iter_batches(Path(task.payload), 1024):
             masks, scores_col = [], []
             langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            doc_ids = batch.column("id").to_pylist() if "id" in batch.column_names else [None] * batch.num_rows
             docs = _docs(batch)
             all_scores = self.batch_scores(docs) if self.models is not None else [None] * len(docs)
-            for ids, lang, s in zip(docs, langs, all_scores, strict=True):
+            for ids, lang, s, doc_id in zip(docs, langs, all_scores, doc_ids, strict=True):
                 m = np.ones(len(ids), np.uint8)
                 rules: dict[str, np.ndarray] = {}
                 if cfg.repetition.enabled:
@@ -287,14 +288,12 @@ class MaskJob:
                 lc["masked"] += int((m == 0).sum())
                 masked["tokens"] += len(ids)
                 masked["masked"] += int((m == 0).sum())
-                if len(samples) < cfg.samples and (m == 0).any():
-                    zero = np.flatnonzero(m == 0)
-                    a = int(zero[0])
-                    b = a
-                    while b + 1 < len(ids) and m[b + 1] == 0 and b - a < 40:
-                        b += 1
-                    samples.append({"text": tables.tok.decode(ids[a:b + 1].tolist(), skip_special_tokens=False),
-                                    "rules": [n for n, r in rules.items() if r[a] == 0]})
+                if cfg.samples and (m == 0).any():
+                    rank = xxhash.xxh64_intdigest((doc_id or f"{task.key}:{rows_in + len(masks)}").encode())
+                    if len(samples) < cfg.samples or rank < samples[-1]["rank"]:
+                        samples.append(_masked_sample(tables.tok, ids, m, rules, rank, lang))
+                        samples.sort(key=lambda x: x["rank"])
+                        del samples[cfg.samples:]
                 masks.append(m)
                 scores_col.append(s)
             t = batch.drop_columns([c for c in ("loss_mask", "token_scores") if c in batch.column_names])
@@ -305,6 +304,23 @@ class MaskJob:
             rows_in += batch.num_rows
         return {"rows_in": rows_in, "rows_out": rows_in,
                 "stats": {**dict(masked), "per_lang": {k: dict(v) for k, v in per_lang.items()}, "samples": samples}}
+
+
+def _masked_sample(tok: Any, ids: np.ndarray, m: np.ndarray, rules: dict[str, np.ndarray], rank: int,
+                   lang: str | None) -> dict[str, Any]:
+    """The document's longest masked run (at most 40 tokens) decoded, with 12 tokens of context on each
+    side, so a reader sees what was removed and where: ``context`` marks the span with ⟦ ⟧."""
+    zero = (m == 0).astype(np.int8)
+    edges = np.diff(np.r_[0, zero, 0])
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    k = int(np.argmax(ends - starts))
+    a, b = int(starts[k]), min(int(ends[k]), int(starts[k]) + 40)
+
+    def dec(x: np.ndarray) -> str:
+        return tok.decode(x.tolist(), skip_special_tokens=False)
+
+    return {"text": dec(ids[a:b]), "context": f"{dec(ids[max(0, a - 12):a])}⟦{dec(ids[a:b])}⟧{dec(ids[b:b + 12])}",
+            "rules": [n for n, r in rules.items() if r[a] == 0], "lang": lang, "rank": rank}
 
 
 def threshold_for(hist: np.ndarray, keep_ratio: float) -> float:
@@ -387,6 +403,7 @@ class CleanStage(Stage[CleanConfig]):
             for lang, c in st["per_lang"].items():
                 per_lang.setdefault(lang, Counter()).update(c)
             samples.extend(st["samples"])
+        samples.sort(key=lambda x: x["rank"])  # the documents with the smallest id hashes: spread over the corpus
         total = merged["tokens"] or 1
         import shutil
 
@@ -409,7 +426,7 @@ class CleanStage(Stage[CleanConfig]):
         rows = [("tokens masked", f"{s.get('masked_tokens', 0):,} of {s.get('tokens', 0):,} "
                                   f"({100 * s.get('masked_share', 0):.2f}%)")]
         rows += [(f"  by {k}", f"{100 * v:.2f}%") for k, v in s.get("masked_share_by_scorer", {}).items()]
-        rows += [(f"masked [{i}]", repr(x["text"])[:70] + f" ({', '.join(x['rules'])})")
+        rows += [(f"masked [{i}]", repr(x.get("context") or x["text"])[:90] + f" ({', '.join(x['rules'])})")
                  for i, x in enumerate(_readable(s.get("masked_samples", []))[:6])]
         return rows
 
