@@ -102,6 +102,22 @@ def _line_hashes(ids: np.ndarray, newline: np.ndarray, min_tokens: int) -> list[
     return out
 
 
+def _member(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` for a sorted set: a binary search per key instead of a scan of the set per call."""
+    if not len(sorted_set) or not len(keys):
+        return np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
+    return sorted_set[at] == keys
+
+
+def _boundaries(ids: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """True at a document's first and last position when they hold a special token (BOS, EOS)."""
+    edge = np.zeros(len(ids), bool)
+    if len(ids):
+        edge[0], edge[-1] = special[ids[0]], special[ids[-1]]
+    return edge
+
+
 def _is_reference(row: dict[str, Any], ref: ReferenceFilter) -> bool:
     return (ref.sources is None or row.get("source") in ref.sources) and (ref.langs is None or row.get("lang") in
                                                                            ref.langs)
@@ -233,10 +249,13 @@ class MaskJob:
         if self.histogram:
             out.data.write_empty = False
             hist = np.zeros(SCORE_BINS, np.int64)
+            tokens = 0
             for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids"]):
-                for s in self.batch_scores(_docs(batch)):
-                    hist += np.histogram(s, bins=SCORE_BINS, range=SCORE_RANGE)[0]
-            return {"stats": {"histogram": hist.tolist()}}
+                docs = _docs(batch)
+                for ids, s in zip(docs, self.batch_scores(docs), strict=True):
+                    tokens += len(ids)  # boundaries are never masked, so they stay out of the quantile
+                    hist += np.histogram(s[~_boundaries(ids, tables.special)], bins=SCORE_BINS, range=SCORE_RANGE)[0]
+            return {"stats": {"histogram": hist.tolist(), "tokens": tokens}}
         schema = pq.read_schema(task.payload)
         fields = [f for f in schema if f.name not in ("loss_mask", "token_scores")]
         fields.append(pa.field("loss_mask", pa.list_(pa.uint8())))
@@ -261,8 +280,10 @@ class MaskJob:
                                                           cfg.repetition.keep_repeats)
                 if cfg.boilerplate.enabled and len(self.boiler):
                     bm = np.ones(len(ids), np.uint8)
-                    for h, a, b in _line_hashes(ids, tables.newline, cfg.boilerplate.min_tokens):
-                        if np.isin(np.uint64(h), self.boiler):
+                    lines = _line_hashes(ids, tables.newline, cfg.boilerplate.min_tokens)
+                    hits = _member(np.array([h for h, _, _ in lines], np.uint64), self.boiler)
+                    for (_, a, b), hit in zip(lines, hits, strict=True):
+                        if hit:
                             bm[a:b] = 0
                     rules["boilerplate"] = bm
                 if cfg.special:
@@ -273,16 +294,14 @@ class MaskJob:
                     else:
                         k = max(1, round(cfg.influence.keep_ratio * len(ids)))
                         keep = np.zeros(len(ids), bool)
-                        keep[np.argsort(-s, kind="stable")[:k]] = True
+                        ranked = np.where(_boundaries(ids, tables.special), np.inf, s)  # boundaries count as kept
+                        keep[np.argsort(-ranked, kind="stable")[:k]] = True
                     rules["influence"] = keep.astype(np.uint8)
+                edge = _boundaries(ids, tables.special)
                 for name, r in rules.items():
+                    r[edge] = 1  # document boundaries (BOS/EOS) stay trainable, whatever a rule says
                     masked[f"{name}_tokens"] += int((r == 0).sum())
                     m &= r
-                if len(ids):  # document boundaries stay trainable
-                    if tables.special[ids[0]]:
-                        m[0] = 1
-                    if tables.special[ids[-1]]:
-                        m[-1] = 1
                 lc = per_lang.setdefault(lang or "und", Counter())
                 lc["tokens"] += len(ids)
                 lc["masked"] += int((m == 0).sum())
@@ -339,7 +358,7 @@ class CleanStage(Stage[CleanConfig]):
     """Per-token loss masks from the configured scorers."""
 
     config_model = CleanConfig
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"
 
     def run(self, ctx: StageContext) -> None:
         import ray
@@ -392,7 +411,12 @@ class CleanStage(Stage[CleanConfig]):
             res = ctx.map_shards(MaskJob(cfg, tok, boiler, models, None, True),
                                  [ShardTask(f"hist-{t.key}", t.payload) for t in tasks], count_rows=False)
             hist = np.sum([np.array(r["stats"]["histogram"]) for r in res], axis=0) if res else np.zeros(SCORE_BINS)
-            threshold = threshold_for(hist, cfg.influence.keep_ratio)
+            # keep_ratio is a share of ALL tokens; boundaries are always kept, so the maskable tokens give up
+            # the whole masked budget: keep 1 - (1 - keep_ratio) * tokens / maskable of them.
+            maskable = int(hist.sum())
+            tokens = sum(int(r["stats"]["tokens"]) for r in res)
+            keep = 1 - (1 - cfg.influence.keep_ratio) * tokens / maskable if maskable else 1.0
+            threshold = threshold_for(hist, max(0.0, keep))
         results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False), tasks)
         merged: Counter[str] = Counter()
         per_lang: dict[str, Counter[str]] = {}

@@ -90,7 +90,7 @@ def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
     m = json.loads((out / "clean" / "manifest.json").read_text())["stats"]
     by = m["masked_share_by_scorer"]
     assert by["boilerplate"] > 0 and by["repetition"] > 0 and by["special"] > 0
-    assert 0.25 <= by["influence"] <= 0.35  # keep_ratio 0.7 of the tokens
+    assert abs(by["influence"] - 0.3) <= 0.01  # keep_ratio 0.7 of ALL tokens, though EOS is never masked
     assert m["masked_samples"] and m["boilerplate_lines"] >= 1
     cleaned = read_table(sorted((out / "clean" / "data").glob("*.parquet")))
     for ids, mask in zip(cleaned.column("input_ids").to_pylist()[:5], cleaned.column("loss_mask").to_pylist()[:5],

@@ -126,3 +126,12 @@ def test_cli_validate_ok_and_schema(tmp_path):
     assert res.returncode == 0 and "valid (1 stages: ingest)" in res.stdout
     res = run_cli("schema", cwd=tmp_path)
     assert res.returncode == 0 and '"tokenmill pipeline spec"' in res.stdout
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "yaml_specs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid_and_compiles(path):
+    from pipeline.spec import load_spec
+
+    dag = build_dag(load_spec(path))
+    assert dag.order and len(set(dag.order)) == len(dag.order)
