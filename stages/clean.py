@@ -9,7 +9,7 @@ excess-loss rule to pre-training. Scorers:
   models over token ids trained here (base: the corpus being cleaned; reference: a trusted subset
   named in the spec), interpolated Witten-Bell (:mod:`stages.clean_core`). The top ``keep_ratio``
   of tokens by score are kept, globally (a mergeable fixed-bin histogram of scores gives the
-  threshold: no process ever holds all scores) or per document.
+  threshold: no process ever holds all scores) or per document, or those at or above ``min_score``.
 * ``repetition``: tokens in periodic repeats beyond the k-th repetition.
 * ``boilerplate``: tokens of lines (as token sequences) that occur in at least ``min_docs`` documents;
   line hashes are counted in a hash-partitioned distributed pass.
@@ -60,7 +60,10 @@ class InfluenceConfig(_Strict):
     order: int = Field(default=3, ge=1, le=3, description="n-gram order of both models.")
     reference: ReferenceFilter = Field(default_factory=ReferenceFilter)
     keep_ratio: float = Field(default=0.6, gt=0, le=1, description="Share of tokens kept (the paper keeps 60%).")
-    granularity: Literal["global", "document"] = "global"
+    granularity: Literal["global", "document"] = Field(default="global", description="Top keep_ratio of the "
+                                                       "corpus (distributed quantile) or of each document.")
+    min_score: float | None = Field(default=None, description="Keep tokens scoring at least this instead of a "
+                                    "share (a fixed threshold; keep_ratio and granularity are then unused).")
     model: Literal["ngram", "hf"] = Field(default="ngram", description="n-gram models trained here, or two local "
                                           "Hugging Face causal LMs (optional extra 'hf').")
     base_model: str | None = Field(default=None, description="hf: local directory of the base model.")
@@ -289,7 +292,7 @@ class MaskJob:
                 if cfg.special:
                     rules["special"] = (~tables.special[ids]).astype(np.uint8)
                 if s is not None:
-                    if cfg.influence.granularity == "global":
+                    if cfg.influence.min_score is not None or cfg.influence.granularity == "global":
                         keep = s >= (self.threshold if self.threshold is not None else -np.inf)
                     else:
                         k = max(1, round(cfg.influence.keep_ratio * len(ids)))
@@ -407,7 +410,9 @@ class CleanStage(Stage[CleanConfig]):
             models = (str(dirs[0]), str(dirs[1]))  # workers memory-map them (MaskJob.setup)
         threshold = None
         hist = None
-        if models is not None and cfg.influence.granularity == "global":
+        if models is not None and cfg.influence.min_score is not None:
+            threshold = cfg.influence.min_score
+        elif models is not None and cfg.influence.granularity == "global":
             res = ctx.map_shards(MaskJob(cfg, tok, boiler, models, None, True),
                                  [ShardTask(f"hist-{t.key}", t.payload) for t in tasks], count_rows=False)
             hist = np.sum([np.array(r["stats"]["histogram"]) for r in res], axis=0) if res else np.zeros(SCORE_BINS)

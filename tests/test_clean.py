@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ stages:
 """
 
 
-def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
+def _write_docs(path: Path) -> None:
     import orjson
 
     rng = np.random.default_rng(0)
@@ -85,7 +86,11 @@ def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
         body = " ".join(rng.choice(words, 30))
         text = f"Copyright notice of the example project\n{body}\n" + "ha " * 12 + "\nend <|endoftext|> tail"
         rows.append({"id": f"d{i:03d}", "text": text, "source": "trusted" if i < 20 else "web"})
-    (tmp_path / "docs.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
+    _write_docs(tmp_path / "docs.jsonl")
     _, out = run_spec(SPEC)
     m = json.loads((out / "clean" / "manifest.json").read_text())["stats"]
     by = m["masked_share_by_scorer"]
@@ -110,3 +115,22 @@ def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
             assert row["loss_mask"][pos:pos + n] == by_id[doc_id]
         pos += n
     assert not any(row["loss_mask"][pos:])
+
+
+@pytest.mark.parametrize("selection", ["granularity: document", "min_score: 0.0"])
+def test_per_document_and_fixed_threshold_selection(run_spec, tmp_path, selection):
+    _write_docs(tmp_path / "docs.jsonl")
+    spec = SPEC.replace("keep_ratio: 0.7}", f"keep_ratio: 0.7, {selection}}}").replace(
+        "boilerplate: {min_docs: 5, min_tokens: 3}", "boilerplate: {enabled: false}\n    repetition: {enabled: false}\n"
+        "    special: false\n    keep_scores: true")
+    _, out = run_spec(spec)
+    table = read_table(sorted((out / "clean" / "data").glob("*.parquet")))
+    ids_col, masks, scores = (table.column(c).to_pylist() for c in ("input_ids", "loss_mask", "token_scores"))
+    for ids, mask, score in zip(ids_col, masks, scores, strict=True):
+        mask, score = np.array(mask), np.array(score)
+        assert mask[-1] == 1  # EOS
+        if selection.startswith("granularity"):  # exactly round(0.7 n) kept per document, EOS among them
+            assert mask.sum() == max(1, round(0.7 * len(ids)))
+            assert score[:-1][mask[:-1] == 1].min() >= score[:-1][mask[:-1] == 0].max()
+        else:
+            assert np.array_equal(mask[:-1], (score[:-1] >= 0.0).astype(np.uint8))
