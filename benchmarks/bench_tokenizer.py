@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -66,9 +67,14 @@ def _peak_mb() -> float:
     return 0.0
 
 
-def run_superbpe(quick: bool, vocab: int = 32000, transition: int = 16000) -> list[dict]:
+#: (vocabulary, transition) pairs compared: the paper's gain grows with the vocabulary (Liu et al. 2025).
+SIZES = ((32000, 16000), (64000, 32000))
+
+
+def run_superbpe(quick: bool, sizes: tuple[tuple[int, int], ...] = SIZES) -> list[dict]:
     """Plain BPE vs SuperBPE (stage 1 to ``transition``, then :mod:`stages.tokenizer_superbpe`) on the
-    same training sample; tokens on held-out documents (every 50th, never trained on)."""
+    same training sample and at the same vocabulary size; tokens on held-out documents (every 50th,
+    never trained on)."""
     from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
     from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
 
@@ -76,7 +82,7 @@ def run_superbpe(quick: bool, vocab: int = 32000, transition: int = 16000) -> li
     held = [d["text"] for d in docs[::50]]
     held_bytes = sum(len(t.encode()) for t in held)
     rows = []
-    for step in (16,) if quick else (16, 1):
+    for (vocab, transition), step in itertools.product(sizes, (16,) if quick else (16, 1)):
         train = [d["text"][:100_000] for i, d in enumerate(docs) if i % 50 and i % step == 0]
         mb = sum(len(t.encode()) for t in train) / 1e6
 
@@ -89,9 +95,9 @@ def run_superbpe(quick: bool, vocab: int = 32000, transition: int = 16000) -> li
         plain, t_plain = timed(lambda v=vocab: bpe(v))
         peak_plain = _peak_mb()
         _reset_peak()
-        stage1, t1 = timed(lambda: bpe(transition))
+        stage1, t1 = timed(lambda t=transition: bpe(t))
         chunks, t_count = timed(lambda texts=train: count_chunks(texts))
-        (sb, st), t2 = timed(lambda s1=stage1, c=chunks: extend_tokenizer(s1, c, vocab))
+        (sb, st), t2 = timed(lambda s1=stage1, c=chunks, v=vocab: extend_tokenizer(s1, c, v))
         peak_sb = _peak_mb()
         n_plain = sum(len(e.ids) for e in plain.encode_batch(held, add_special_tokens=False))
         n_sb = sum(len(e.ids) for e in sb.encode_batch(held, add_special_tokens=False))
@@ -115,12 +121,15 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", choices=["train", "superbpe"], help="run one of the two comparisons")
+    p.add_argument("--sizes", default=",".join(f"{v}:{t}" for v, t in SIZES),
+                   help="SuperBPE comparisons as VOCAB:TRANSITION,...")
     a = p.parse_args()
     if a.only != "superbpe":
         out = run_training(a.quick)
         print_table("tokenizer training: stage vs train_from_iterator", out)
         save("tokenizer", out)
     if a.only != "train":
-        sb_rows = run_superbpe(a.quick)
+        sizes = tuple((int(v), int(t)) for v, t in (x.split(":") for x in a.sizes.split(",")))
+        sb_rows = run_superbpe(a.quick, sizes)
         print_table("SuperBPE vs BPE, same vocabulary, held-out Debian text", sb_rows)
         save("tokenizer_superbpe", sb_rows)

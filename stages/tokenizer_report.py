@@ -79,8 +79,18 @@ def token_premiums(tok: Any, parallel: list[dict[str, Any]], reference: str) -> 
     }
 
 
+#: A digit after a token that ends in spaces: SuperBPE's stage-2 pre-tokenizer isolates a run of spaces
+#: only when no non-space follows, so a token like 'ĠLinuxĠ' is produced only in context ("Linux 2"),
+#: never from its own string; a number starts a new pre-token, so it cannot merge with the token.
+_CONTEXT = "0"
+
+
 def unreachable_tokens(tok: Any) -> dict[str, Any]:
-    """Ids that decode to a partial UTF-8 sequence, or whose decoded string re-encodes differently."""
+    """Ids that decode to a partial UTF-8 sequence, or whose decoded string re-encodes differently.
+
+    An id that fails on its own string but ends in whitespace is re-encoded once more followed by a digit
+    (``_CONTEXT``); if it is produced there it is counted as ``context_only``, not unreachable.
+    """
     vocab = tok.get_vocab(with_added_tokens=True)
     specials = {t.content for t in tok.get_added_tokens_decoder().values()}
     ids = sorted(i for t, i in vocab.items() if t not in specials)
@@ -88,9 +98,16 @@ def unreachable_tokens(tok: Any) -> dict[str, Any]:
     partial = [i for i, s in zip(ids, decoded, strict=True) if "\ufffd" in s]
     check = [(i, s) for i, s in zip(ids, decoded, strict=True) if "\ufffd" not in s]
     encs = tok.encode_batch([s for _, s in check], add_special_tokens=False) if check else []
-    unreachable = [i for (i, _), e in zip(check, encs, strict=True) if e.ids != [i]]
+    failed = [(i, s) for (i, s), e in zip(check, encs, strict=True) if e.ids != [i]]
+    retry = [(i, s) for i, s in failed if s[-1:].isspace()]
+    suffix = tok.encode(_CONTEXT, add_special_tokens=False).ids
+    ctx = tok.encode_batch([s + _CONTEXT for _, s in retry], add_special_tokens=False) if retry else []
+    context_only = {i for (i, _), e in zip(retry, ctx, strict=True) if e.ids == [i, *suffix]}
+    unreachable = [i for i, _ in failed if i not in context_only]
     return {"checked": len(ids), "partial_utf8": len(partial), "unreachable": len(unreachable),
+            "context_only": len(context_only),
             "unreachable_examples": [tok.id_to_token(i) for i in unreachable[:20]],
+            "context_only_examples": [tok.id_to_token(i) for i in sorted(context_only)[:20]],
             "partial_utf8_examples": [tok.id_to_token(i) for i in partial[:20]]}
 
 
@@ -123,7 +140,8 @@ def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | Non
         "bytes_per_token": report["heldout"]["bytes_per_token"],
         "chars_per_token": report["heldout"]["chars_per_token"],
         "never_produced_share": report["utilisation"]["never_produced_share"],
-        "unreachable": report["vocabulary"]["unreachable"], "partial_utf8": report["vocabulary"]["partial_utf8"],
+        "unreachable": report["vocabulary"]["unreachable"],
+        "context_only": report["vocabulary"]["context_only"], "partial_utf8": report["vocabulary"]["partial_utf8"],
         "premium_max_over_min": tp.get("max_over_min"), "premium_cv": tp.get("cv"),
         "premium_languages": tp.get("languages"),
     }
@@ -135,6 +153,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             ("chars / token (held out)", str(summary.get("chars_per_token"))),
             ("ids never produced", f"{100 * (summary.get('never_produced_share') or 0):.1f}%"),
             ("unreachable ids", str(summary.get("unreachable"))),
+            ("context-only ids (end in a space)", str(summary.get("context_only"))),
             ("partial UTF-8 byte ids", str(summary.get("partial_utf8")))]
     if summary.get("premium_languages"):
         rows.append(("token premium max/min", f"{summary['premium_max_over_min']} over "

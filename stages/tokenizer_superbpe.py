@@ -85,7 +85,7 @@ def _merge_word(word: list[int], a: int, b: int, new: int) -> list[int]:
 
 def learn_merges(
     words: list[list[int]], counts: list[int], id_to_token: list[str], n_merges: int,
-    min_frequency: int = 2, max_words: int = 4,
+    min_frequency: int = 2, max_words: int = 4, skipped: Counter[str] | None = None,
 ) -> tuple[list[tuple[int, int]], list[str], list[list[int]]]:
     """Greedy BPE over weighted words that are already segmented (stage 1's output).
 
@@ -118,6 +118,8 @@ def learn_merges(
         s = tokens[a] + tokens[b]
         if s in known or n_words(s) > max_words:
             banned.add(pair)
+            if skipped is not None:
+                skipped["existing" if s in known else "max_words"] += 1
             continue
         new = len(tokens)
         tokens.append(s)
@@ -168,7 +170,9 @@ def extend_tokenizer(stage1: Any, chunk_counts: Counter[str], vocab_size: int, m
     words = [e.ids for e in replay.encode_batch(chunks, add_special_tokens=False)]
     tokens_before = sum(len(w) * c for w, c in zip(words, counts, strict=True))
     n_merges = max(0, vocab_size - len(id_to_token))
-    merges2, new_tokens, final = learn_merges(words, counts, id_to_token, n_merges, min_frequency, max_words)
+    skipped: Counter[str] = Counter()
+    merges2, new_tokens, final = learn_merges(words, counts, id_to_token, n_merges, min_frequency, max_words,
+                                              skipped)
     tokens_after = sum(len(w) * c for w, c in zip(final, counts, strict=True))
     all_tokens = id_to_token + new_tokens
     spec["model"]["vocab"] = {t: i for i, t in enumerate(all_tokens) if t}
@@ -179,6 +183,7 @@ def extend_tokenizer(stage1: Any, chunk_counts: Counter[str], vocab_size: int, m
         "transition_vocab": len(id_to_token), "stage2_merges": len(merges2), "distinct_chunks": len(chunks),
         "chunk_tokens_before": tokens_before, "chunk_tokens_after": tokens_after,
         "superwords": sum(1 for t in new_tokens if n_words(t) > 1),
+        "skipped_existing": skipped["existing"], "skipped_max_words": skipped["max_words"],
         "examples": new_tokens[:10],
     }
     return tok, stats

@@ -55,3 +55,21 @@ def test_every_model_trains_and_round_trips_where_lossless():
         assert ids and max(ids) < tok.get_vocab_size()
         if model == "bpe":  # byte-level: lossless on any text
             assert all(tok.decode(tok.encode(t).ids) == t for t in texts)
+
+
+def test_superword_ending_in_space_is_context_only_not_unreachable():
+    """'aĠ' exists only before a non-space ("a 0"): SuperBPE's stage-2 split isolates a trailing space."""
+    from stages.tokenizer_superbpe import stage2_pre_tokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["aĠ"] = 256
+    vocab["ba"] = 257  # no merge: truly unreachable
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "Ġ")]))
+    tok.pre_tokenizer = stage2_pre_tokenizer()
+    tok.decoder = decoders.ByteLevel()
+    assert tok.encode("a ").ids != [256]  # the naive check would call it unreachable
+    assert tok.encode("a 0").ids == [256, vocab["0"]]
+    voc = quality_report(tok, [{"text": "a 0", "lang": "xx"}])["vocabulary"]
+    assert voc["context_only"] == 1 and voc["context_only_examples"] == ["aĠ"]
+    assert voc["unreachable"] == 1 and voc["unreachable_examples"] == ["ba"]
