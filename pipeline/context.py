@@ -96,7 +96,7 @@ class StageContext:
         try:
             results = run_shards(
                 job, tasks, self.work_dir, use_actors=use_actors, worker_cpus=worker_cpus,
-                max_workers=max_workers, on_result=on_result,
+                max_workers=max_workers, on_result=on_result, retries=self.config.retries,
             )
         except WorkerError as exc:
             from pipeline.errors import StageFailed, TokenmillError

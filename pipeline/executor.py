@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
+from pipeline.stage_api import RetryConfig
 
 SHARDS_DIR = "_shards"
 
@@ -144,11 +146,14 @@ def run_shards(
     worker_cpus: float = 1.0,
     max_workers: int | None = None,
     on_result: Callable[[ShardTask, dict[str, Any], bool], None] | None = None,
+    retries: RetryConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``job`` over ``tasks`` on Ray; returns per-task stats in task order.
 
     Tasks committed by an earlier, interrupted run of the same stage are not run again.
     ``on_result(task, stats, resumed)`` is called as shards finish (for progress display).
+    ``retries``: how often Ray re-runs a shard whose worker died and restarts a dead actor (a re-run
+    rewrites the same part file from scratch, so the output does not depend on how often it ran).
     """
     import ray
     import ray.data
@@ -169,12 +174,20 @@ def run_shards(
         cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
         workers = max(1, min(len(pending), max_workers or cap, cap, int(cluster_cpus / worker_cpus)))
         ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
+        retries = retries or RetryConfig()
+        # Ray 2.60 has no named map_batches parameter for retries yet; the pin (==2.60.0) keeps
+        # **ray_remote_args working, so its deprecation notice is silenced here and only here.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         if use_actors:
+            actor_args: dict[str, Any] = {"max_restarts": retries.max_actor_restarts}
+            if retries.max_actor_restarts != 0:  # Ray retries an actor's task only on a restarted actor
+                actor_args["max_task_retries"] = retries.max_task_retries
             ds = ds.map_batches(
                 _actor_class(job, str(work_dir), list(pending)),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
                 num_cpus=worker_cpus,
+                **actor_args,
             )
         else:
             task_list = list(pending)
@@ -186,13 +199,20 @@ def run_shards(
                 return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in out], dtype=object)}
 
             ds = ds.map_batches(run_task_batch, batch_size=1, num_cpus=worker_cpus,
-                                compute=ray.data.TaskPoolStrategy(size=workers))
-        for row in ds.iter_rows():
-            task = pending[int(row["i"])]
-            stats = json.loads(row["result"])
-            if "__error__" in stats:
-                raise WorkerError(stats["__error__"], bool(stats["__user__"]))
-            results[task.key] = stats
-            if on_result:
-                on_result(task, stats, False)
+                                compute=ray.data.TaskPoolStrategy(size=workers), max_retries=retries.max_task_retries)
+        try:
+            for row in ds.iter_rows():
+                task = pending[int(row["i"])]
+                stats = json.loads(row["result"])
+                if "__error__" in stats:
+                    raise WorkerError(stats["__error__"], bool(stats["__user__"]))
+                results[task.key] = stats
+                if on_result:
+                    on_result(task, stats, False)
+        except ray.exceptions.RayError as exc:  # a worker, actor or node died more often than allowed
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            raise WorkerError(f"a Ray worker died and its retries are used up ({type(exc).__name__}: {reason}); "
+                              f"retries: max_task_retries={retries.max_task_retries}, "
+                              f"max_actor_restarts={retries.max_actor_restarts}", user_error=True) from None
     return [results[t.key] for t in tasks]

@@ -45,6 +45,21 @@ class RefKind:
 STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+class RetryConfig(BaseModel):
+    """How hard Ray tries when a worker process or node dies under a shard (not a Python error in it:
+    those fail the stage at once, since re-running bad input gives the same error)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_task_retries: int = Field(
+        default=3, ge=-1, description="Re-runs of a shard whose worker died (-1: without limit; 0: fail at once)."
+    )
+    max_actor_restarts: int = Field(
+        default=-1, ge=-1, description="Restarts of a dead actor (stages that hold a tokenizer or model): the "
+        "new actor loads it again (-1: without limit; 0: fail at once)."
+    )
+
+
 class StageConfig(BaseModel):
     """Keys every stage has. Subclasses add ``type: Literal["..."]`` and their own parameters."""
 
@@ -56,6 +71,9 @@ class StageConfig(BaseModel):
         default_factory=list, description="Stages (or, for ingest, inputs) whose datasets this stage reads."
     )
     description: str | None = Field(default=None, description="Free text; not part of the fingerprint.")
+    retries: RetryConfig = Field(
+        default_factory=RetryConfig, description="Fault tolerance on a cluster; not part of the fingerprint."
+    )
 
     def artifact_refs(self) -> dict[str, str]:
         """Config fields annotated ``RefKind('artifact')``: field name -> referenced stage or input."""
@@ -68,8 +86,8 @@ class StageConfig(BaseModel):
         return refs
 
     def fingerprint_payload(self) -> dict[str, Any]:
-        """What identifies this stage's work: every key but ``name`` and ``description``."""
-        return self.model_dump(mode="json", exclude={"name", "description"})
+        """What identifies this stage's work: every key but ``name``, ``description`` and ``retries``."""
+        return self.model_dump(mode="json", exclude={"name", "description", "retries"})
 
 
 C = TypeVar("C", bound=StageConfig)

@@ -30,7 +30,7 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "dedup")
+STAGES = ("ingest", "dedup", "balance", "tokenizer", "encode", "clean", "pack")
 
 
 def _free_port() -> int:
@@ -156,7 +156,19 @@ def make_corpus(path: Path, n_docs: int, seed: int = 7) -> None:
 
 
 def write_spec(directory: Path, corpus: Path, shard_mb: float, fail: bool = False) -> Path:
-    dedup = "  - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}\n"
+    rest = textwrap.dedent("""\
+        - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}
+        - {name: balance, type: balance, inputs: [dedup], strategy: temperature, alpha: 0.5}
+        - {name: tokenizer, type: train_tokenizer, inputs: [balance], vocab_size: 800, report: {heldout_docs: 20}}
+        - {name: encode, type: encode, inputs: [balance], tokenizer: tokenizer}
+        - name: clean
+          type: clean
+          inputs: [encode]
+          tokenizer: tokenizer
+          influence: {enabled: true, order: 2, reference: {langs: [en]}, keep_ratio: 0.8}
+        - {name: pack, type: pack, inputs: [clean], method: best_fit, seq_len: 512, writers: [olmo, megatron]}
+        """)
+    dedup = textwrap.indent(rest, "  ")
     if fail:  # a stage whose error happens on the cluster: an input file that is not there
         corpus = corpus.with_name("missing.jsonl")
     spec = directory / "spec.yaml"
@@ -184,10 +196,12 @@ def run_cli(*args: str, timeout: float = 240, **env: str) -> subprocess.Complete
 
 
 def digest(out: Path, stages=STAGES) -> dict[str, str]:
-    """sha256 of every Parquet file of the stages (manifests hold timings, so they are left out)."""
+    """sha256 of every data file of the stages: Parquet, tokenizer.json, report.json, token arrays (manifests
+    hold timings, so they are left out)."""
     res = {}
     for stage in stages:
-        files = sorted((out / stage).rglob("*.parquet"))
+        files = sorted(f for f in (out / stage).rglob("*") if f.suffix in (".parquet", ".npy", ".bin", ".idx", ".json")
+                       and f.name != "manifest.json")
         assert files, f"no parquet output under {out / stage}"
         for f in files:
             res[str(f.relative_to(out))] = hashlib.sha256(f.read_bytes()).hexdigest()
@@ -273,11 +287,13 @@ def _wait_committed(out: Path, stage: str, n: int, proc: subprocess.Popen, timeo
     raise AssertionError("timed out waiting for committed shards")
 
 
-def test_fault_worker_killed_mid_stage(cluster, corpus, reference, tmp_path):
+@pytest.mark.parametrize("stage", ["ingest", "encode"], ids=["task-worker", "tokenizer-actor"])
+def test_fault_worker_killed_mid_stage(cluster, corpus, reference, tmp_path, stage):
+    """Ingest runs Ray tasks (retried); encode runs actors that hold the tokenizer (restarted, reloaded)."""
     spec = write_spec(tmp_path, corpus, shard_mb=0.5)
     proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    _wait_committed(tmp_path / "out", "ingest", 1, proc)
+    _wait_committed(tmp_path / "out", stage, 1, proc)
     killed = 0
     deadline = time.time() + 30
     while not killed and time.time() < deadline and proc.poll() is None:
