@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.memory import release_memory
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
 from pipeline.stage_api import RetryConfig
 
@@ -132,6 +133,7 @@ def _actor_class(job: ShardJob, work_dir: str, tasks: list[ShardTask]) -> type:
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             results = [_run_one(self.job, self.work_dir, self.tasks[int(i)]) for i in batch["i"]]
+            release_memory()  # this actor lives on: it should not keep one shard's peak for the next
             return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in results], dtype=object)}
 
     return ShardActor
@@ -196,6 +198,7 @@ def run_shards(
             def run_task_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 job.setup()
                 out = [_run_one(job, Path(wd), task_list[int(i)]) for i in batch["i"]]
+                release_memory()  # Ray reuses this worker process for later shards and stages
                 return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in out], dtype=object)}
 
             ds = ds.map_batches(run_task_batch, batch_size=1, num_cpus=worker_cpus,

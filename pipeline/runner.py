@@ -24,6 +24,7 @@ from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
+from pipeline.memory import release_memory
 from pipeline.progress import Reporter
 from pipeline.ray_session import ray_session
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
@@ -145,25 +146,6 @@ def run_pipeline(
 
     build_report(out)
     return plan
-
-
-def release_memory() -> None:
-    """Give the driver's freed memory back to the OS between stages.
-
-    A stage that gathers something in the driver (dedup's cluster forest, a tokenizer's training
-    sample) leaves freed-but-held memory in Arrow's pool and glibc's heap; without this, every
-    later stage, streaming ones included, would carry that high-water mark for the rest of the run.
-    """
-    import contextlib
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) -> None:

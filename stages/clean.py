@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
+from pipeline.memory import releasing
 from pipeline.parquet_io import iter_batches
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
@@ -378,7 +379,7 @@ class CleanStage(Stage[CleanConfig]):
             ctx.map_shards(CountJob(cfg, tok, str(ctx.work_dir)), [ShardTask(f"count-{t.key}", t.payload)
                                                                      for t in tasks], count_rows=False)
         if cfg.boilerplate.enabled:
-            freq = ray.remote(_frequent_lines)
+            freq = ray.remote(releasing(_frequent_lines))
             parts = [freq.remote(sorted(str(x) for x in d.glob("*.npz")), cfg.boilerplate.min_docs)
                      for d in sorted((ctx.work_dir / "_lines").glob("p*"))]
             found = ray.get(parts)

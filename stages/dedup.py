@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.executor import ShardOutput, ShardTask, SidePass
+from pipeline.memory import releasing
 from pipeline.parquet_io import PartWriter, iter_batches
 from pipeline.stage_api import Stage, StageConfig, register_stage
 
@@ -561,15 +562,15 @@ class DedupStage(Stage[DedupConfig]):
         sig_files = sorted(str(p) for p in (ctx.work_dir / "_signatures").glob("*.parquet"))
         # candidate edges per partition; the signatures they need, read once per signature file
         # (only documents that have a candidate: O(duplicates)); then verification and a forest
-        edges_task = ray.remote(_edges_for_partition)
+        edges_task = ray.remote(releasing(_edges_for_partition))
         cand = [edges_task.remote(sorted(str(x) for x in pdir.glob("*.parquet")))
                 for pdir in sorted((ctx.work_dir / "_buckets").glob("p*"))]
-        needed = ray.remote(_needed_signatures)
+        needed = ray.remote(releasing(_needed_signatures))
         sig_parts = [needed.remote(f, *cand) for f in sig_files] if cfg.near.verify else []
         verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
-        forest_task = ray.remote(num_returns=2)(_partition_forest)
+        forest_task = ray.remote(num_returns=2)(releasing(_partition_forest))
         forests = [forest_task.remote(c, verify_at, *sig_parts) for c in cand]
-        merge = ray.remote(_merge_forests)
+        merge = ray.remote(releasing(_merge_forests))
         edge_refs = [f[1] for f in forests] if forests else []
         roots = [f[0] for f in forests]
         while len(roots) > 1:

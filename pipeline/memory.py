@@ -1,0 +1,41 @@
+"""Giving freed memory back to the OS, in the driver between stages and in workers after each shard.
+
+Why: Python, Arrow's pool and glibc keep freed memory for reuse. A stage that gathers a lot in one
+process (dedup's cluster forest, a tokenizer's training sample, an n-gram table) would otherwise
+leave that high-water mark in the driver, and in the Ray worker processes that Ray keeps alive and
+reuses, for the rest of the run: every later stage, streaming ones included, would carry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def release_memory() -> None:
+    """Collect garbage, empty Arrow's pool and trim glibc's heap (a no-op trim elsewhere)."""
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def releasing(fn: F) -> F:
+    """``fn`` that releases memory after it returns: for ``ray.remote`` helpers run in reused workers."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_memory()
+
+    return wrapper  # type: ignore[return-value]
