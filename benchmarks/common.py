@@ -74,27 +74,38 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
+def is_ray_worker(pid: int) -> bool:
+    """Ray worker processes retitle themselves ``ray::IDLE`` / ``ray::<task or actor>``."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+    except OSError:
+        return False
+
+
 class PeakMemory:
     """Samples the PSS of a process tree in a background thread while the ``with`` block runs.
 
     Why not ``ru_maxrss``: it is a life-time high-water mark (a child even inherits its parent's
     across fork+exec), it misses Ray's worker processes, and it counts the object store's mapped
     pages in full in every process. ``samples`` keeps (unix time, MB of the tree, MB of the root
-    process alone) for per-stage attribution: the root is the ``pipeline`` driver, which may still
-    hold memory from an earlier stage while a streaming stage runs on the workers.
+    process alone, MB of the Ray worker processes) for per-stage attribution: the root is the
+    ``pipeline`` driver, which may still hold memory from an earlier stage while a streaming stage
+    runs on the workers; the rest of the tree is Ray's own services (GCS, raylet, dashboard), whose
+    bookkeeping grows with the number of tasks run so far, not with what a stage holds.
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.1) -> None:
         self.pid = pid or os.getpid()
         self.interval = interval
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while True:
             tree = process_tree(self.pid)
-            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1])))
+            workers = [p for p in tree[1:] if is_ray_worker(p)]
+            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1]), pss_mb(workers)))
             if self._stop.wait(self.interval):
                 return
 
@@ -108,7 +119,7 @@ class PeakMemory:
 
     @property
     def peak_mb(self) -> float:
-        return max((mb for _, mb, _ in self.samples), default=0.0)
+        return max((s[1] for s in self.samples), default=0.0)
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:

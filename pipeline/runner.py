@@ -9,7 +9,6 @@ fingerprint reuses every shard that was committed.
 
 from __future__ import annotations
 
-import glob
 import inspect
 import os
 import shutil
@@ -23,6 +22,7 @@ from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
+from pipeline.locations import InputFile, LocationError, expand, is_uri
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
 from pipeline.progress import Reporter
@@ -52,26 +52,35 @@ class Plan:
         return {s.name: s for s in self.stages}
 
 
-def expand_paths(spec: LoadedSpec, inp: FilesInput) -> list[Path]:
-    """Sorted, de-duplicated files matching an input's paths and globs."""
-    files: list[Path] = []
+def expand_paths(base_dir: Path, inp: FilesInput) -> list[InputFile]:
+    """Sorted, de-duplicated files matching an input's paths, globs and URIs."""
+    files: dict[str, InputFile] = {}
     for pattern in inp.paths:
-        resolved = str(spec.resolve(pattern))
-        matches = sorted(glob.glob(resolved, recursive=True)) if glob.has_magic(resolved) else [resolved]
-        files += [Path(m) for m in matches if Path(m).is_file()]
-    return sorted(set(files))
+        try:
+            found = expand(pattern, base_dir)
+        except (LocationError, OSError) as exc:
+            raise SpecError("spec", [f"inputs: cannot list {pattern!r}: {exc}"]) from None
+        for f in found:
+            files.setdefault(f.uri, f)
+    return [files[k] for k in sorted(files)]
 
 
 def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInput) -> str:
     if isinstance(inp, ArtifactInput):
+        if is_uri(inp.path):
+            raise SpecError(spec.source, [f"inputs.{name}.path: {inp.path!r}: an artifact must be a local or "
+                                          "shared-filesystem file (URIs are read by kind: files inputs only)"])
         path = spec.resolve(inp.path)
         if not path.is_file():
             raise SpecError(spec.source, [f"inputs.{name}.path: file not found: {path}"])
         return sha256_file(path)
-    files = expand_paths(spec, inp)
+    try:
+        files = expand_paths(spec.base_dir, inp)
+    except SpecError as exc:
+        raise SpecError(spec.source, [p.replace("inputs:", f"inputs.{name}.paths:") for p in exc.problems]) from None
     if not files:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
-    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    listing = [(f.uri, *f.info()) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
 
 

@@ -14,10 +14,14 @@ import io
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import zstandard
+
+from pipeline.locations import InputFile
+
+Location = InputFile | Path | str
 
 CHUNK = 4 << 20
 MAX_COMPRESSED_SHARDS = 16
@@ -27,15 +31,15 @@ class TruncatedInput(Exception):
     """A compressed stream ended before its end-of-frame marker."""
 
 
-def compression_of(path: Path) -> str | None:
-    suffix = path.suffix.lower()
+def compression_of(path: Location) -> str | None:
+    suffix = PurePosixPath(InputFile.of(path).name).suffix.lower()
     return {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}.get(suffix)
 
 
-def format_of(path: Path, declared: str) -> str:
+def format_of(path: Location, declared: str) -> str:
     if declared != "auto":
         return declared
-    name = path.name.lower()
+    name = InputFile.of(path).name.lower()
     for ext in (".zst", ".zstd", ".gz"):
         name = name.removesuffix(ext)
     if name.endswith((".jsonl", ".json", ".ndjson")):
@@ -89,8 +93,9 @@ class _ZstdReader(io.RawIOBase):
 
 
 class _GzipReader(io.RawIOBase):
-    def __init__(self, path: Path):
-        self.f = gzip.open(path, "rb")  # noqa: SIM115 - closed by close()
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.f = gzip.GzipFile(fileobj=raw, mode="rb")
 
     def readable(self) -> bool:
         return True
@@ -103,16 +108,19 @@ class _GzipReader(io.RawIOBase):
 
     def close(self) -> None:
         self.f.close()
+        self.raw.close()
         super().close()
 
 
-def open_uncompressed(path: Path) -> BinaryIO:
-    comp = compression_of(path)
+def open_uncompressed(path: Location) -> BinaryIO:
+    """The file's uncompressed bytes as a stream (seekable only when the file is not compressed)."""
+    src = InputFile.of(path)
+    comp = compression_of(src)
     if comp == "zstd":
-        return _ZstdReader(open(path, "rb"))  # type: ignore[return-value]
+        return _ZstdReader(src.open())  # type: ignore[return-value]
     if comp == "gzip":
-        return _GzipReader(path)  # type: ignore[return-value]
-    return open(path, "rb")
+        return _GzipReader(src.open())  # type: ignore[return-value]
+    return src.open()
 
 
 @dataclass(frozen=True)
@@ -124,15 +132,16 @@ class LineRange:
     first_line: int  # 1-based number of the first line in the range
 
 
-def plan_line_ranges(path: Path, target_bytes: int) -> list[LineRange]:
+def plan_line_ranges(path: Location, target_bytes: int) -> list[LineRange]:
     """Split a line-based file into ranges of about ``target_bytes``, aligned to line starts."""
+    path = InputFile.of(path)
     comp = compression_of(path)
     if comp is None:
-        size = path.stat().st_size
+        size = path.size()
         if size <= target_bytes:
             return [LineRange(0, -1, 1)]
     else:
-        target_bytes = max(target_bytes, path.stat().st_size * 8 // MAX_COMPRESSED_SHARDS)
+        target_bytes = max(target_bytes, path.size() * 8 // MAX_COMPRESSED_SHARDS)
     ranges: list[LineRange] = []
     start, start_line = 0, 1
     offset, line = 0, 1  # position of the chunk being scanned, and its first line number
@@ -163,7 +172,7 @@ def plan_line_ranges(path: Path, target_bytes: int) -> list[LineRange]:
     return ranges
 
 
-def iter_lines(path: Path, rng: LineRange) -> Iterator[tuple[list[bytes], int, bool]]:
+def iter_lines(path: Location, rng: LineRange) -> Iterator[tuple[list[bytes], int, bool]]:
     """Yield (lines, first line number, truncated) batches of a range, without line terminators.
 
     ``truncated`` is true on the last batch when the compressed stream ended early; that batch's

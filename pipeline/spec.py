@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from pipeline.errors import SpecError
+from pipeline.locations import is_uri
 from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig, discover_stages
 
 
@@ -49,7 +50,11 @@ class FilesInput(_Strict):
     """Raw files, read by an ``ingest`` stage: paths and globs, relative to the spec file."""
 
     kind: Literal["files"] = "files"
-    paths: list[str] = Field(min_length=1, description="Files or glob patterns (** allowed).")
+    paths: list[str] = Field(
+        min_length=1,
+        description="Files or glob patterns (** allowed), relative to the spec, or URIs (s3://, gs://, hdfs://, "
+        "abfs://, file://, or any fsspec scheme whose package is installed).",
+    )
     format: Literal["auto", "jsonl", "parquet", "text"] = Field(
         default="auto", description="auto: from the extension (.jsonl/.json/.ndjson[.zst|.gz], .parquet, .txt)."
     )
@@ -141,9 +146,30 @@ class LoadedSpec:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def output_dir(self, override: str | None = None) -> Path:
+        """The output folder; a URI other than ``file://`` is refused (why: see ``_local_output``)."""
         if override:
-            return Path(override).expanduser().resolve()
-        return self.resolve(self.model.output or f"out/{self.model.name}").resolve()
+            return Path(_local_output(override, "--output", self.source)).expanduser().resolve()
+        chosen = _local_output(self.model.output, "output", self.source) if self.model.output else None
+        return self.resolve(chosen or f"out/{self.model.name}").resolve()
+
+
+def _local_output(location: str, key: str, source: str) -> str:
+    """Outputs live on a local or shared POSIX filesystem, never directly in an object store.
+
+    Why: a stage appears by renaming its temp folder and is resumed from the files it committed;
+    object stores have neither atomic renames nor cheap listings of what was committed. On a
+    cluster, point ``output`` at a shared mount (NFS, EFS, Filestore, Lustre, or a bucket mounted
+    with mountpoint-s3 / gcsfuse) that every node sees at the same path.
+    """
+    if location.startswith("file://"):
+        return location.removeprefix("file://")
+    if is_uri(location):
+        raise SpecError(source, [
+            f"{key}: {location!r} is an object-store URI; outputs must be a local or shared-filesystem path "
+            "(for example /mnt/shared/out, an NFS or a bucket mounted with mountpoint-s3 or gcsfuse). "
+            "URIs are allowed for kind: files inputs."
+        ])
+    return location
 
 
 def load_spec(path: str | Path) -> LoadedSpec:

@@ -9,7 +9,6 @@ stops at the first bad row with a message naming file and line.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,6 +21,7 @@ from pydantic import Field
 from pipeline.context import StageContext
 from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
+from pipeline.locations import InputFile
 from pipeline.parquet_io import make_rejects
 from pipeline.runner import expand_paths
 from pipeline.sources import LineRange, compression_of, format_of, iter_lines, plan_line_ranges
@@ -151,7 +151,7 @@ class IngestJob:
 
     # -- formats ------------------------------------------------------------------------------
     def _lines(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
-        path, rel = Path(p["path"]), p["rel"]
+        path, rel = p["file"], p["rel"]
         rng = LineRange(*p["range"])
         is_json = p["format"] == "jsonl"
         for lines, first, truncated in iter_lines(path, rng):
@@ -199,8 +199,8 @@ class IngestJob:
         )
 
     def _text_files(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
-        for path_s, rel in p["files"]:
-            data = Path(path_s).read_bytes()
+        for src, rel in p["files"]:
+            data = src.read_bytes()
             self.counts["in"] += 1
             self.bytes_in += len(data)
             try:
@@ -214,7 +214,7 @@ class IngestJob:
 
     def _parquet(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
         f = inp.fields
-        pf = pq.ParquetFile(p["path"])
+        pf = _parquet_file(p["file"])
         names = set(pf.schema_arrow.names)
         wanted = [c for c in {f.id, f.text, f.lang, f.source, *inp.keep_fields} if c and c in names]
         row = p["first_row"]
@@ -235,10 +235,16 @@ class IngestJob:
             self._flush(out)
 
 
-def _plan_file(name: str, inp: FilesInput, path: Path, rel: str, target: int) -> list[dict]:
+def _parquet_file(src: InputFile) -> pq.ParquetFile:
+    if src.fs is None:
+        return pq.ParquetFile(src.path)
+    return pq.ParquetFile(src.path, filesystem=src.fs)
+
+
+def _plan_file(name: str, inp: FilesInput, path: InputFile, rel: str, target: int) -> list[dict]:
     fmt = format_of(path, inp.format)
     if fmt == "parquet":
-        meta = pq.ParquetFile(path).metadata
+        meta = _parquet_file(path).metadata
         shards, group, size, first, row = [], [], 0, 0, 0
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
@@ -249,12 +255,12 @@ def _plan_file(name: str, inp: FilesInput, path: Path, rel: str, target: int) ->
             size += rg.total_byte_size
             row += rg.num_rows
         shards.append({"kind": "parquet", "row_groups": group, "first_row": first})
-        return [{**s, "input": name, "path": str(path), "rel": rel} for s in shards]
+        return [{**s, "input": name, "file": path, "rel": rel} for s in shards]
     if fmt == "text" and inp.text_unit == "file":
-        return [{"kind": "text_files", "input": name, "files": [(str(path), rel)], "rel": rel}]
+        return [{"kind": "text_files", "input": name, "files": [(path, rel)], "rel": rel}]
     ranges = plan_line_ranges(path, target)
     return [
-        {"kind": "lines", "format": fmt, "input": name, "path": str(path), "rel": rel,
+        {"kind": "lines", "format": fmt, "input": name, "file": path, "rel": rel,
          "range": (r.start, r.end, r.first_line)}
         for r in ranges
     ]
@@ -272,11 +278,11 @@ class IngestStage(Stage[IngestConfig]):
 
         cfg = self.config
         target = int(cfg.shard_mb * (1 << 20))
-        files: list[tuple[str, FilesInput, Path, str]] = []
+        files: list[tuple[str, FilesInput, InputFile, str]] = []
         base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
         for raw in ctx.raw_inputs:
-            for path in expand_paths_for(raw):
-                files.append((raw.name, raw.spec, path, os.path.relpath(path, raw.base_dir)))
+            for src in expand_paths(raw.base_dir, raw.spec):
+                files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
         plan_remote = ray.remote(num_cpus=1)(_plan_file)
         planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
         tasks: list[ShardTask] = []
@@ -299,18 +305,6 @@ class IngestStage(Stage[IngestConfig]):
         ctx.manifest.stats.update({"files": len(files), "shards": len(tasks), "rows_per_file": per_file})
 
 
-def expand_paths_for(raw: Any) -> list[Path]:
-    class _Spec:  # expand_paths needs only .resolve()
-        def __init__(self, base: Path):
-            self.base = base
-
-        def resolve(self, p: str) -> Path:
-            q = Path(p).expanduser()
-            return q if q.is_absolute() else self.base / q
-
-    return expand_paths(_Spec(raw.base_dir), raw.spec)  # type: ignore[arg-type]
-
-
 def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:
     """Merge consecutive one-file text shards until a shard holds about ``target`` bytes."""
     out: list[ShardTask] = []
@@ -319,7 +313,7 @@ def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:
         if p["kind"] != "text_files":
             out.append(task)
             continue
-        size = sum(os.path.getsize(f) for f, _ in p["files"])
+        size = sum(f.size() for f, _ in p["files"])
         prev = out[-1].payload if out else None
         if prev and prev["kind"] == "text_files" and prev["input"] == p["input"] and prev["_size"] + size <= target:
             prev["files"] = prev["files"] + p["files"]
