@@ -59,14 +59,15 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pids: list[int]) -> float:
+def pss_mb(pids: list[int], field: str = "Pss:") -> float:
     """Proportional set size of these processes (MB): shared pages (Ray's object store, shared
-    libraries) are split between the processes that map them, so a sum over a tree counts them once."""
+    libraries) are split between the processes that map them, so a sum over a tree counts them once.
+    ``field="Pss_Shmem:"``: only the shared-memory part, i.e. Ray's object store (a /dev/shm file)."""
     total = 0
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+                if line.startswith(field):
                     total += int(line.split()[1])
                     break
         except OSError:
@@ -88,16 +89,19 @@ class PeakMemory:
     Why not ``ru_maxrss``: it is a life-time high-water mark (a child even inherits its parent's
     across fork+exec), it misses Ray's worker processes, and it counts the object store's mapped
     pages in full in every process. ``samples`` keeps (unix time, MB of the tree, MB of the root
-    process alone, MB of the Ray worker processes) for per-stage attribution: the root is the
-    ``pipeline`` driver, which may still hold memory from an earlier stage while a streaming stage
-    runs on the workers; the rest of the tree is Ray's own services (GCS, raylet, dashboard), whose
-    bookkeeping grows with the number of tasks run so far, not with what a stage holds.
+    process alone, MB of the Ray worker processes without their object-store pages, MB of the
+    object store's pages across the tree, MB of Ray's services without those pages) for per-stage
+    attribution: the root is the ``pipeline`` driver, which may still hold memory from an earlier
+    stage while a streaming stage runs on the workers; Ray's own services (GCS, raylet, dashboard)
+    keep bookkeeping that grows with the number of tasks run so far; and the object store's pages,
+    once touched, stay resident (and mapped by idle workers) at the high-water mark of whatever
+    stage put the most into it.
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.1) -> None:
         self.pid = pid or os.getpid()
         self.interval = interval
-        self.samples: list[tuple[float, float, float, float]] = []
+        self.samples: list[tuple[float, ...]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -105,7 +109,10 @@ class PeakMemory:
         while True:
             tree = process_tree(self.pid)
             workers = [p for p in tree[1:] if is_ray_worker(p)]
-            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1]), pss_mb(workers)))
+            services = [p for p in tree[1:] if p not in workers]
+            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1]),
+                                 pss_mb(workers) - pss_mb(workers, "Pss_Shmem:"), pss_mb(tree, "Pss_Shmem:"),
+                                 pss_mb(services) - pss_mb(services, "Pss_Shmem:")))
             if self._stop.wait(self.interval):
                 return
 
