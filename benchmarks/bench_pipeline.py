@@ -79,8 +79,8 @@ def repeated_corpus(lines: list[bytes], k: int, path: Path) -> int:
 
 
 def run_measured(spec: Path) -> tuple[float, list[tuple[float, ...]]]:
-    """Run ``pipeline run spec`` in a child process; (wall seconds, [(unix time, PSS MB of the tree, of
-    the driver alone, of the Ray workers)])."""
+    """Run ``pipeline run spec`` in a child process; (wall seconds, the samples of
+    :class:`benchmarks.common.PeakMemory`)."""
     wall, mem = run_child([sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"], spec.parent)
     return wall, mem.samples
 

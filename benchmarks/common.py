@@ -59,20 +59,22 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pids: list[int], field: str = "Pss:") -> float:
-    """Proportional set size of these processes (MB): shared pages (Ray's object store, shared
-    libraries) are split between the processes that map them, so a sum over a tree counts them once.
-    ``field="Pss_Shmem:"``: only the shared-memory part, i.e. Ray's object store (a /dev/shm file)."""
-    total = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith(field):
-                    total += int(line.split()[1])
-                    break
-        except OSError:
-            continue
-    return total / 1024
+def pss_parts(pid: int) -> tuple[float, float]:
+    """(proportional set size, its shared-memory part) of one process in MB, from one read of
+    smaps_rollup. PSS splits shared pages (Ray's object store, shared libraries) between the processes
+    that map them, so a sum over a tree counts them once; the shared-memory part is Ray's object
+    store (a /dev/shm file)."""
+    pss = shmem = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+            elif line.startswith("Pss_Shmem:"):
+                shmem = int(line.split()[1])
+                break
+    except OSError:
+        pass
+    return pss / 1024, shmem / 1024
 
 
 def is_ray_worker(pid: int) -> bool:
@@ -108,11 +110,13 @@ class PeakMemory:
     def _sample(self) -> None:
         while True:
             tree = process_tree(self.pid)
-            workers = [p for p in tree[1:] if is_ray_worker(p)]
+            parts = {p: pss_parts(p) for p in tree}  # one read of each process's smaps_rollup
+            workers = {p for p in tree[1:] if is_ray_worker(p)}
             services = [p for p in tree[1:] if p not in workers]
-            self.samples.append((time.time(), pss_mb(tree), pss_mb(tree[:1]),
-                                 pss_mb(workers) - pss_mb(workers, "Pss_Shmem:"), pss_mb(tree, "Pss_Shmem:"),
-                                 pss_mb(services) - pss_mb(services, "Pss_Shmem:")))
+            self.samples.append((time.time(), sum(a for a, _ in parts.values()), parts[self.pid][0],
+                                 sum(parts[p][0] - parts[p][1] for p in workers),
+                                 sum(b for _, b in parts.values()),
+                                 sum(parts[p][0] - parts[p][1] for p in services)))
             if self._stop.wait(self.interval):
                 return
 

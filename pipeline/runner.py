@@ -59,7 +59,7 @@ def expand_paths(base_dir: Path, inp: FilesInput) -> list[InputFile]:
         try:
             found = expand(pattern, base_dir)
         except (LocationError, OSError) as exc:
-            raise SpecError("spec", [f"inputs: cannot list {pattern!r}: {exc}"]) from None
+            raise LocationError(f"cannot list {pattern!r}: {exc}") from None
         for f in found:
             files.setdefault(f.uri, f)
     return [files[k] for k in sorted(files)]
@@ -76,8 +76,8 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         return sha256_file(path)
     try:
         files = expand_paths(spec.base_dir, inp)
-    except SpecError as exc:
-        raise SpecError(spec.source, [p.replace("inputs:", f"inputs.{name}.paths:") for p in exc.problems]) from None
+    except LocationError as exc:
+        raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
     if not files:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
     listing = [(f.uri, *f.info()) for f in files]

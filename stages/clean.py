@@ -176,8 +176,6 @@ class CountJob:
         ngram = cfg.influence.enabled and cfg.influence.model == "ngram"
         base = NGramCounts(cfg.influence.order) if ngram else None
         ref = NGramCounts(cfg.influence.order) if ngram else None
-        base_batches: list[list[np.ndarray]] = []
-        ref_batches: list[list[np.ndarray]] = []
         for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids", "source", "lang"]):
             docs = _docs(batch)
             if cfg.boilerplate.enabled:
@@ -186,12 +184,12 @@ class CountJob:
                     line_keys.extend({h for h, _, _ in lines})  # a line counts once per document
             if base is not None and ref is not None:
                 rows = batch.select(["source", "lang"]).to_pylist()
-                base_batches.append(docs)
-                ref_batches.append([d for d, r in zip(docs, rows, strict=True)
-                                    if _is_reference(r, cfg.influence.reference)])
+                base.add_buffered(docs)
+                ref.add_buffered([d for d, r in zip(docs, rows, strict=True)
+                                  if _is_reference(r, cfg.influence.reference)])
         if base is not None and ref is not None:
-            base.add_stream(base_batches)
-            ref.add_stream(ref_batches)
+            base.flush()
+            ref.flush()
         if cfg.boilerplate.enabled:
             keys, counts = np.unique(np.array(line_keys, dtype=np.uint64), return_counts=True)
             part = (keys % np.uint64(cfg.partitions)).astype(np.int64)
@@ -278,6 +276,7 @@ class MaskJob:
             all_scores = self.batch_scores(docs) if self.models is not None else [None] * len(docs)
             for ids, lang, s, doc_id in zip(docs, langs, all_scores, doc_ids, strict=True):
                 m = np.ones(len(ids), np.uint8)
+                edge = _boundaries(ids, tables.special)
                 rules: dict[str, np.ndarray] = {}
                 if cfg.repetition.enabled:
                     rules["repetition"] = repetition_mask(ids, cfg.repetition.min_period, cfg.repetition.max_period,
@@ -298,10 +297,9 @@ class MaskJob:
                     else:
                         k = max(1, round(cfg.influence.keep_ratio * len(ids)))
                         keep = np.zeros(len(ids), bool)
-                        ranked = np.where(_boundaries(ids, tables.special), np.inf, s)  # boundaries count as kept
+                        ranked = np.where(edge, np.inf, s)  # boundaries count as kept
                         keep[np.argsort(-ranked, kind="stable")[:k]] = True
                     rules["influence"] = keep.astype(np.uint8)
-                edge = _boundaries(ids, tables.special)
                 for name, r in rules.items():
                     r[edge] = 1  # document boundaries (BOS/EOS) stay trainable, whatever a rule says
                     masked[f"{name}_tokens"] += int((r == 0).sum())

@@ -43,6 +43,8 @@ class NGramCounts:
         self.order = order
         self.keys = [np.zeros(0, np.uint64) for _ in range(order)]
         self.counts = [np.zeros(0, np.int64) for _ in range(order)]
+        self._pending: list[np.ndarray] = []  # documents given to add_buffered, not merged yet
+        self._pending_tokens = 0
 
     def add_documents(self, docs: Iterable[np.ndarray]) -> NGramCounts:
         parts: list[list[np.ndarray]] = [[] for _ in range(self.order)]
@@ -54,20 +56,21 @@ class NGramCounts:
                 self._merge(k, *np.unique(np.concatenate(parts[k]), return_counts=True))
         return self
 
-    def add_stream(self, batches: Iterable[list[np.ndarray]], buffer_keys: int = 4_000_000) -> NGramCounts:
-        """Count documents arriving in batches. Keys are buffered and merged into the table once per
-        ``buffer_keys`` keys rather than once per batch: merging re-sorts the whole table, so merging
-        per batch would make counting quadratic in the shard's size."""
-        pending: list[np.ndarray] = []
-        size = 0
-        for docs in batches:
-            pending.extend(docs)
-            size += sum(len(d) for d in docs)
-            if size >= buffer_keys:
-                self.add_documents(pending)
-                pending, size = [], 0
-        if pending:
-            self.add_documents(pending)
+    def add_buffered(self, docs: list[np.ndarray], buffer_keys: int = 4_000_000) -> None:
+        """Count a batch of documents; call :meth:`flush` after the last one. Documents are buffered
+        and merged into the table once per ``buffer_keys`` tokens rather than once per batch: merging
+        re-sorts the whole table, so merging per batch would make counting quadratic in the shard's
+        size, while the buffer keeps memory bounded whatever the shard's size."""
+        self._pending.extend(docs)
+        self._pending_tokens += sum(len(d) for d in docs)
+        if self._pending_tokens >= buffer_keys:
+            self.flush()
+
+    def flush(self) -> NGramCounts:
+        """Merge the buffered documents into the table."""
+        if self._pending:
+            self.add_documents(self._pending)
+            self._pending, self._pending_tokens = [], 0
         return self
 
     def total_tokens(self) -> int:

@@ -341,10 +341,6 @@ class UnionFind:
         return [(n, self.find(n)) for n in self.parent]
 
 
-def estimated_jaccard(s1: np.ndarray, s2: np.ndarray) -> float:
-    return float(np.count_nonzero(s1 == s2)) / len(s1)
-
-
 # ------------------------------------------------------------------------------------ Ray wiring
 
 

@@ -236,9 +236,7 @@ class IngestJob:
 
 
 def _parquet_file(src: InputFile) -> pq.ParquetFile:
-    if src.fs is None:
-        return pq.ParquetFile(src.path)
-    return pq.ParquetFile(src.path, filesystem=src.fs)
+    return pq.ParquetFile(src.path, filesystem=src.fs)  # fs None: the local filesystem
 
 
 def _plan_file(name: str, inp: FilesInput, path: InputFile, rel: str, target: int) -> list[dict]:
