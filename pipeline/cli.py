@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -99,7 +98,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "inspect":
         from pipeline.inspect_output import inspect_path
 
-        inspect_path(Path(args.path), console, rows=args.rows)
+        inspect_path(args.path, console, rows=args.rows)
         return 0
     if args.command == "report":
         from pipeline.report import report_command

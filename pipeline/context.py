@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.executor import ShardJob, ShardOutput, ShardTask, WorkerError, run_shards
+from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
-from pipeline.parquet_io import iter_batches, parquet_rows
+from pipeline.parquet_io import iter_batches, parquet_rows, read_schema
 
 if TYPE_CHECKING:
     from pipeline.progress import Reporter
@@ -25,12 +26,12 @@ class DatasetInput:
     """An upstream stage's dataset: its sorted Parquet parts and its manifest."""
 
     name: str
-    dir: Path
+    dir: Location
     manifest: dict[str, Any]
 
     @property
-    def files(self) -> list[Path]:
-        return sorted((self.dir / "data").glob("part-*.parquet"))
+    def files(self) -> list[Location]:
+        return (self.dir / "data").glob("part-*.parquet")
 
     def num_rows(self) -> int:
         return sum(parquet_rows(p) for p in self.files)
@@ -50,27 +51,27 @@ class StageContext:
     name: str
     config: StageConfig
     seed: int
-    work_dir: Path
-    output_root: Path
+    work_dir: Location
+    output_root: Location
     datasets: list[DatasetInput] = field(default_factory=list)
     raw_inputs: list[RawInput] = field(default_factory=list)
-    artifact_paths: dict[str, Path] = field(default_factory=dict)
+    artifact_paths: dict[str, Location] = field(default_factory=dict)
     reporter: Reporter | None = None
     manifest: ManifestBuilder = field(default_factory=ManifestBuilder)
 
     @property
-    def data_dir(self) -> Path:
+    def data_dir(self) -> Location:
         return self.work_dir / "data"
 
     @property
-    def rejects_dir(self) -> Path:
+    def rejects_dir(self) -> Location:
         return self.work_dir / "rejects"
 
-    def artifact(self, field_name: str) -> Path:
+    def artifact(self, field_name: str) -> Location:
         """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
         return self.artifact_paths[field_name]
 
-    def input_files(self) -> list[tuple[DatasetInput, Path]]:
+    def input_files(self) -> list[tuple[DatasetInput, Location]]:
         return [(ds, f) for ds in self.datasets for f in ds.files]
 
     # ----------------------------------------------------------------------------- Ray helpers
@@ -90,6 +91,7 @@ class StageContext:
             self.reporter.stage_total(self.name, len(tasks))
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
+            self.manifest.shards["resumed" if resumed else "run"] += 1
             if self.reporter:
                 self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed)
 
@@ -116,7 +118,7 @@ class StageContext:
         multi = len(self.datasets) > 1
         for ds, path in self.input_files():
             key = path.stem.removeprefix("part-")
-            tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, str(path)))
+            tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
         job = MapStageJob(type(stage), stage.config, state)
         results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus)
         merged: dict[str, Any] = {}
@@ -143,10 +145,8 @@ class MapStageJob:
         self.setup()
         stage = self.stage
         assert stage is not None
-        path = Path(task.payload)
-        import pyarrow.parquet as pq
-
-        schema = stage.output_schema(pq.read_schema(path))
+        path = Location.of(task.payload)
+        schema = stage.output_schema(read_schema(path))
         if schema is not None:
             out.data.schema = schema
         rows_in = rows_out = bytes_in = bytes_out = 0
@@ -168,7 +168,7 @@ class MapStageJob:
             added.update(res.added)
             merge_stats(stats, res.stats)
         if out.data.schema is None:  # an empty input part: keep the input's schema
-            out.data.schema = pq.read_schema(path)
+            out.data.schema = read_schema(path)
         if stage.reconciles_rows:
             lhs = rows_in + sum(added.values())
             rhs = rows_out + sum(dropped.values()) + sum(rejected.values())

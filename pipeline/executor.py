@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.locations import Location
+from pipeline.manifest import read_json
 from pipeline.memory import release_memory
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
 from pipeline.stage_api import RetryConfig
@@ -40,7 +42,8 @@ class ShardTask:
 class ShardOutput:
     """Where a shard writes: its data part and its rejects part, committed together."""
 
-    def __init__(self, work_dir: Path, key: str, schema: Any = None):
+    def __init__(self, work_dir: Location | Path, key: str, schema: Any = None):
+        work_dir = Location.of(work_dir)
         self.key = key
         self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema)
         self.rejects = PartWriter(work_dir / "rejects", f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
@@ -90,14 +93,11 @@ class WorkerError(Exception):
         self.user_error = user_error
 
 
-def shard_done(work_dir: Path, key: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((work_dir / SHARDS_DIR / f"{key}.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def shard_done(work_dir: Location, key: str) -> dict[str, Any] | None:
+    return read_json(work_dir / SHARDS_DIR / f"{key}.json")
 
 
-def _run_one(job: ShardJob, work_dir: Path, task: ShardTask) -> dict[str, Any]:
+def _run_one(job: ShardJob, work_dir: Location, task: ShardTask) -> dict[str, Any]:
     from pipeline.errors import TokenmillError
 
     out = ShardOutput(work_dir, task.key)
@@ -111,15 +111,12 @@ def _run_one(job: ShardJob, work_dir: Path, task: ShardTask) -> dict[str, Any]:
     except Exception:
         out.abort()
         return {"__error__": traceback.format_exc(), "__user__": False}
-    done_dir = work_dir / SHARDS_DIR
-    done_dir.mkdir(parents=True, exist_ok=True)
-    tmp = done_dir / f".{task.key}.json.tmp"
-    tmp.write_text(json.dumps(stats, sort_keys=True, default=str))
-    os.replace(tmp, done_dir / f"{task.key}.json")  # the shard's commit point
+    # the shard's commit point (written whole: renamed into place, or one upload)
+    (work_dir / SHARDS_DIR / f"{task.key}.json").write_text(json.dumps(stats, sort_keys=True, default=str))
     return stats
 
 
-def _actor_class(job: ShardJob, work_dir: str, tasks: list[ShardTask]) -> type:
+def _actor_class(job: ShardJob, work_dir: Location, tasks: list[ShardTask]) -> type:
     """A Ray Data callable class that sets the job up once per actor (tokenizers, models).
 
     The job travels inside the class definition (a closure) rather than as constructor arguments,
@@ -128,7 +125,7 @@ def _actor_class(job: ShardJob, work_dir: str, tasks: list[ShardTask]) -> type:
 
     class ShardActor:
         def __init__(self) -> None:
-            self.job, self.work_dir, self.tasks = job, Path(work_dir), tasks
+            self.job, self.work_dir, self.tasks = job, work_dir, tasks
             self.job.setup()
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -142,7 +139,7 @@ def _actor_class(job: ShardJob, work_dir: str, tasks: list[ShardTask]) -> type:
 def run_shards(
     job: ShardJob,
     tasks: Sequence[ShardTask],
-    work_dir: Path,
+    work_dir: Location | Path,
     *,
     use_actors: bool = False,
     worker_cpus: float = 1.0,
@@ -160,6 +157,7 @@ def run_shards(
     import ray
     import ray.data
 
+    work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
     pending: list[ShardTask] = []
     for task in tasks:
@@ -185,7 +183,7 @@ def run_shards(
             if retries.max_actor_restarts != 0:  # Ray retries an actor's task only on a restarted actor
                 actor_args["max_task_retries"] = retries.max_task_retries
             ds = ds.map_batches(
-                _actor_class(job, str(work_dir), list(pending)),
+                _actor_class(job, work_dir, list(pending)),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
                 num_cpus=worker_cpus,
@@ -193,11 +191,11 @@ def run_shards(
             )
         else:
             task_list = list(pending)
-            wd = str(work_dir)
+            wd = work_dir
 
             def run_task_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 job.setup()
-                out = [_run_one(job, Path(wd), task_list[int(i)]) for i in batch["i"]]
+                out = [_run_one(job, wd, task_list[int(i)]) for i in batch["i"]]
                 release_memory()  # Ray reuses this worker process for later shards and stages
                 return {"i": batch["i"], "result": np.array([json.dumps(r, default=str) for r in out], dtype=object)}
 

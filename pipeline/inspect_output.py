@@ -6,29 +6,39 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.locations import Location, LocationError
 from pipeline.manifest import read_manifest
+from pipeline.parquet_io import parquet_file, parquet_rows, read_one
 
 
-def _parts(path: Path) -> list[Path]:
+def _parts(path: Location) -> list[Location]:
     if path.is_file():
         return [path]
-    for sub in ("data", "."):
-        parts = sorted((path / sub).glob("*.parquet"))
+    for sub in ("data", ""):
+        parts = (path / sub if sub else path).glob("*.parquet")
         if parts:
             return parts
     return []
 
 
-def inspect_path(path: Path, console: Console, rows: int = 3, width: int = 80) -> dict[str, Any]:
-    """Print a stage folder (or a Parquet file); returns the facts it printed, for tests."""
+def inspect_path(path: Location | Path | str, console: Console, rows: int = 3, width: int = 80) -> dict[str, Any]:
+    """Print a stage folder (or a Parquet file), local or on a filesystem URI; returns the facts
+    it printed, for tests."""
+    if isinstance(path, str):
+        try:
+            path = Location.parse(path, Path.cwd())
+        except LocationError as exc:
+            from pipeline.errors import TokenmillError
+
+            raise TokenmillError(str(exc)) from None
+    path = Location.of(path)
     facts: dict[str, Any] = {"path": str(path)}
     manifest = read_manifest(path) if path.is_dir() else None
     if path.is_dir() and manifest is None and not _parts(path):
-        stages = sorted(p for p in path.iterdir() if (p / "manifest.json").exists())
+        stages = [p for p in path.iterdir() if (p / "manifest.json").exists()]
         if stages:
             console.print(f"[bold]{path}[/] holds {len(stages)} stage outputs:")
             for st in stages:
@@ -53,20 +63,20 @@ def inspect_path(path: Path, console: Console, rows: int = 3, width: int = 80) -
         console.print(t)
     parts = _parts(path)
     if parts:
-        pf = pq.ParquetFile(parts[0])
-        total = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        pf = parquet_file(parts[0])
+        total = sum(parquet_rows(p) for p in parts)
         facts.update(rows=total, parts=len(parts), schema=str(pf.schema_arrow))
         console.print(f"[bold]{len(parts)} part(s), {total:,} rows[/]  schema:")
         for field in pf.schema_arrow:
             console.print(f"  {field.name}: {field.type}")
-        head = pq.read_table(parts[0]).slice(0, rows).to_pylist()
+        head = read_one(parts[0]).slice(0, rows).to_pylist()
         facts["head"] = head
         for i, row in enumerate(head):
             shown = {k: _clip(v, width) for k, v in row.items()}
             console.print(f"[dim]row {i}:[/] {json.dumps(shown, ensure_ascii=False)}")
-    rejects = sorted((path / "rejects").glob("*.parquet")) if path.is_dir() else []
+    rejects = (path / "rejects").glob("*.parquet") if path.is_dir() else []
     if rejects:
-        rtable = pq.read_table(rejects[0]).slice(0, rows).to_pylist()
+        rtable = read_one(rejects[0]).slice(0, rows).to_pylist()
         console.print(f"[bold]rejects[/] ({len(rejects)} part(s)), first rows:")
         for r in rtable:
             console.print(f"  {r['file']}:{r['line']} {r['reason']}: {_clip(r['detail'], width)}")

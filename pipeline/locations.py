@@ -1,20 +1,27 @@
-"""Where raw input files live: local (or shared-filesystem) paths, or filesystem URIs.
+"""Where files live: local (or shared-filesystem) paths, or filesystem URIs (inputs and outputs).
 
 A ``kind: files`` input may name ``s3://bucket/prefix/*.jsonl.zst``, ``gs://...``, ``hdfs://...``,
 ``abfs://...`` or ``file://...``: pyarrow's own filesystems serve them (no extra package; credentials
 from the usual environment variables, instance roles or the URI's query string, as pyarrow reads
 them). Any other scheme goes through ``fsspec`` when the matching fsspec package is installed.
 
-The driver expands globs once; every :class:`InputFile` carries its (picklable) filesystem, so a Ray
+The driver expands globs once; every :class:`Location` carries its (picklable) filesystem, so a Ray
 worker on another machine opens the very object the driver listed, without a shared disk.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import hashlib
+import os
 import posixpath
 import re
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -34,20 +41,70 @@ def is_uri(location: str) -> bool:
 
 
 @dataclass(frozen=True)
-class InputFile:
-    """One raw input file: a path in ``fs`` (``None``: the local filesystem) and its display name."""
+class Location:
+    """A file or folder: a path on ``fs`` (``None``: the local filesystem, through :mod:`pathlib`).
+
+    Raw inputs, stage outputs and artifacts are all locations, so the same stage code writes to a
+    local or shared disk and to an object store. On an object store a written object appears whole
+    when its upload completes (no temp name needed); folders are key prefixes (``mkdir`` is a no-op).
+    Code that needs a real local file (memmaps, ``np.save``) goes through :meth:`writing`,
+    :meth:`writing_dir`, :meth:`local_file` and :meth:`local_dir`.
+    """
 
     path: str
     fs: pafs.FileSystem | None = None
     scheme: str = ""
 
     @classmethod
-    def of(cls, location: InputFile | Path | str) -> InputFile:
-        return location if isinstance(location, InputFile) else cls(str(location))
+    def of(cls, location: Location | Path | str) -> Location:
+        return location if isinstance(location, Location) else cls(os.fspath(location))
+
+    @classmethod
+    def parse(cls, location: str, base_dir: Path) -> Location:
+        """A path (relative to ``base_dir``), ``file://`` path, or filesystem URI (see :func:`expand`)."""
+        if location.startswith("file://"):
+            location = location.removeprefix("file://")
+        if is_uri(location):
+            parts = urlsplit(location)
+            fs, path = _filesystem(location)
+            return cls(path.rstrip("/"), fs, parts.scheme)
+        p = Path(location).expanduser()
+        return cls(str((p if p.is_absolute() else base_dir / p).resolve()))
+
+    # ------------------------------------------------------------------------------ naming
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs is None
+
+    @property
+    def local(self) -> Path:
+        """The local path (only for local locations)."""
+        if self.fs is not None:
+            raise TypeError(f"{self.uri} is not a local path")
+        return Path(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.local)
+
+    def __truediv__(self, part: str) -> Location:
+        join = posixpath.join if self.fs is not None else os.path.join
+        return replace(self, path=join(self.path, part))
+
+    def __str__(self) -> str:
+        return self.uri
 
     @property
     def name(self) -> str:
         return posixpath.basename(self.path)
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def parent(self) -> Location:
+        return replace(self, path=posixpath.dirname(self.path) if self.fs is not None else os.path.dirname(self.path))
 
     @property
     def uri(self) -> str:
@@ -60,19 +117,68 @@ class InputFile:
             return self.uri
         return posixpath.relpath(self.path, base) if Path(self.path).is_absolute() else self.path
 
+    # ------------------------------------------------------------------------------ queries
+
+    def _info(self) -> pafs.FileInfo:
+        assert self.fs is not None
+        return self.fs.get_file_info(self.path)
+
     def info(self) -> tuple[int, int]:
         """(size in bytes, modification time in ns), the pair that fingerprints the file."""
         if self.fs is None:
             st = Path(self.path).stat()
             return st.st_size, st.st_mtime_ns
-        fi = self.fs.get_file_info(self.path)
+        fi = self._info()
+        if fi.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(self.uri)
         return int(fi.size or 0), int(fi.mtime_ns or 0)
 
     def size(self) -> int:
         return self.info()[0]
 
+    def exists(self) -> bool:
+        return Path(self.path).exists() if self.fs is None else self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return Path(self.path).is_file() if self.fs is None else self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return Path(self.path).is_dir() if self.fs is None else self._info().type == pafs.FileType.Directory
+
+    def iterdir(self) -> list[Location]:
+        """Children (files and folders), sorted by name; empty when the folder does not exist."""
+        if self.fs is None:
+            p = Path(self.path)
+            return [Location(str(c)) for c in sorted(p.iterdir())] if p.is_dir() else []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
+        return sorted((replace(self, path=i.path) for i in infos), key=lambda loc: loc.path)
+
+    def glob(self, pattern: str) -> list[Location]:
+        """Children whose name matches ``pattern`` (one level, ``fnmatch`` rules), sorted."""
+        if self.fs is None:
+            return [Location(str(c)) for c in sorted(Path(self.path).glob(pattern))]
+        return [c for c in self.iterdir() if fnmatch.fnmatchcase(c.name, pattern)]
+
+    def files(self) -> list[Location]:
+        """Every file below this folder, recursively, sorted by path."""
+        return [f for f, _ in self.file_sizes()]
+
+    def file_sizes(self) -> list[tuple[Location, int]]:
+        """Every file below this folder with its size (one listing on an object store), sorted."""
+        if self.fs is None:
+            return [(Location(str(p)), p.stat().st_size) for p in sorted(Path(self.path).rglob("*")) if p.is_file()]
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        found = [(replace(self, path=i.path), int(i.size or 0)) for i in infos if i.type == pafs.FileType.File]
+        return sorted(found, key=lambda pair: pair[0].path)
+
+    def relpath(self, base: Location) -> str:
+        """This location's path below ``base`` (``/``-separated)."""
+        return posixpath.relpath(self.path, base.path) if self.fs is not None else os.path.relpath(self.path, base.path)
+
+    # ------------------------------------------------------------------------------ reading
+
     def open(self) -> BinaryIO:
-        """A seekable binary stream."""
+        """A seekable binary stream (never decompressed by extension)."""
         if self.fs is None:
             return open(self.path, "rb")
         return self.fs.open_input_file(self.path)  # type: ignore[return-value]
@@ -80,6 +186,153 @@ class InputFile:
     def read_bytes(self) -> bytes:
         with self.open() as f:
             return f.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def local_file(self) -> Path:
+        """A local copy to memory-map or hand to a library that wants a path.
+
+        Local files are themselves; objects are downloaded once per process into a cache keyed by
+        their URI, size and mtime (so a rewritten object is fetched again)."""
+        if self.fs is None:
+            return Path(self.path)
+        size, mtime = self.info()
+        key = hashlib.sha256(f"{self.uri}|{size}|{mtime}".encode()).hexdigest()[:24]
+        dest = _cache_dir() / key / self.name
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            with self.open() as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            os.replace(tmp, dest)
+        return dest
+
+    def local_dir(self) -> Path:
+        """A local copy of a folder (see :meth:`local_file`)."""
+        if self.fs is None:
+            return Path(self.path)
+        listing = [(f.relpath(self), *f.info()) for f in self.files()]
+        key = hashlib.sha256(repr((self.uri, listing)).encode()).hexdigest()[:24]
+        dest = _cache_dir() / key / self.name
+        if not dest.exists():
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            for f in self.files():
+                target = tmp / f.relpath(self)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with f.open() as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            tmp.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        return dest
+
+    # ------------------------------------------------------------------------------ writing
+
+    def mkdir(self) -> None:
+        """Create the folder and its parents (object stores have no folders: nothing to do)."""
+        if self.fs is None:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+
+    def open_output(self) -> BinaryIO:
+        """A write stream to the final name (objects appear when closed). Prefer :meth:`write_bytes`."""
+        if self.fs is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            return open(self.path, "wb")
+        return self.fs.open_output_stream(self.path, compression=None)  # type: ignore[return-value]
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file atomically: a hidden temp file renamed into place, or one upload."""
+        if self.fs is None:
+            target = Path(self.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            return
+        with self.open_output() as f:
+            f.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    @contextmanager
+    def writing(self) -> Iterator[Path]:
+        """A local path to write this file through; it appears here (renamed or uploaded) on success."""
+        if self.fs is None:
+            target = Path(self.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                yield tmp
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        with tempfile.TemporaryDirectory(prefix="tokenmill-") as d:
+            tmp = Path(d) / self.name
+            yield tmp
+            self.upload(tmp)
+
+    @contextmanager
+    def writing_dir(self) -> Iterator[Path]:
+        """A local folder to write this folder's files into (writers that need real files: memmaps).
+
+        Locally that is the folder itself; for an object store a temp folder uploaded on success."""
+        if self.fs is None:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+            yield Path(self.path)
+            return
+        with tempfile.TemporaryDirectory(prefix="tokenmill-") as d:
+            yield Path(d)
+            for p in sorted(Path(d).rglob("*")):
+                if p.is_file():
+                    (self / p.relative_to(d).as_posix()).upload(p)
+
+    def upload(self, source: Path) -> None:
+        with open(source, "rb") as src, self.open_output() as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+    def copy_to(self, dest: Location) -> None:
+        """Copy a file (server side when both are on the same filesystem)."""
+        if self.fs is None and dest.fs is None:
+            Path(dest.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.path, dest.path)
+        elif self.fs is not None and dest.fs is self.fs:
+            self.fs.copy_file(self.path, dest.path)
+        else:
+            with self.open() as src, dest.open_output() as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+
+    def unlink(self) -> None:
+        if self.fs is None:
+            Path(self.path).unlink(missing_ok=True)
+        elif self.is_file():
+            self.fs.delete_file(self.path)
+
+    def rmtree(self) -> None:
+        """Delete a folder and everything below it; nothing happens when it does not exist."""
+        if self.fs is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.files():
+            self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+            with suppress(OSError):
+                self.fs.delete_dir(self.path)
+
+    def move_to(self, dest: Location) -> None:
+        """Move a folder: a rename locally; on an object store a copy of every object, then a delete."""
+        if self.fs is None:
+            os.replace(self.path, dest.path)
+            return
+        for f in self.files():
+            f.copy_to(dest / f.relpath(self))
+        self.rmtree()
+
+
+_CHUNK = 8 << 20
+
+
+def _cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"tokenmill-cache-{os.getuid()}"
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -133,7 +386,7 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def expand_uri(pattern: str) -> list[InputFile]:
+def expand_uri(pattern: str) -> list[Location]:
     """Files matching a URI or URI glob (``*``, ``**``, ``[...]``; ``?`` starts the URI's query)."""
     parts = urlsplit(pattern)
     path = parts.path
@@ -143,7 +396,7 @@ def expand_uri(pattern: str) -> list[InputFile]:
     scheme = parts.scheme
     if magic is None:
         info = fs.get_file_info(fs_base)
-        return [InputFile(fs_base, fs, scheme)] if info.type == pafs.FileType.File else []
+        return [Location(fs_base, fs, scheme)] if info.type == pafs.FileType.File else []
     fs_base = fs_base.rstrip("/")
     rest = path[len(base_path):]
     regex = _pattern_regex(rest)
@@ -152,15 +405,15 @@ def expand_uri(pattern: str) -> list[InputFile]:
     for info in fs.get_file_info(selector):
         rel = info.path[len(fs_base):].lstrip("/")
         if info.type == pafs.FileType.File and regex.match(rel):
-            found.append(InputFile(info.path, fs, scheme))
+            found.append(Location(info.path, fs, scheme))
     return found
 
 
-def expand(pattern: str, base_dir: Path) -> list[InputFile]:
+def expand(pattern: str, base_dir: Path) -> list[Location]:
     """Files matching a local path/glob (relative to ``base_dir``) or a filesystem URI/glob."""
     if is_uri(pattern):
         return expand_uri(pattern)
     p = Path(pattern).expanduser()
     resolved = str(p if p.is_absolute() else base_dir / p)
     matches = sorted(glob.glob(resolved, recursive=True)) if glob.has_magic(resolved) else [resolved]
-    return [InputFile(m) for m in matches if Path(m).is_file()]
+    return [Location(m) for m in matches if Path(m).is_file()]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from pipeline.locations import Location
 
 MANIFEST_NAME = "manifest.json"
 
@@ -28,10 +29,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+def write_json_atomic(path: Location | Path, obj: Any) -> None:
+    """Write JSON that appears whole (temp file + rename locally, one upload on an object store)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default) + "\n"
+    Location.of(path).write_text(text)
 
 
 def _json_default(value: Any) -> Any:
@@ -44,11 +45,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+def read_json(path: Location | Path) -> Any | None:
+    """A JSON file's content, or ``None`` when it is missing or unreadable (half-written)."""
     try:
-        return json.loads((stage_dir / MANIFEST_NAME).read_text())
+        return json.loads(Location.of(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_manifest(stage_dir: Location | Path) -> dict[str, Any] | None:
+    return read_json(Location.of(stage_dir) / MANIFEST_NAME)
 
 
 def merge_stats(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +86,8 @@ class ManifestBuilder:
         self.added: Counter[str] = Counter()
         self.stats: dict[str, Any] = {}
         self.files: list[dict[str, Any]] = []
+        #: shards run now, and shards an interrupted run had committed (every pass of the stage)
+        self.shards: Counter[str] = Counter()
         self.artifacts: dict[str, str] = {}
 
     def add_shard(self, shard: dict[str, Any]) -> None:
@@ -106,4 +114,5 @@ class ManifestBuilder:
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "dropped": dict(sorted(self.dropped.items())),
             "added": dict(sorted(self.added.items())),
+            "shards": {"run": self.shards["run"], "resumed": self.shards["resumed"]},
         }

@@ -9,6 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.locations import Location
+
+#: a Parquet file: a :class:`Location`, or a local path
+Source = Location | Path | str
+
 #: one writer configuration for every part, so equal tables give equal bytes
 WRITE_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 ROW_GROUP_ROWS = 8192
@@ -38,15 +43,18 @@ def make_rejects(rows: Sequence[dict]) -> pa.Table:
 
 
 class PartWriter:
-    """Streams tables into ``<dir>/<name>.parquet`` via a hidden temp file; ``commit`` renames it.
+    """Streams tables into ``<dir>/<name>.parquet``, which appears only once complete.
 
+    Locally it is written under a hidden temp name and renamed by ``commit``; on an object store
+    the upload completes on ``commit`` (an object is never visible half-written).
     Nothing is written when no row ever arrives and ``write_empty`` is false, so optional outputs
     (rejects) leave no empty files behind.
     """
 
-    def __init__(self, directory: Path, name: str, schema: pa.Schema | None = None, write_empty: bool = True):
-        self.final = directory / f"{name}.parquet"
-        self.tmp = directory / f".{name}.parquet.tmp"
+    def __init__(self, directory: Location | Path, name: str, schema: pa.Schema | None = None,
+                 write_empty: bool = True):
+        self.final = Location.of(directory) / f"{name}.parquet"
+        self.tmp = self.final if not self.final.is_local else self.final.parent / f".{name}.parquet.tmp"
         self.schema = schema
         self.write_empty = write_empty
         self.rows = 0
@@ -58,8 +66,8 @@ class PartWriter:
         if table.schema != self.schema:
             table = table.cast(self.schema)
         if self._writer is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, **WRITE_OPTIONS)
+            self.final.parent.mkdir()
+            self._writer = pq.ParquetWriter(self.tmp.path, self.schema, filesystem=self.tmp.fs, **WRITE_OPTIONS)
         if table.num_rows:
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows
@@ -72,29 +80,53 @@ class PartWriter:
             self.write(self.schema.empty_table())
         assert self._writer is not None
         self._writer.close()
-        os.replace(self.tmp, self.final)
-        return self.final.stat().st_size
+        if self.tmp is not self.final:
+            os.replace(self.tmp.path, self.final.path)
+        return self.final.size()
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+            if self.tmp is not self.final:
+                self.tmp.unlink()
+            # an aborted upload may still have completed on close: a re-run rewrites it anyway
 
 
-def iter_batches(path: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+def parquet_file(source: Source) -> pq.ParquetFile:
+    loc = Location.of(source)
+    return pq.ParquetFile(loc.path, filesystem=loc.fs)
+
+
+def iter_batches(source: Source, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """Stream a Parquet file as tables of at most ``batch_rows`` rows (bounded memory)."""
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(source)
     for rb in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
         yield pa.Table.from_batches([rb])
 
 
-def read_table(paths: Sequence[Path], columns: list[str] | None = None) -> pa.Table:
+def read_schema(source: Source) -> pa.Schema:
+    return parquet_file(source).schema_arrow
+
+
+def read_one(source: Source, columns: list[str] | None = None) -> pa.Table:
+    loc = Location.of(source)
+    return pq.read_table(loc.path, columns=columns, filesystem=loc.fs)
+
+
+def write_one(table: pa.Table, dest: Location | Path) -> None:
+    """Write a whole table as one Parquet file (same options as the parts)."""
+    loc = Location.of(dest)
+    loc.parent.mkdir()
+    pq.write_table(table, loc.path, filesystem=loc.fs)
+
+
+def read_table(paths: Sequence[Source], columns: list[str] | None = None) -> pa.Table:
     """Read several parts into one table (for small outputs and tests)."""
-    tables = [pq.read_table(p, columns=columns) for p in paths]
+    tables = [read_one(p, columns=columns) for p in paths]
     if not tables:
         raise FileNotFoundError("no parquet parts")
     return pa.concat_tables(tables, promote_options="default")
 
 
-def parquet_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+def parquet_rows(source: Source) -> int:
+    return parquet_file(source).metadata.num_rows

@@ -19,13 +19,14 @@ import argparse
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.manifest import read_manifest, write_json_atomic
+from pipeline.locations import Location, LocationError
+from pipeline.manifest import read_json, read_manifest, write_json_atomic
+from pipeline.parquet_io import read_one, read_schema
 
 # Length histograms read the text column of at most this many parts per dataset (evenly spread):
 # enough for a histogram, bounded for corpora of any size.
@@ -36,14 +37,13 @@ LENGTH_BINS = np.logspace(1, 7, 31)  # 10 B .. 10 MB, log-spaced
 # ---------------------------------------------------------------------------------------------
 # collect: read what the run wrote
 # ---------------------------------------------------------------------------------------------
-def collect(output: Path) -> dict[str, Any]:
+def collect(output: Location | Path) -> dict[str, Any]:
     """Every stage manifest under ``output`` (in run order when ``run.json`` has it) plus derived figures."""
+    output = Location.of(output)
     order: list[str] = []
     run_info: dict[str, Any] = {}
-    run = output / "run.json"
-    if run.exists():
-        run_info = json.loads(run.read_text())
-        order = [s["name"] for s in run_info.get("stages", [])]
+    run_info = read_json(output / "run.json") or {}
+    order = [s["name"] for s in run_info.get("stages", [])]
     names = order or sorted(p.name for p in output.iterdir() if (p / "manifest.json").exists())
     stages = []
     for name in names:
@@ -51,27 +51,26 @@ def collect(output: Path) -> dict[str, Any]:
         if m is None:
             continue
         extra: dict[str, Any] = {}
-        if m["type"] == "train_tokenizer" and (output / name / "report.json").exists():
-            extra["tokenizer_report"] = json.loads((output / name / "report.json").read_text())
-        hist = length_histogram(sorted((output / name / "data").glob("*.parquet")))
+        if m["type"] == "train_tokenizer" and (tok_report := read_json(output / name / "report.json")):
+            extra["tokenizer_report"] = tok_report
+        hist = length_histogram((output / name / "data").glob("*.parquet"))
         if hist is not None:
             extra["length_histogram"] = hist
         stages.append({**m, **extra})
     return {"output": str(output), "spec": run_info.get("spec"), "stages": stages}
 
 
-def length_histogram(parts: list[Path]) -> dict[str, Any] | None:
+def length_histogram(parts: list[Location]) -> dict[str, Any] | None:
     """UTF-8 byte lengths of documents, histogrammed on LENGTH_BINS; None when there is no text column."""
     if not parts:
         return None
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    if "text" not in pq.read_schema(parts[0]).names:
+    if "text" not in read_schema(parts[0]).names:
         return None
     pick = parts if len(parts) <= LENGTH_PARTS else [parts[i] for i in
                                                       np.linspace(0, len(parts) - 1, LENGTH_PARTS).astype(int)]
-    lengths = [pc.binary_length(pq.read_table(p, columns=["text"]).column("text")).to_numpy(zero_copy_only=False)
+    lengths = [pc.binary_length(read_one(p, columns=["text"]).column("text")).to_numpy(zero_copy_only=False)
                for p in pick]
     arr = np.concatenate(lengths) if lengths else np.zeros(0)
     counts, _ = np.histogram(np.clip(arr, LENGTH_BINS[0], LENGTH_BINS[-1]), bins=LENGTH_BINS)
@@ -350,8 +349,9 @@ figure{{margin:1.5em 0}}img{{max-width:100%}}code{{background:#f4f4f4}}</style><
 """
 
 
-def build_report(output: Path) -> dict[str, Any]:
+def build_report(output: Location | Path) -> dict[str, Any]:
     """Write report.json and report.html under ``output``; returns the report data."""
+    output = Location.of(output)
     data = collect(output)
     images = charts(data)
     summary = {"output": data["output"], "charts": sorted(images), "funnel": funnel(data), "stages": [
@@ -359,7 +359,7 @@ def build_report(output: Path) -> dict[str, Any]:
                                   "bytes_in", "bytes_out", "wall_time_s", "stats")},
          "length_histogram": s.get("length_histogram")} for s in data["stages"]]}
     write_json_atomic(output / "report.json", summary)
-    (output / "report.html").write_text(render_html(data, images), encoding="utf-8")
+    (output / "report.html").write_text(render_html(data, images))
     return summary
 
 
@@ -370,10 +370,13 @@ def _args(p: argparse.ArgumentParser) -> None:
 def report_command(args: argparse.Namespace, console: Any) -> int:
     from pipeline.errors import TokenmillError
 
-    out = Path(args.output)
+    try:
+        out = Location.parse(args.output, Path.cwd())
+    except LocationError as exc:
+        raise TokenmillError(str(exc)) from None
     if not out.is_dir():
         raise TokenmillError(f"{out}: not a directory")
-    if not any(out.glob("*/manifest.json")):
+    if not any((d / "manifest.json").exists() for d in out.iterdir()):
         raise TokenmillError(f"{out}: no stage manifests found (is this a pipeline output directory?)")
     summary = build_report(out)
     console.print(f"wrote {out / 'report.html'} ({len(summary['charts'])} charts) and {out / 'report.json'}")

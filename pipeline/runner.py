@@ -1,7 +1,9 @@
 """Compile a spec to its DAG, decide what is up to date, and run the rest on Ray, one stage at a time.
 
 Each stage works in ``<output>/.tmp/<stage>-<fingerprint>/`` and appears atomically: the folder is
-renamed to ``<output>/<stage>/`` and ``manifest.json`` is written last. A stage whose manifest
+renamed to ``<output>/<stage>/`` and ``manifest.json`` is written last. On an object store, which
+cannot rename a folder, the old manifest is deleted first, the objects are copied server side and
+the manifest is again written last: it is the commit point either way. A stage whose manifest
 carries the fingerprint it would have now (its config, its inputs' fingerprints, the seed and the
 code version) is skipped. An interrupted stage keeps its temp folder, so a re-run with the same
 fingerprint reuses every shard that was committed.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
-from pipeline.locations import InputFile, LocationError, expand, is_uri
+from pipeline.executor import SHARDS_DIR
+from pipeline.locations import Location, LocationError, expand, is_uri
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
 from pipeline.progress import Reporter
@@ -44,7 +46,7 @@ class StagePlan:
 @dataclass
 class Plan:
     dag: Dag
-    output: Path
+    output: Location
     stages: list[StagePlan]
     input_fingerprints: dict[str, str]
 
@@ -52,9 +54,9 @@ class Plan:
         return {s.name: s for s in self.stages}
 
 
-def expand_paths(base_dir: Path, inp: FilesInput) -> list[InputFile]:
+def expand_paths(base_dir: Path, inp: FilesInput) -> list[Location]:
     """Sorted, de-duplicated files matching an input's paths, globs and URIs."""
-    files: dict[str, InputFile] = {}
+    files: dict[str, Location] = {}
     for pattern in inp.paths:
         try:
             found = expand(pattern, base_dir)
@@ -91,7 +93,8 @@ def stage_code_hash(cls: type) -> str:
         return "unknown"
 
 
-def make_plan(spec: LoadedSpec, output: Path, force: list[str] | None = None) -> Plan:
+def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None) -> Plan:
+    output = Location.of(output)
     dag = build_dag(spec)
     force = force or []
     unknown = [f for f in force if f not in dag.nodes]
@@ -139,7 +142,7 @@ def run_pipeline(
     out = spec.output_dir(output)
     plan = make_plan(spec, out, force)
     reporter = reporter or Reporter()
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     to_run = [s for s in plan.stages if s.action == "run"]
     with reporter:
         for sp in plan.stages:
@@ -162,17 +165,17 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
     node = dag.nodes[sp.name]
     fps = {**plan.input_fingerprints, **{s.name: s.fingerprint for s in plan.stages}}
     work = out / TMP_DIR / f"{sp.name}-{sp.fingerprint[:16]}"
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir()
     datasets, raw = [], []
     for ref in node.dataset_inputs:
         if ref in dag.inputs:
             raw.append(RawInput(ref, dag.inputs[ref], spec.base_dir))  # type: ignore[arg-type]
         else:
             datasets.append(DatasetInput(ref, out / ref, read_manifest(out / ref) or {}))
-    artifacts: dict[str, Path] = {}
+    artifacts: dict[str, Location] = {}
     for fname, ref in node.artifact_inputs.items():
         if ref in dag.inputs:
-            artifacts[fname] = spec.resolve(dag.inputs[ref].path)  # type: ignore[union-attr]
+            artifacts[fname] = Location.of(spec.resolve(dag.inputs[ref].path))  # type: ignore[union-attr]
         else:
             upstream = dag.nodes[ref].cls
             rel = next(iter(upstream.artifacts.values()))
@@ -211,29 +214,40 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
         "config": node.config.model_dump(mode="json"),
         "stats": mb.stats,
     }
-    _commit(work, out / sp.name, out)
-    write_json_atomic(out / sp.name / MANIFEST_NAME, manifest)  # last: marks the stage complete
+    _commit(work, out / sp.name, out, manifest)
     reporter.stage_finished(sp.name, manifest)
 
 
-def _list_files(work: Path) -> list[dict[str, Any]]:
+def _list_files(work: Location) -> list[dict[str, Any]]:
     files = []
-    for p in sorted(work.rglob("*")):
-        rel = p.relative_to(work)
-        if p.is_file() and not rel.parts[0].startswith("_") and not p.name.startswith("."):
-            files.append({"path": str(rel), "bytes": p.stat().st_size})
+    for f, size in work.file_sizes():
+        rel = f.relpath(work)
+        if not rel.startswith("_") and not f.name.startswith("."):
+            files.append({"path": rel, "bytes": size})
     return files
 
 
-def _commit(work: Path, final: Path, out: Path) -> None:
-    shutil.rmtree(work / "_shards", ignore_errors=True)
-    trash = None
-    if final.exists():
-        trash = out / TMP_DIR / f"trash-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-    os.replace(work, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+def _commit(work: Location, final: Location, out: Location, manifest: dict[str, Any]) -> None:
+    """Put the finished work folder in place of ``final``; writing the manifest last commits it."""
+    if work.is_local:
+        (work / SHARDS_DIR).rmtree()
+        trash = None
+        if final.exists():
+            trash = out / TMP_DIR / f"trash-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final.path, trash.path)
+        os.replace(work.path, final.path)
+        if trash is not None:
+            trash.rmtree()
+    else:  # no folder renames on object stores: uncommit, replace the objects, commit
+        (final / MANIFEST_NAME).unlink()
+        final.rmtree()
+        for f in work.files():
+            rel = f.relpath(work)
+            if not rel.startswith(SHARDS_DIR + "/"):
+                f.copy_to(final / rel)
+    write_json_atomic(final / MANIFEST_NAME, manifest)  # last: marks the stage complete
+    if not work.is_local:
+        work.rmtree()  # after the commit: until then its shard markers let a re-run resume
 
 
 def _write_run_summary(out: Path, spec: LoadedSpec, plan: Plan) -> None:

@@ -19,9 +19,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from pipeline.locations import InputFile
+from pipeline.locations import Location
 
-Location = InputFile | Path | str
+Source = Location | Path | str
 
 CHUNK = 4 << 20
 MAX_COMPRESSED_SHARDS = 16
@@ -31,15 +31,15 @@ class TruncatedInput(Exception):
     """A compressed stream ended before its end-of-frame marker."""
 
 
-def compression_of(path: Location) -> str | None:
-    suffix = PurePosixPath(InputFile.of(path).name).suffix.lower()
+def compression_of(path: Source) -> str | None:
+    suffix = PurePosixPath(Location.of(path).name).suffix.lower()
     return {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}.get(suffix)
 
 
-def format_of(path: Location, declared: str) -> str:
+def format_of(path: Source, declared: str) -> str:
     if declared != "auto":
         return declared
-    name = InputFile.of(path).name.lower()
+    name = Location.of(path).name.lower()
     for ext in (".zst", ".zstd", ".gz"):
         name = name.removesuffix(ext)
     if name.endswith((".jsonl", ".json", ".ndjson")):
@@ -112,9 +112,9 @@ class _GzipReader(io.RawIOBase):
         super().close()
 
 
-def open_uncompressed(path: Location) -> BinaryIO:
+def open_uncompressed(path: Source) -> BinaryIO:
     """The file's uncompressed bytes as a stream (seekable only when the file is not compressed)."""
-    src = InputFile.of(path)
+    src = Location.of(path)
     comp = compression_of(src)
     if comp == "zstd":
         return _ZstdReader(src.open())  # type: ignore[return-value]
@@ -132,9 +132,9 @@ class LineRange:
     first_line: int  # 1-based number of the first line in the range
 
 
-def plan_line_ranges(path: Location, target_bytes: int) -> list[LineRange]:
+def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
     """Split a line-based file into ranges of about ``target_bytes``, aligned to line starts."""
-    path = InputFile.of(path)
+    path = Location.of(path)
     comp = compression_of(path)
     if comp is None:
         size = path.size()
@@ -172,7 +172,7 @@ def plan_line_ranges(path: Location, target_bytes: int) -> list[LineRange]:
     return ranges
 
 
-def iter_lines(path: Location, rng: LineRange) -> Iterator[tuple[list[bytes], int, bool]]:
+def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int, bool]]:
     """Yield (lines, first line number, truncated) batches of a range, without line terminators.
 
     ``truncated`` is true on the last batch when the compressed stream ended early; that batch's

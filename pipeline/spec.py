@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from pipeline.errors import SpecError
-from pipeline.locations import is_uri
+from pipeline.locations import Location, LocationError
 from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig, discover_stages
 
 
@@ -103,7 +103,8 @@ def spec_model() -> type[BaseModel]:
 
         name: str = Field(pattern=STAGE_NAME_PATTERN, description="Pipeline name.")
         seed: int = Field(default=0, ge=0, description="Seed for every random choice (hash-based).")
-        output: str | None = Field(default=None, description="Output directory (default: out/<name>).")
+        output: str | None = Field(default=None, description="Output directory (default: out/<name>, relative to the "
+                                   "spec): a local or shared path, or a URI such as s3://bucket/prefix.")
         ray: RayOptions = Field(default_factory=RayOptions)
         inputs: dict[str, InputSpec] = Field(default_factory=dict)
         stages: list[stage_union] = Field(min_length=1)  # type: ignore[valid-type]
@@ -145,31 +146,15 @@ class LoadedSpec:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
-    def output_dir(self, override: str | None = None) -> Path:
-        """The output folder; a URI other than ``file://`` is refused (why: see ``_local_output``)."""
-        if override:
-            return Path(_local_output(override, "--output", self.source)).expanduser().resolve()
-        chosen = _local_output(self.model.output, "output", self.source) if self.model.output else None
-        return self.resolve(chosen or f"out/{self.model.name}").resolve()
-
-
-def _local_output(location: str, key: str, source: str) -> str:
-    """Outputs live on a local or shared POSIX filesystem, never directly in an object store.
-
-    Why: a stage appears by renaming its temp folder and is resumed from the files it committed;
-    object stores have neither atomic renames nor cheap listings of what was committed. On a
-    cluster, point ``output`` at a shared mount (NFS, EFS, Filestore, Lustre, or a bucket mounted
-    with mountpoint-s3 / gcsfuse) that every node sees at the same path.
-    """
-    if location.startswith("file://"):
-        return location.removeprefix("file://")
-    if is_uri(location):
-        raise SpecError(source, [
-            f"{key}: {location!r} is an object-store URI; outputs must be a local or shared-filesystem path "
-            "(for example /mnt/shared/out, an NFS or a bucket mounted with mountpoint-s3 or gcsfuse). "
-            "URIs are allowed for kind: files inputs."
-        ])
-    return location
+    def output_dir(self, override: str | None = None) -> Location:
+        """The output folder: a local or shared path (relative to the spec), or a filesystem URI
+        (``s3://``, ``gs://``, ``hdfs://``, ``abfs://`` or any fsspec scheme)."""
+        key, location = ("--output", override) if override else ("output", self.model.output)
+        try:
+            # --output is relative to where the command runs; the spec's output to the spec
+            return Location.parse(location or f"out/{self.model.name}", Path.cwd() if override else self.base_dir)
+        except LocationError as exc:
+            raise SpecError(self.source, [f"{key}: {exc}"]) from None
 
 
 def load_spec(path: str | Path) -> LoadedSpec:

@@ -32,22 +32,22 @@ sampler's hash bins, so the driver can pick the rate whose sample meets the targ
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask, SidePass
-from pipeline.parquet_io import iter_batches
+from pipeline.locations import Location
+from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 
 
@@ -246,9 +246,9 @@ def calibrated_rate(target: float, hist: np.ndarray) -> float:
 class LabelJob:
     """Pass 1: language ID where asked; counts per language (documents, bytes, chars) and size histograms."""
 
-    def __init__(self, cfg: LangIdConfig, work: str, seed: int = 0, unit: str = "bytes",
-                 tokenizer: str | None = None):
-        self.cfg, self.work, self.seed, self.unit = cfg, Path(work), seed, unit
+    def __init__(self, cfg: LangIdConfig, work: Location, seed: int = 0, unit: str = "bytes",
+                 tokenizer: Location | None = None):
+        self.cfg, self.work, self.seed, self.unit = cfg, work, seed, unit
         self.tokenizer_path = tokenizer
         self.tokenizer: Any = None
 
@@ -256,7 +256,7 @@ class LabelJob:
         if self.tokenizer_path and self.tokenizer is None:
             from tokenizers import Tokenizer
 
-            self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
+            self.tokenizer = Tokenizer.from_str(self.tokenizer_path.read_text())
 
     def count_tokens(self, texts: list[str]) -> np.ndarray:
         assert self.tokenizer is not None
@@ -270,11 +270,11 @@ class LabelJob:
         counts: dict[str, Counter[str]] = {}
         hists: dict[str, np.ndarray] = {}
         n = 0
-        batches = iter_batches(Path(task.payload), 2048)
+        batches = iter_batches(task.payload, 2048)
         first = next(batches, None)
         # an empty input part (dedup may empty one) still yields a labelled part with the full schema
         batches = itertools.chain([first], batches) if first is not None else iter(
-            [pq.read_schema(task.payload).empty_table()])
+            [read_schema(task.payload).empty_table()])
         for batch in batches:
             labels = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
             scores: list[float | None] = [None] * batch.num_rows
@@ -324,17 +324,17 @@ class LabelJob:
             n += batch.num_rows
         writer.commit()
         out.data.write_empty = False
-        hist_dir = self.work / "_hist"
-        hist_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(hist_dir / f"{task.key}.npz", **hists)
+        buf = io.BytesIO()
+        np.savez(buf, **hists)
+        (self.work / "_hist" / f"{task.key}.npz").write_bytes(buf.getvalue())
         return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()}}, "docs": n}
 
 
 class SampleJob:
     """Pass 2: copies per document from its language's rate (hash-based, stateless)."""
 
-    def __init__(self, rates: dict[str, float], seed: int, work: str):
-        self.rates, self.seed, self.work = rates, seed, Path(work)
+    def __init__(self, rates: dict[str, float], seed: int, work: Location):
+        self.rates, self.seed, self.work = rates, seed, work
 
     def setup(self) -> None:
         return None
@@ -380,9 +380,9 @@ class BalanceStage(Stage[BalanceConfig]):
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
-        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
-        tok = str(ctx.artifact("tokenizer")) if cfg.tokenizer else None
-        label = SidePass("label", LabelJob(cfg.langid, str(ctx.work_dir), ctx.seed, cfg.unit, tok))
+        tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
+        tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
+        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok))
         results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
         for r in results:
@@ -391,21 +391,19 @@ class BalanceStage(Stage[BalanceConfig]):
         sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
         targets = self.targets(sizes)
         hists: dict[str, np.ndarray] = {}
-        for f in sorted((ctx.work_dir / "_hist").glob("*.npz")):
-            with np.load(f) as z:
+        for f in (ctx.work_dir / "_hist").glob("*.npz"):
+            with np.load(io.BytesIO(f.read_bytes())) as z:
                 for lang in z.files:
                     hists[lang] = hists.get(lang, 0) + z[lang]
         rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, str(ctx.work_dir)), tasks)
+        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir), tasks)
         after: dict[str, Counter[str]] = {}
         for r in sampled:
             for lang, c in r.get("stats", {}).get("after", {}).items():
                 after.setdefault(lang, Counter()).update(c)
         bytes_after = sum(c["bytes"] for c in after.values()) or 1
-        import shutil
-
-        shutil.rmtree(ctx.work_dir / "_labelled", ignore_errors=True)
-        shutil.rmtree(ctx.work_dir / "_hist", ignore_errors=True)
+        (ctx.work_dir / "_labelled").rmtree()
+        (ctx.work_dir / "_hist").rmtree()
         total_before = sum(float(c[cfg.unit]) for c in per_lang.values()) or 1.0
         total_after = sum(targets.values()) or 1.0
         bytes_before = sum(c["bytes"] for c in per_lang.values()) or 1

@@ -22,22 +22,22 @@ share masked per scorer and per language, the score histogram and decoded sample
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
+from pipeline.locations import Location
 from pipeline.memory import releasing
-from pipeline.parquet_io import iter_batches
+from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
 
@@ -140,10 +140,10 @@ def _docs(batch: pa.RecordBatch | pa.Table) -> list[np.ndarray]:
 class _Tables:
     """Per-worker tokenizer facts: which ids contain a newline, which are special."""
 
-    def __init__(self, tokenizer_path: str):
+    def __init__(self, tokenizer: Location):
         from tokenizers import Tokenizer
 
-        self.tok = Tokenizer.from_file(tokenizer_path)
+        self.tok = Tokenizer.from_str(tokenizer.read_text())
         vocab = self.tok.get_vocab_size(with_added_tokens=True)
         self.newline = np.zeros(vocab + 1, bool)
         for i in range(vocab):
@@ -159,8 +159,8 @@ class _Tables:
 class CountJob:
     """Pass 1: boilerplate line hashes (hash-partitioned files) and n-gram counts (base and reference)."""
 
-    def __init__(self, cfg: CleanConfig, tokenizer: str, work: str):
-        self.cfg, self.tokenizer, self.work = cfg, tokenizer, Path(work)
+    def __init__(self, cfg: CleanConfig, tokenizer: Location, work: Location):
+        self.cfg, self.tokenizer, self.work = cfg, tokenizer, work
         self.tables: _Tables | None = None
 
     def setup(self) -> None:
@@ -176,7 +176,7 @@ class CountJob:
         ngram = cfg.influence.enabled and cfg.influence.model == "ngram"
         base = NGramCounts(cfg.influence.order) if ngram else None
         ref = NGramCounts(cfg.influence.order) if ngram else None
-        for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids", "source", "lang"]):
+        for batch in iter_batches(task.payload, 1024, columns=["input_ids", "source", "lang"]):
             docs = _docs(batch)
             if cfg.boilerplate.enabled:
                 for ids in docs:
@@ -194,20 +194,19 @@ class CountJob:
             keys, counts = np.unique(np.array(line_keys, dtype=np.uint64), return_counts=True)
             part = (keys % np.uint64(cfg.partitions)).astype(np.int64)
             for p in range(cfg.partitions):
-                d = self.work / "_lines" / f"p{p:04d}"
-                d.mkdir(parents=True, exist_ok=True)
-                np.savez(d / f"{key}.npz", keys=keys[part == p], counts=counts[part == p])
+                buf = io.BytesIO()
+                np.savez(buf, keys=keys[part == p], counts=counts[part == p])
+                (self.work / "_lines" / f"p{p:04d}" / f"{key}.npz").write_bytes(buf.getvalue())
         if base is not None:
-            (self.work / "_ngrams").mkdir(parents=True, exist_ok=True)
             (self.work / "_ngrams" / f"{key}.pkl").write_bytes(pickle.dumps((base, ref)))
         return {}
 
 
-def _frequent_lines(files: list[str], min_docs: int) -> np.ndarray:
+def _frequent_lines(files: list[Location], min_docs: int) -> np.ndarray:
     """One partition's line hashes that occur in at least ``min_docs`` documents."""
     keys, counts = [], []
     for f in files:
-        with np.load(f) as z:
+        with np.load(io.BytesIO(f.read_bytes())) as z:
             keys.append(z["keys"])
             counts.append(z["counts"])
     if not keys:
@@ -221,7 +220,7 @@ def _frequent_lines(files: list[str], min_docs: int) -> np.ndarray:
 class MaskJob:
     """Scores and masks per document; in ``histogram`` mode only the influence-score histogram."""
 
-    def __init__(self, cfg: CleanConfig, tokenizer: str, boiler: np.ndarray, models: Any, threshold: float | None,
+    def __init__(self, cfg: CleanConfig, tokenizer: Location, boiler: np.ndarray, models: Any, threshold: float | None,
                  histogram: bool):
         self.cfg, self.tokenizer, self.boiler = cfg, tokenizer, boiler
         self.models, self.threshold, self.histogram = models, threshold, histogram
@@ -234,8 +233,8 @@ class MaskJob:
             from stages.clean_hf import HFScorer
 
             self.models = HFScorer(**self.models)
-        elif isinstance(self.models, tuple) and isinstance(self.models[0], str):  # n-gram: memory-map the tables
-            self.models = (NGramLM.load(Path(self.models[0])), NGramLM.load(Path(self.models[1])))
+        elif isinstance(self.models, tuple) and isinstance(self.models[0], Location):  # n-gram: memory-map them
+            self.models = (NGramLM.load(self.models[0].local_dir()), NGramLM.load(self.models[1].local_dir()))
 
     def batch_scores(self, docs: list[np.ndarray]) -> list[np.ndarray]:
         if not isinstance(self.models, tuple):
@@ -252,13 +251,13 @@ class MaskJob:
             out.data.write_empty = False
             hist = np.zeros(SCORE_BINS, np.int64)
             tokens = 0
-            for batch in iter_batches(Path(task.payload), 1024, columns=["input_ids"]):
+            for batch in iter_batches(task.payload, 1024, columns=["input_ids"]):
                 docs = _docs(batch)
                 for ids, s in zip(docs, self.batch_scores(docs), strict=True):
                     tokens += len(ids)  # boundaries are never masked, so they stay out of the quantile
                     hist += np.histogram(s[~_boundaries(ids, tables.special)], bins=SCORE_BINS, range=SCORE_RANGE)[0]
             return {"stats": {"histogram": hist.tolist(), "tokens": tokens}}
-        schema = pq.read_schema(task.payload)
+        schema = read_schema(task.payload)
         fields = [f for f in schema if f.name not in ("loss_mask", "token_scores")]
         fields.append(pa.field("loss_mask", pa.list_(pa.uint8())))
         if cfg.keep_scores and self.models is not None:
@@ -268,7 +267,7 @@ class MaskJob:
         per_lang: dict[str, Counter[str]] = {}
         samples: list[dict[str, Any]] = []
         rows_in = 0
-        for batch in iter_batches(Path(task.payload), 1024):
+        for batch in iter_batches(task.payload, 1024):
             masks, scores_col = [], []
             langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
             doc_ids = batch.column("id").to_pylist() if "id" in batch.column_names else [None] * batch.num_rows
@@ -367,19 +366,19 @@ class CleanStage(Stage[CleanConfig]):
 
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
-        if files and "input_ids" not in pq.read_schema(files[0]).names:
+        if files and "input_ids" not in read_schema(files[0]).names:
             raise TokenmillError(f"stage '{ctx.name}': input has no input_ids (put an encode stage before it)")
-        tok = str(ctx.artifact("tokenizer"))
-        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
+        tok = ctx.artifact("tokenizer")
+        tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         boiler = np.zeros(0, np.uint64)
         models = None
         if cfg.boilerplate.enabled or cfg.influence.enabled:
-            ctx.map_shards(CountJob(cfg, tok, str(ctx.work_dir)), [ShardTask(f"count-{t.key}", t.payload)
+            ctx.map_shards(CountJob(cfg, tok, ctx.work_dir), [ShardTask(f"count-{t.key}", t.payload)
                                                                      for t in tasks], count_rows=False)
         if cfg.boilerplate.enabled:
             freq = ray.remote(releasing(_frequent_lines))
-            parts = [freq.remote(sorted(str(x) for x in d.glob("*.npz")), cfg.boilerplate.min_docs)
-                     for d in sorted((ctx.work_dir / "_lines").glob("p*"))]
+            parts = [freq.remote(d.glob("*.npz"), cfg.boilerplate.min_docs)
+                     for d in (ctx.work_dir / "_lines").glob("p*")]
             found = ray.get(parts)
             boiler = np.sort(np.concatenate(found)) if found else boiler
         if cfg.influence.enabled and cfg.influence.model == "hf":
@@ -393,7 +392,7 @@ class CleanStage(Stage[CleanConfig]):
                       "batch_size": inf.batch_size}
         elif cfg.influence.enabled:
             base = ref = None
-            for f in sorted((ctx.work_dir / "_ngrams").glob("*.pkl")):
+            for f in (ctx.work_dir / "_ngrams").glob("*.pkl"):
                 b, r = pickle.loads(f.read_bytes())
                 base = b if base is None else base.merge(b)
                 ref = r if ref is None else ref.merge(r)
@@ -401,12 +400,13 @@ class CleanStage(Stage[CleanConfig]):
                 raise TokenmillError(f"stage '{ctx.name}': the influence reference filter selects no documents")
             from tokenizers import Tokenizer
 
-            vocab = Tokenizer.from_file(tok).get_vocab_size(with_added_tokens=True)
+            vocab = Tokenizer.from_str(tok.read_text()).get_vocab_size(with_added_tokens=True)
             dirs = (ctx.work_dir / "_models" / "base", ctx.work_dir / "_models" / "reference")
             for lm, d in zip((NGramLM(base, vocab), NGramLM(ref, vocab)), dirs, strict=True):
-                lm.save(d)
+                with d.writing_dir() as local:
+                    lm.save(local)
             del base, ref
-            models = (str(dirs[0]), str(dirs[1]))  # workers memory-map them (MaskJob.setup)
+            models = dirs  # workers memory-map them (MaskJob.setup)
         threshold = None
         hist = None
         if models is not None and cfg.influence.min_score is not None:
@@ -433,10 +433,8 @@ class CleanStage(Stage[CleanConfig]):
             samples.extend(st["samples"])
         samples.sort(key=lambda x: x["rank"])  # the documents with the smallest id hashes: spread over the corpus
         total = merged["tokens"] or 1
-        import shutil
-
         for side in ("_lines", "_ngrams", "_models"):
-            shutil.rmtree(ctx.work_dir / side, ignore_errors=True)
+            (ctx.work_dir / side).rmtree()
         ctx.manifest.stats.update({
             "tokens": merged["tokens"], "masked_tokens": merged["masked"],
             "masked_share": round(merged["masked"] / total, 6),

@@ -35,20 +35,19 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.executor import ShardOutput, ShardTask, SidePass
+from pipeline.locations import Location
 from pipeline.memory import releasing
-from pipeline.parquet_io import PartWriter, iter_batches
+from pipeline.parquet_io import PartWriter, iter_batches, parquet_rows, read_one, read_schema, write_one
 from pipeline.stage_api import Stage, StageConfig, register_stage
 
 MAX_HASH32 = np.uint32((1 << 32) - 1)
@@ -344,15 +343,15 @@ class UnionFind:
 # ------------------------------------------------------------------------------------ Ray wiring
 
 
-def _bucket_path(work: Path, part: int, shard: str) -> Path:
+def _bucket_path(work: Location, part: int, shard: str) -> Location:
     return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
 
 
 class SignatureJob:
     """Pass 1: per input part, compute keys and scatter (bucket key -> doc) rows to partitions."""
 
-    def __init__(self, cfg: DedupConfig, work: str, offsets: dict[str, int]):
-        self.cfg, self.work, self.offsets = cfg, Path(work), offsets
+    def __init__(self, cfg: DedupConfig, work: Location, offsets: dict[str, int]):
+        self.cfg, self.work, self.offsets = cfg, work, offsets
         self.perm: tuple[np.ndarray, np.ndarray] | None = None
 
     def setup(self) -> None:
@@ -361,7 +360,7 @@ class SignatureJob:
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         self.setup()
-        cfg, path = self.cfg, Path(task.payload)
+        cfg, path = self.cfg, task.payload
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         parts = cfg.partitions
         writers: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
@@ -405,19 +404,15 @@ class SignatureJob:
                     }))
         for p, tables in writers.items():
             if tables:
-                dest = _bucket_path(self.work, p, task.key)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(pa.concat_tables(tables), dest)
+                write_one(pa.concat_tables(tables), _bucket_path(self.work, p, task.key))
         if sig_rows:
-            dest = self.work / "_signatures" / f"{task.key}.parquet"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables(sig_rows), dest)
+            write_one(pa.concat_tables(sig_rows), self.work / "_signatures" / f"{task.key}.parquet")
         return {"docs": n, "stats": {}}
 
 
-def _edges_for_partition(files: list[str]) -> pa.Table:
+def _edges_for_partition(files: list[Location]) -> pa.Table:
     """Pass 2: star edges from the best member of each bucket (smallest keep key) to the others."""
-    tables = [pq.read_table(f) for f in files]
+    tables = [read_one(f) for f in files]
     empty = pa.table({"u": pa.array([], pa.int64()), "v": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
                       "ku0": pa.array([], pa.float64()), "kuid": pa.array([], pa.string()),
                       "kv0": pa.array([], pa.float64()), "kvid": pa.array([], pa.string())})
@@ -444,11 +439,11 @@ def _edges_for_partition(files: list[str]) -> pa.Table:
 Signatures = tuple[np.ndarray, np.ndarray]  # (sorted node ids, one signature row per node)
 
 
-def _needed_signatures(sig_file: str, *edge_tables: pa.Table) -> Signatures:
+def _needed_signatures(sig_file: Location, *edge_tables: pa.Table) -> Signatures:
     """Signatures, from one signature file, of the documents that some candidate edge touches."""
     nodes = np.unique(np.concatenate([np.r_[e.column("u").to_numpy(), e.column("v").to_numpy()]
                                       for e in edge_tables] or [np.zeros(0, np.int64)]))
-    t = pq.read_table(sig_file)
+    t = read_one(sig_file)
     nd = t.column("node").to_numpy()
     mask = np.isin(nd, nodes)
     flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
@@ -550,9 +545,9 @@ class FilterDuplicatesJob:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        path = Path(task.payload)
+        path = task.payload
         base = self.offsets[task.key]
-        out.data.schema = pq.read_schema(path)
+        out.data.schema = read_schema(path)
         n_in = n_out = b_in = b_out = 0
         dropped: Counter[str] = Counter()
         for batch in iter_batches(path, 4096):
@@ -582,25 +577,24 @@ class DedupStage(Stage[DedupConfig]):
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         keys = [f"{i:05d}" for i in range(len(files))]
-        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        counts = [parquet_rows(f) for f in files]
         offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
-        tasks = [ShardTask(k, str(f)) for k, f in zip(keys, files, strict=True)]
+        tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
 
         import time
 
         t0 = time.perf_counter()
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
-        sig_job = SignatureJob(cfg, str(ctx.work_dir), offsets)
+        sig_job = SignatureJob(cfg, ctx.work_dir, offsets)
         side = SidePass("sig", sig_job)
         ctx.map_shards(side, side.tasks(tasks), count_rows=False)
         t1 = time.perf_counter()
         # pass 2 + 3: edges per partition, verified, reduced to forests, merged pairwise
-        sig_files = sorted(str(p) for p in (ctx.work_dir / "_signatures").glob("*.parquet"))
+        sig_files = (ctx.work_dir / "_signatures").glob("*.parquet")
         # candidate edges per partition; the signatures they need, read once per signature file
         # (only documents that have a candidate: O(duplicates)); then verification and a forest
         edges_task = ray.remote(releasing(_edges_for_partition))
-        cand = [edges_task.remote(sorted(str(x) for x in pdir.glob("*.parquet")))
-                for pdir in sorted((ctx.work_dir / "_buckets").glob("p*"))]
+        cand = [edges_task.remote(pdir.glob("*.parquet")) for pdir in (ctx.work_dir / "_buckets").glob("p*")]
         needed = ray.remote(releasing(_needed_signatures))
         sig_parts = [needed.remote(f, *cand) for f in sig_files] if cfg.near.verify else []
         verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
@@ -618,7 +612,6 @@ class DedupStage(Stage[DedupConfig]):
         t2 = time.perf_counter()
         # the clusters table and the drop set
         drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
-        (ctx.work_dir / "clusters").mkdir(parents=True, exist_ok=True)
         w = PartWriter(ctx.work_dir / "clusters", "part-00000")
         w.write(clusters)
         w.commit()
@@ -631,12 +624,10 @@ class DedupStage(Stage[DedupConfig]):
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": cfg.partitions, "keep": cfg.keep}
-        import shutil
-
         for side in ("_buckets", "_signatures"):
-            shutil.rmtree(ctx.work_dir / side, ignore_errors=True)
+            (ctx.work_dir / side).rmtree()
 
-    def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Path], offsets: dict[str, int],
+    def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Location], offsets: dict[str, int],
                   keys: list[str]) -> tuple[dict[int, str], dict[str, Any], pa.Table]:
         nodes = forest.column("node").to_numpy()
         roots = forest.column("root").to_numpy()

@@ -11,10 +11,11 @@ and ``n_tokens``; optional BOS/EOS per document. Token counts per language go to
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import posixpath
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -23,7 +24,7 @@ from pydantic import Field
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
-from pipeline.manifest import sha256_file
+from pipeline.locations import Location
 from pipeline.stage_api import BatchResult, MapStage, RefKind, StageConfig, register_stage
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", "<|eos|>")
@@ -107,15 +108,16 @@ class EncodeStage(MapStage[EncodeConfig]):
         path = ctx.artifact("tokenizer")
         if not path.is_file():
             raise TokenmillError(f"tokenizer file not found: {path}")
-        tok = Tokenizer.from_file(str(path))
+        raw = path.read_bytes()
+        tok = Tokenizer.from_str(raw.decode("utf-8"))
         cfg = self.config
         vocab = tok.get_vocab_size(with_added_tokens=True)
         bos = find_special(tok, cfg.bos_token, BOS_CANDIDATES, "bos") if cfg.add_bos else None
         eos = find_special(tok, cfg.eos_token, EOS_CANDIDATES, "eos") if cfg.add_eos else None
-        info = {"path": str(path), "sha256": sha256_file(path), "vocab_size": vocab, "bos_id": bos, "eos_id": eos,
-                "dtype": str(ids_type(vocab))}
+        info = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "vocab_size": vocab, "bos_id": bos,
+                "eos_id": eos, "dtype": str(ids_type(vocab))}
         ctx.manifest.stats["tokenizer"] = info
-        return info
+        return {**info, "path": path}  # the workers' copy: a Location (local path or URI)
 
     def setup(self, state: dict[str, Any]) -> None:
         from tokenizers import Tokenizer
@@ -123,7 +125,7 @@ class EncodeStage(MapStage[EncodeConfig]):
         self.state = state
         # tokenizers reads this on every encode_batch call; Ray workers default to "false" (WORKER_ENV)
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if self.config.rust_threads else "false"
-        self.tokenizer = Tokenizer.from_file(state["path"])  # loaded once per actor
+        self.tokenizer = Tokenizer.from_str(Location.of(state["path"]).read_text())  # loaded once per actor
         self.dtype = ids_type(state["vocab_size"])
         self.batch_rows = self.config.batch_rows  # the runner streams parts in batches of this many rows
 
@@ -159,6 +161,7 @@ class EncodeStage(MapStage[EncodeConfig]):
         s = manifest.get("stats", {})
         tok = s.get("tokenizer", {})
         rows = [("tokens", f"{s.get('tokens', 0):,}"), ("bytes per token", str(s.get("bytes_per_token", ""))),
-                ("tokenizer", f"{Path(tok.get('path', '?')).name} (vocab {tok.get('vocab_size')}, {tok.get('dtype')})")]
+                ("tokenizer", f"{posixpath.basename(tok.get('path', '?'))} "
+                              f"(vocab {tok.get('vocab_size')}, {tok.get('dtype')})")]
         rows += [(f"tokens [{k}]", f"{v:,}") for k, v in itertools.islice(s.get("tokens_per_lang", {}).items(), 8)]
         return rows

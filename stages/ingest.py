@@ -21,7 +21,7 @@ from pydantic import Field
 from pipeline.context import StageContext
 from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
-from pipeline.locations import InputFile
+from pipeline.locations import Location
 from pipeline.parquet_io import make_rejects
 from pipeline.runner import expand_paths
 from pipeline.sources import LineRange, compression_of, format_of, iter_lines, plan_line_ranges
@@ -235,11 +235,11 @@ class IngestJob:
             self._flush(out)
 
 
-def _parquet_file(src: InputFile) -> pq.ParquetFile:
+def _parquet_file(src: Location) -> pq.ParquetFile:
     return pq.ParquetFile(src.path, filesystem=src.fs)  # fs None: the local filesystem
 
 
-def _plan_file(name: str, inp: FilesInput, path: InputFile, rel: str, target: int) -> list[dict]:
+def _plan_file(name: str, inp: FilesInput, path: Location, rel: str, target: int) -> list[dict]:
     fmt = format_of(path, inp.format)
     if fmt == "parquet":
         meta = _parquet_file(path).metadata
@@ -276,7 +276,7 @@ class IngestStage(Stage[IngestConfig]):
 
         cfg = self.config
         target = int(cfg.shard_mb * (1 << 20))
-        files: list[tuple[str, FilesInput, InputFile, str]] = []
+        files: list[tuple[str, FilesInput, Location, str]] = []
         base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
         for raw in ctx.raw_inputs:
             for src in expand_paths(raw.base_dir, raw.spec):

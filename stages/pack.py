@@ -14,21 +14,20 @@ because those trainers build samples across documents themselves.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
-from pipeline.manifest import write_json_atomic
-from pipeline.parquet_io import iter_batches
+from pipeline.locations import Location
+from pipeline.manifest import read_manifest, write_json_atomic
+from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import Stage, StageConfig, register_stage
 from stages.packing import Segment, best_fit_decreasing, concat_chunk, split_long
 from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
@@ -102,7 +101,7 @@ class PackJob:
         ])
         stats: Counter[str] = Counter()
         rows: dict[str, list] = {k: [] for k in out.data.schema.names}
-        columns = ["id", "input_ids"] + (["loss_mask"] if "loss_mask" in pq.read_schema(task.payload).names else [])
+        columns = ["id", "input_ids"] + (["loss_mask"] if "loss_mask" in read_schema(task.payload).names else [])
         docs: list[np.ndarray] = []
         masks: list[np.ndarray | None] = []
         ids: list[str] = []
@@ -153,7 +152,7 @@ class PackJob:
         # concat streams one part as one token stream; best_fit packs buffers of documents
         limit = cfg.buffer_docs if cfg.method == "best_fit" else 1 << 62
         n_docs = 0
-        for batch in iter_batches(Path(task.payload), 2048, columns=columns):
+        for batch in iter_batches(task.payload, 2048, columns=columns):
             values, offsets = flat_lists(batch.column("input_ids"))
             values = values.astype(dtype, copy=False)
             mvalues = flat_lists(batch.column("loss_mask"))[0].astype(np.uint8, copy=False) \
@@ -186,13 +185,13 @@ class PackStage(Stage[PackConfig]):
         if not ctx.datasets:
             raise TokenmillError(f"stage '{ctx.name}': pack needs an encoded dataset as input")
         files = [f for _, f in ctx.input_files()]
-        schema = pq.read_schema(files[0]) if files else None
+        schema = read_schema(files[0]) if files else None
         if schema is None or "input_ids" not in schema.names:
             raise TokenmillError(f"stage '{ctx.name}': input has no input_ids column (run an encode stage first)")
         value_type = schema.field("input_ids").type.value_type
         tok = self._tokenizer_info(ctx)
         pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
-        tasks = [ShardTask(f"{i:05d}", str(f)) for i, f in enumerate(files)]
+        tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
         stats: Counter[str] = Counter()
         for r in results:
@@ -226,51 +225,59 @@ class PackStage(Stage[PackConfig]):
                 if "tokenizer" in m.get("stats", {}):
                     return {k: v for k, v in m["stats"]["tokenizer"].items() if k != "path"}
                 for up in m.get("inputs", {}):
-                    um = ctx.output_root / up / "manifest.json"
-                    if um.exists():
-                        stack.append(json.loads(um.read_text()))
+                    um = read_manifest(ctx.output_root / up)
+                    if um is not None:
+                        stack.append(um)
         return {}
 
-    def _write_outputs(self, ctx: StageContext, files: list[Path], tok: dict[str, Any], value_type: pa.DataType,
+    def _write_outputs(self, ctx: StageContext, files: list[Location], tok: dict[str, Any], value_type: pa.DataType,
                        width: int, summary: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         out: dict[str, Any] = {"parquet": "data/"}
+        # the writers need real files (memmaps): writing_dir is the folder itself on a local or shared
+        # disk, and a local folder uploaded when complete for an object store
         if "numpy" in cfg.writers:
             dtype = np.dtype(value_type.to_pandas_dtype())
-            w = PackedNumpyWriter(ctx.work_dir / "numpy", summary["sequences"], width, dtype)
-            for part in sorted(ctx.data_dir.glob("part-*.parquet")):
-                for batch in iter_batches(part, 4096, columns=["input_ids", "loss_mask", "doc_lens"]):
-                    n = batch.num_rows
-                    toks = batch.column("input_ids").combine_chunks().flatten().to_numpy().reshape(n, width)
-                    mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy().reshape(n, width)
-                    lens = [np.asarray(x, dtype=np.int32) for x in batch.column("doc_lens").to_pylist()]
-                    w.add(toks, mask, lens)
-            out["numpy"] = {"dir": "numpy/", **w.close()}
+            with (ctx.work_dir / "numpy").writing_dir() as numpy_dir:
+                w = PackedNumpyWriter(numpy_dir, summary["sequences"], width, dtype)
+                for part in ctx.data_dir.glob("part-*.parquet"):
+                    for batch in iter_batches(part, 4096, columns=["input_ids", "loss_mask", "doc_lens"]):
+                        n = batch.num_rows
+                        toks = batch.column("input_ids").combine_chunks().flatten().to_numpy().reshape(n, width)
+                        mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy().reshape(n, width)
+                        lens = [np.asarray(x, dtype=np.int32) for x in batch.column("doc_lens").to_pylist()]
+                        w.add(toks, mask, lens)
+                out["numpy"] = {"dir": "numpy/", **w.close()}
         if "megatron" in cfg.writers or "olmo" in cfg.writers:
-            vocab = tok.get("vocab_size") or (1 << 16)
-            mega = MegatronWriter(ctx.work_dir / "megatron" / "tokens", megatron_dtype(vocab)) \
-                if "megatron" in cfg.writers else None
-            olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
-            olmo = OlmoWriter(ctx.work_dir / "olmo", olmo_dtype, cfg.max_tokens_per_file) \
-                if "olmo" in cfg.writers else None
-            loc = 0
-            for f in files:  # parts in sorted key order: the trainer's document order is deterministic
-                cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in pq.read_schema(f).names
-                                                         else [])
-                for batch in iter_batches(f, 8192, columns=cols):
-                    values, offsets = flat_lists(batch.column("input_ids"))
-                    if mega is not None:
-                        mega.add_documents(values, offsets)
-                    if olmo is not None:
-                        masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
-                        srcs = [s or "" for s in batch.column("source").to_pylist()]
-                        olmo.add_documents(values, offsets, masks, batch.column("id").to_pylist(), srcs, loc)
-                    loc += batch.num_rows
-            if mega is not None:
-                out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
-            if olmo is not None:
-                out["olmo"] = {"dir": "olmo/", **olmo.close()}
+            with ExitStack() as stack:
+                vocab = tok.get("vocab_size") or (1 << 16)
+                mega = MegatronWriter(stack.enter_context((ctx.work_dir / "megatron").writing_dir()) / "tokens",
+                                      megatron_dtype(vocab)) if "megatron" in cfg.writers else None
+                olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
+                olmo = OlmoWriter(stack.enter_context((ctx.work_dir / "olmo").writing_dir()), olmo_dtype,
+                                  cfg.max_tokens_per_file) if "olmo" in cfg.writers else None
+                self._write_documents(files, mega, olmo)
+                if mega is not None:
+                    out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
+                if olmo is not None:
+                    out["olmo"] = {"dir": "olmo/", **olmo.close()}
         return out
+
+    @staticmethod
+    def _write_documents(files: list[Location], mega: MegatronWriter | None, olmo: OlmoWriter | None) -> None:
+        """Every document, in part order, to the document-level writers (Megatron, OLMo)."""
+        loc = 0
+        for f in files:  # parts in sorted key order: the trainer's document order is deterministic
+            cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in read_schema(f).names else [])
+            for batch in iter_batches(f, 8192, columns=cols):
+                values, offsets = flat_lists(batch.column("input_ids"))
+                if mega is not None:
+                    mega.add_documents(values, offsets)
+                if olmo is not None:
+                    masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
+                    srcs = [s or "" for s in batch.column("source").to_pylist()]
+                    olmo.add_documents(values, offsets, masks, batch.column("id").to_pylist(), srcs, loc)
+                loc += batch.num_rows
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         s = manifest.get("stats", {})

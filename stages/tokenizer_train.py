@@ -18,7 +18,6 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import xxhash
@@ -27,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
-from pipeline.parquet_io import iter_batches
+from pipeline.locations import Location
+from pipeline.parquet_io import iter_batches, read_table
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 
 PRETOKENIZER_PATTERNS = {
@@ -145,7 +145,7 @@ def in_sample(seed: int, doc_id: str, rate: float) -> bool:
     return xxhash.xxh64_intdigest(doc_id.encode(), seed=seed) < rate * 2.0**64
 
 
-def iter_sample(files: list[Path], seed: int, rate: float, max_chars: int, heldout: bool = False) -> Iterator[dict]:
+def iter_sample(files: list[Location], seed: int, rate: float, max_chars: int, heldout: bool = False) -> Iterator[dict]:
     """Stream the documents in (or, with ``heldout``, outside) the sample, in part order."""
     for f in files:
         for batch in iter_batches(f, 2048, columns=["id", "text", "lang"]):
@@ -189,13 +189,13 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             t1 = time.perf_counter()
             tok, superbpe_stats = self._superbpe_stage2(ctx, tok, files, rate, total)
             superbpe_stats["seconds"] = round(time.perf_counter() - t1, 3)
-        path = ctx.work_dir / "tokenizer.json"
-        tok.save(str(path))
+        with (ctx.work_dir / "tokenizer.json").writing() as path:
+            tok.save(str(path))
         n = cfg.report.heldout_docs
         heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars, heldout=True), n))
         if not heldout:  # everything was sampled: measure on the first sampled documents instead
             heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars), n))
-        parallel = ctx.artifact("parallel_text") if cfg.parallel_text else None
+        parallel = ctx.artifact("parallel_text").local_file() if cfg.parallel_text else None
         report = quality_report(tok, heldout, parallel=parallel, reference_lang=cfg.report.reference_lang)
         from pipeline.manifest import write_json_atomic
 
@@ -214,7 +214,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         ctx.manifest.rows_out = ctx.manifest.rows_in
         ctx.manifest.bytes_in = total
 
-    def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Path], rate: float,
+    def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location], rate: float,
                          total: int) -> tuple[Any, dict[str, Any]]:
         """Count stage-2 pre-tokens of a hash subset of the sample (on Ray when large), then extend."""
         from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
@@ -224,10 +224,10 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         rate2 = min(rate, sb.sample_mb * 1e6 / total)  # same hash, lower threshold: a subset of the sample
         job = ChunkCountJob(ctx.seed, rate2, cfg.max_doc_chars)
         if rate2 * total > sb.parallel_count_mb * 1e6 and len(files) > 1:
-            tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", str(f)) for i, f in enumerate(files)]
+            tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", f) for i, f in enumerate(files)]
             ctx.map_shards(job, tasks, count_rows=False)
-            chunks = read_chunk_counts(sorted(ctx.data_dir.glob("part-*.parquet")))
-            ctx.data_dir.rename(ctx.work_dir / "chunk_counts")  # keep the counts; this stage has no dataset
+            chunks = read_chunk_counts(ctx.data_dir.glob("part-*.parquet"))
+            ctx.data_dir.move_to(ctx.work_dir / "chunk_counts")  # keep the counts; this stage has no dataset
             where = "ray"
         else:
             chunks = count_chunks(row["text"] for row in iter_sample(files, ctx.seed, rate2, cfg.max_doc_chars))
@@ -266,7 +266,7 @@ class ChunkCountJob:
 
         from stages.tokenizer_superbpe import count_chunks
 
-        docs = list(iter_sample([Path(task.payload)], self.seed, self.rate, self.max_chars))
+        docs = list(iter_sample([task.payload], self.seed, self.rate, self.max_chars))
         counts = count_chunks(d["text"] for d in docs)
         keys = sorted(counts)
         out.data.write(pa.table({"chunk": pa.array(keys, pa.string()),
@@ -274,12 +274,9 @@ class ChunkCountJob:
         return {"rows_in": len(docs), "rows_out": len(keys), "bytes_in": sum(len(d["text"]) for d in docs)}
 
 
-def read_chunk_counts(parts: list[Path]) -> Counter[str]:
+def read_chunk_counts(parts: list[Location]) -> Counter[str]:
     """Sum the per-part chunk counts (the reduce step); order-independent."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not parts:
         return Counter()
-    table = pa.concat_tables([pq.read_table(p) for p in parts]).group_by("chunk").aggregate([("count", "sum")])
+    table = read_table(parts).group_by("chunk").aggregate([("count", "sum")])
     return Counter(dict(zip(table.column("chunk").to_pylist(), table.column("count_sum").to_pylist(), strict=True)))

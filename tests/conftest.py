@@ -57,6 +57,40 @@ def run_spec(ray_local, tmp_path):
         d = directory or tmp_path
         spec = load_spec(write_spec(d, text))
         plan = run_pipeline(spec, reporter=QuietReporter(), **kwargs)
-        return plan, plan.output
+        return plan, (plan.output.local if plan.output.is_local else plan.output)
 
     return _run
+
+
+# ------------------------------------------------------------------------------ a real S3 endpoint
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server in this process: a real HTTP endpoint speaking the S3 protocol, reachable from
+    Ray workers in other processes (and from the nodes of the test cluster)."""
+    from moto.server import ThreadedMotoServer  # the `test` extra installs moto[server]
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def s3_filesystem(endpoint: str):
+    """pyarrow's own S3 client on the endpoint (what tokenmill uses for s3:// URIs)."""
+    import pyarrow.fs as pafs
+
+    return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                             endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)

@@ -25,7 +25,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
+from conftest import s3_filesystem
 
 pytestmark = pytest.mark.cluster
 
@@ -155,7 +157,7 @@ def make_corpus(path: Path, n_docs: int, seed: int = 7) -> None:
                                 "source": "synthetic"}) + "\n")
 
 
-def write_spec(directory: Path, corpus: Path, shard_mb: float, fail: bool = False) -> Path:
+def write_spec(directory: Path, corpus: Path | str, shard_mb: float, fail: bool = False) -> Path:
     rest = textwrap.dedent("""\
         - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}
         - {name: balance, type: balance, inputs: [dedup], strategy: temperature, alpha: 0.5}
@@ -170,7 +172,7 @@ def write_spec(directory: Path, corpus: Path, shard_mb: float, fail: bool = Fals
         """)
     dedup = textwrap.indent(rest, "  ")
     if fail:  # a stage whose error happens on the cluster: an input file that is not there
-        corpus = corpus.with_name("missing.jsonl")
+        corpus = Path(corpus).with_name("missing.jsonl")
     spec = directory / "spec.yaml"
     spec.write_text(textwrap.dedent(f"""\
         name: cluster-test
@@ -178,7 +180,7 @@ def write_spec(directory: Path, corpus: Path, shard_mb: float, fail: bool = Fals
         output: out
         inputs:
           docs:
-            paths: [{corpus}]
+            paths: [{json.dumps(str(corpus))}]
             fields: {{id: id, text: text, lang: lang, source: source}}
         stages:
           - {{name: ingest, type: ingest, inputs: [docs], shard_mb: {shard_mb}}}
@@ -327,6 +329,44 @@ def test_fault_driver_killed_then_resumed(cluster, corpus, reference, tmp_path):
     for name, mtime in committed.items():  # files committed before the kill were not rewritten
         (part,) = list((out / "ingest").rglob(name))
         assert part.stat().st_mtime_ns == mtime, name
+
+
+def test_object_store_only_run_resumes_after_driver_kill(cluster, corpus, reference, tmp_path, s3_endpoint):
+    """No shared disk: the corpus is read from S3 and every stage writes to S3 (moto's S3 server), from
+    the driver and the workers of both nodes. The driver is killed while ingest commits shards; the
+    re-run resumes from the shard markers in the bucket, and the objects equal the single-node files."""
+    fs = s3_filesystem(s3_endpoint)
+    fs.create_dir("cluster")
+    with fs.open_output_stream("cluster/in/docs.jsonl", compression=None) as dst:
+        dst.write(corpus.read_bytes())
+    query = f"?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    spec = write_spec(tmp_path, f"s3://testing:testing@cluster/in/docs.jsonl{query}", shard_mb=0.5)
+    out = f"s3://testing:testing@cluster/out{query}"
+    proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs, "--output", out),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 120
+    markers: list = []
+    while len(markers) < 2:
+        assert time.time() < deadline and proc.poll() is None, f"no shards committed: {proc.stderr.read()[-2000:]}"
+        markers = [i for i in fs.get_file_info(pafs.FileSelector("cluster/out/.tmp", recursive=True,
+                                                                 allow_not_found=True))
+                   if "/_shards/" in i.path and i.path.startswith("cluster/out/.tmp/ingest-")]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert fs.get_file_info("cluster/out/ingest/manifest.json").type == pafs.FileType.NotFound
+
+    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs, "--output", out)
+    assert r.returncode == 0, r.stderr
+    files = {i.path.removeprefix("cluster/out/"): i for i in fs.get_file_info(
+        pafs.FileSelector("cluster/out", recursive=True)) if i.type == pafs.FileType.File}
+    got = {rel: hashlib.sha256(fs.open_input_file(i.path).read()).hexdigest() for rel, i in files.items()
+           if rel.split("/")[0] in STAGES and rel.endswith((".parquet", ".npy", ".bin", ".idx", ".json"))
+           and not rel.endswith("manifest.json")}
+    assert got == reference
+    manifest = json.loads(fs.open_input_file("cluster/out/ingest/manifest.json").read())
+    assert manifest["shards"]["resumed"] >= len(markers), manifest["shards"]
+    assert not [rel for rel in files if rel.startswith(".tmp/")]
 
 
 def test_fault_worker_node_removed_mid_run(cluster, corpus, reference, tmp_path):

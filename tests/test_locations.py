@@ -7,19 +7,20 @@ reach AWS, so every remote read path (listing, size/mtime, ranged reads, Parquet
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, s3_filesystem
 
 from pipeline.errors import SpecError
-from pipeline.locations import InputFile, expand
+from pipeline.locations import Location, expand
 from pipeline.parquet_io import read_table
 from pipeline.spec import parse_spec
 
@@ -46,7 +47,7 @@ def test_uri_globs_match_local_globs(tmp_path, pattern):
 def test_input_file_reads_the_same_through_a_filesystem(tmp_path):
     _tree(tmp_path)
     (remote,) = expand(f"file://{tmp_path}/sub/deep/f.jsonl", tmp_path)
-    local = InputFile(str(tmp_path / "sub/deep/f.jsonl"))
+    local = Location(str(tmp_path / "sub/deep/f.jsonl"))
     assert remote.read_bytes() == local.read_bytes() == b"sub/deep/f.jsonl"
     assert remote.info() == local.info()
     assert remote.relative_to(tmp_path) == f"file://{tmp_path}/sub/deep/f.jsonl"
@@ -63,15 +64,20 @@ stages:
 """
 
 
-def test_object_store_output_is_refused_with_the_reason(tmp_path):
-    spec = parse_spec(_spec("s3://bucket/out"), base_dir=tmp_path)
-    with pytest.raises(SpecError) as err:
-        spec.output_dir()
-    assert "output: 's3://bucket/out'" in str(err.value) and "shared-filesystem path" in str(err.value)
-    with pytest.raises(SpecError, match="--output: 'gs://b/o'"):
-        spec.output_dir("gs://b/o")
-    ok = parse_spec(_spec(f"file://{tmp_path}/out"), base_dir=tmp_path)
-    assert ok.output_dir() == tmp_path / "out"
+def test_output_locations(tmp_path, monkeypatch):
+    """Local paths resolve against the spec, --output against the working directory; URIs keep their scheme."""
+    spec = parse_spec(_spec("out"), base_dir=tmp_path / "specs")
+    assert spec.output_dir() == Location(str(tmp_path / "specs" / "out"))
+    monkeypatch.chdir(tmp_path)
+    assert spec.output_dir("elsewhere") == Location(str(tmp_path / "elsewhere"))
+    assert parse_spec(_spec(f"file://{tmp_path}/o"), base_dir=tmp_path).output_dir().local == tmp_path / "o"
+    remote = parse_spec(_spec("file:///unused"), base_dir=tmp_path).output_dir(f"s3://bucket/out/{_QUERY_S3}")
+    assert (remote.scheme, remote.path, remote.uri) == ("s3", "bucket/out", "s3://bucket/out")
+    with pytest.raises(SpecError, match=r"--output: nosuchfs://b/o: no filesystem"):
+        spec.output_dir("nosuchfs://b/o")
+
+
+_QUERY_S3 = "?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
 
 
 def test_unknown_scheme_names_the_input(tmp_path):
@@ -85,28 +91,8 @@ def test_unknown_scheme_names_the_input(tmp_path):
 # ------------------------------------------------------------------------------------------ S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer  # the `test` extra installs moto[server]
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def _s3(endpoint: str) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                             endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
+    return s3_filesystem(endpoint)
 
 
 def test_ingest_reads_s3_uris_like_local_files(run_spec, tmp_path, s3_endpoint):
@@ -164,3 +150,84 @@ stages:
     changed, out_changed = run_spec(spec(remote, "remote"))
     assert [s.action for s in changed.stages] == ["run"]
     assert "new" in read_table(sorted((out_changed / "ingest" / "data").glob("part-*.parquet")))["id"].to_pylist()
+
+
+CHAIN = """
+  - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}
+  - {name: balance, type: balance, inputs: [dedup], strategy: temperature, alpha: 0.5}
+  - {name: tokenizer, type: train_tokenizer, inputs: [balance], vocab_size: 600, report: {heldout_docs: 20}}
+  - {name: encode, type: encode, inputs: [balance], tokenizer: tokenizer}
+  - name: clean
+    type: clean
+    inputs: [encode]
+    tokenizer: tokenizer
+    boilerplate: {min_docs: 3}
+    influence: {enabled: true, order: 2, reference: {langs: [en]}, keep_ratio: 0.8}
+  - {name: pack, type: pack, inputs: [clean], method: best_fit, seq_len: 256, writers: [numpy, olmo, megatron]}
+"""
+STAGES = ("ingest", "dedup", "balance", "tokenizer", "encode", "clean", "pack")
+DATA_SUFFIXES = (".parquet", ".npy", ".bin", ".idx", ".json", ".gz")
+
+
+def _digest(files: dict[str, bytes]) -> dict[str, str]:
+    """sha256 per stage data file (manifests hold timings and the output's own name: left out)."""
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()
+            if rel.split("/")[0] in STAGES and rel.endswith(DATA_SUFFIXES) and not rel.endswith("manifest.json")}
+
+
+def test_whole_pipeline_writes_to_s3_exactly_as_locally(run_spec, tmp_path, s3_endpoint):
+    """Every stage reads and writes only through the object store (inputs and output on S3): the
+    objects are byte-identical to a local run's files, a re-run skips every stage, no temp prefix is
+    left behind, and ``inspect`` and the report read the output by URI."""
+    from test_cluster import make_corpus
+
+    corpus = tmp_path / "docs.jsonl"
+    make_corpus(corpus, 1500, seed=3)
+    fs = _s3(s3_endpoint)
+    fs.create_dir("pipes")
+    with fs.open_output_stream("pipes/in/docs.jsonl", compression=None) as dst:
+        dst.write(corpus.read_bytes())
+    query = f"?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+
+    def spec(docs: str, out: str) -> str:
+        return f"""
+name: s3-chain
+seed: 5
+output: {out}
+inputs:
+  docs: {{paths: ["{docs}"], fields: {{id: id, text: text, lang: lang, source: source}}}}
+stages:
+  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.1}}
+""" + CHAIN
+
+    remote_out = f"s3://testing:testing@pipes/out{query}"
+    plan, _ = run_spec(spec(f"s3://testing:testing@pipes/in/docs.jsonl{query}", remote_out))
+    assert [s.action for s in plan.stages] == ["run"] * len(STAGES)
+    _, local_out = run_spec(spec(str(corpus), "local_out"))
+
+    listing = fs.get_file_info(pafs.FileSelector("pipes/out", recursive=True))
+    remote_files = {i.path.removeprefix("pipes/out/"): fs.open_input_file(i.path).read()
+                    for i in listing if i.type == pafs.FileType.File}
+    local_files = {p.relative_to(local_out).as_posix(): p.read_bytes() for p in local_out.rglob("*") if p.is_file()}
+    got, want = _digest(remote_files), _digest(local_files)
+    assert len(want) > 20 and {k.split("/")[0] for k in want} == set(STAGES)
+    assert got == want
+    assert not [k for k in remote_files if k.startswith(".tmp/")], "work prefixes left behind"
+    manifest = json.loads(remote_files["ingest/manifest.json"])
+    assert manifest["status"] == "complete" and manifest["shards"]["run"] > 1
+    assert "testing:testing" not in remote_files["encode/manifest.json"].decode()
+    assert {"report.html", "report.json", "run.json"} <= set(remote_files)
+
+    again, _ = run_spec(spec(f"s3://testing:testing@pipes/in/docs.jsonl{query}", remote_out))
+    assert [s.action for s in again.stages] == ["skip"] * len(STAGES)
+
+    from rich.console import Console
+
+    from pipeline.inspect_output import inspect_path
+
+    facts = inspect_path(f"s3://testing:testing@pipes/out/pack{query}", Console(file=io.StringIO()))
+    assert facts["manifest"]["type"] == "pack" and facts["rows"] == manifest_rows(remote_files, "pack")
+
+
+def manifest_rows(files: dict[str, bytes], stage: str) -> int:
+    return json.loads(files[f"{stage}/manifest.json"])["rows_out"]
