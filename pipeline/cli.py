@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenmillError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
+    except OSError as exc:  # storage the user pointed at is unreachable, full or denied: say so, no traceback
+        if os.environ.get("TOKENMILL_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to resume")
         return 130

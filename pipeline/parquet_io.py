@@ -87,9 +87,7 @@ class PartWriter:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            if self.tmp is not self.final:
-                self.tmp.unlink()
-            # an aborted upload may still have completed on close: a re-run rewrites it anyway
+            self.tmp.unlink()  # on an object store closing completed the upload: take it back
 
 
 def parquet_file(source: Source) -> pq.ParquetFile:

@@ -103,6 +103,10 @@ def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None
         raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {names})" for u in unknown])
     forced = dag.downstream_closure(force)
     fps: dict[str, str] = {name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
+    try:
+        output.exists()
+    except OSError as exc:  # an unreachable endpoint, missing credentials, a denied bucket
+        raise SpecError(spec.source, [f"output: cannot reach {output.uri}: {exc}"]) from None
     plans: list[StagePlan] = []
     for name in dag.order:
         node = dag.nodes[name]

@@ -231,3 +231,15 @@ stages:
 
 def manifest_rows(files: dict[str, bytes], stage: str) -> int:
     return json.loads(files[f"{stage}/manifest.json"])["rows_out"]
+
+
+def test_unreachable_output_is_a_spec_error_naming_it(tmp_path):
+    from conftest import free_port
+
+    from pipeline.runner import make_plan
+
+    (tmp_path / "x.jsonl").write_text('{"id": "a", "text": "t"}\n')
+    spec = parse_spec(_spec("out"), base_dir=tmp_path)
+    dead = f"s3://testing:testing@b/out?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+    with pytest.raises(SpecError, match=r"output: cannot reach s3://b/out: .*NETWORK_CONNECTION"):
+        make_plan(spec, spec.output_dir(dead))
