@@ -11,6 +11,7 @@ fingerprint reuses every shard that was committed.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import time
@@ -24,7 +25,7 @@ from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
 from pipeline.executor import SHARDS_DIR
-from pipeline.locations import Location, LocationError, expand, is_uri
+from pipeline.locations import Location, LocationError, expand
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
 from pipeline.progress import Reporter
@@ -69,13 +70,20 @@ def expand_paths(base_dir: Path, inp: FilesInput) -> list[Location]:
 
 def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInput) -> str:
     if isinstance(inp, ArtifactInput):
-        if is_uri(inp.path):
-            raise SpecError(spec.source, [f"inputs.{name}.path: {inp.path!r}: an artifact must be a local or "
-                                          "shared-filesystem file (URIs are read by kind: files inputs only)"])
-        path = spec.resolve(inp.path)
-        if not path.is_file():
-            raise SpecError(spec.source, [f"inputs.{name}.path: file not found: {path}"])
-        return sha256_file(path)
+        key = f"inputs.{name}.path"
+        try:
+            loc = artifact_location(spec, inp)
+            if loc.is_local:
+                if not loc.is_file():
+                    raise SpecError(spec.source, [f"{key}: file not found: {loc.path}"])
+                return sha256_file(loc.local)
+            return hashlib.sha256(loc.read_bytes()).hexdigest()  # artifacts are small: tokenizers, parallel text
+        except LocationError as exc:
+            raise SpecError(spec.source, [f"{key}: {exc}"]) from None
+        except FileNotFoundError:
+            raise SpecError(spec.source, [f"{key}: file not found: {loc.uri}"]) from None
+        except OSError as exc:
+            raise SpecError(spec.source, [f"{key}: cannot read {loc.uri}: {exc}"]) from None
     try:
         files = expand_paths(spec.base_dir, inp)
     except LocationError as exc:
@@ -84,6 +92,11 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
     listing = [(f.uri, *f.info()) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
+
+
+def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
+    """An artifact input's file: a path relative to the spec, or a URI."""
+    return Location.parse(inp.path, spec.base_dir)
 
 
 def stage_code_hash(cls: type) -> str:
@@ -179,7 +192,7 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
     artifacts: dict[str, Location] = {}
     for fname, ref in node.artifact_inputs.items():
         if ref in dag.inputs:
-            artifacts[fname] = Location.of(spec.resolve(dag.inputs[ref].path))  # type: ignore[union-attr]
+            artifacts[fname] = artifact_location(spec, dag.inputs[ref])  # type: ignore[arg-type]
         else:
             upstream = dag.nodes[ref].cls
             rel = next(iter(upstream.artifacts.values()))

@@ -155,7 +155,8 @@ stages:
 CHAIN = """
   - {name: dedup, type: dedup, inputs: [ingest], near: {threshold: 0.8}}
   - {name: balance, type: balance, inputs: [dedup], strategy: temperature, alpha: 0.5}
-  - {name: tokenizer, type: train_tokenizer, inputs: [balance], vocab_size: 600, report: {heldout_docs: 20}}
+  - {name: tokenizer, type: train_tokenizer, inputs: [balance], vocab_size: 600, report: {heldout_docs: 20},
+     parallel_text: udhr}
   - {name: encode, type: encode, inputs: [balance], tokenizer: tokenizer}
   - name: clean
     type: clean
@@ -187,15 +188,19 @@ def test_whole_pipeline_writes_to_s3_exactly_as_locally(run_spec, tmp_path, s3_e
     fs.create_dir("pipes")
     with fs.open_output_stream("pipes/in/docs.jsonl", compression=None) as dst:
         dst.write(corpus.read_bytes())
+    udhr = DATA_DIR / "udhr_articles_1-3.jsonl.zst"  # an artifact input (parallel text), on S3 as well
+    with fs.open_output_stream("pipes/in/udhr.jsonl.zst", compression=None) as dst:
+        dst.write(udhr.read_bytes())
     query = f"?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
 
-    def spec(docs: str, out: str) -> str:
+    def spec(docs: str, out: str, parallel: str = f"s3://testing:testing@pipes/in/udhr.jsonl.zst{query}") -> str:
         return f"""
 name: s3-chain
 seed: 5
 output: {out}
 inputs:
   docs: {{paths: ["{docs}"], fields: {{id: id, text: text, lang: lang, source: source}}}}
+  udhr: {{kind: artifact, path: "{parallel}"}}
 stages:
   - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.1}}
 """ + CHAIN
@@ -203,7 +208,7 @@ stages:
     remote_out = f"s3://testing:testing@pipes/out{query}"
     plan, _ = run_spec(spec(f"s3://testing:testing@pipes/in/docs.jsonl{query}", remote_out))
     assert [s.action for s in plan.stages] == ["run"] * len(STAGES)
-    _, local_out = run_spec(spec(str(corpus), "local_out"))
+    _, local_out = run_spec(spec(str(corpus), "local_out", str(udhr)))
 
     listing = fs.get_file_info(pafs.FileSelector("pipes/out", recursive=True))
     remote_files = {i.path.removeprefix("pipes/out/"): fs.open_input_file(i.path).read()
@@ -217,6 +222,7 @@ stages:
     assert manifest["status"] == "complete" and manifest["shards"]["run"] > 1
     assert "testing:testing" not in remote_files["encode/manifest.json"].decode()
     assert {"report.html", "report.json", "run.json"} <= set(remote_files)
+    assert json.loads(remote_files["tokenizer/report.json"])["token_premium"]["languages"] > 100
 
     again, _ = run_spec(spec(f"s3://testing:testing@pipes/in/docs.jsonl{query}", remote_out))
     assert [s.action for s in again.stages] == ["skip"] * len(STAGES)
