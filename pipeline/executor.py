@@ -160,8 +160,10 @@ def run_shards(
     work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
     pending: list[ShardTask] = []
+    # one listing, then only the markers that exist are read (one request each on an object store)
+    committed = {m.name for m in (work_dir / SHARDS_DIR).glob("*.json")}
     for task in tasks:
-        done = shard_done(work_dir, task.key)
+        done = shard_done(work_dir, task.key) if f"{task.key}.json" in committed else None
         if done is not None:
             results[task.key] = done
             if on_result:

@@ -1,12 +1,14 @@
 """Where files live: local (or shared-filesystem) paths, or filesystem URIs (inputs and outputs).
 
-A ``kind: files`` input may name ``s3://bucket/prefix/*.jsonl.zst``, ``gs://...``, ``hdfs://...``,
-``abfs://...`` or ``file://...``: pyarrow's own filesystems serve them (no extra package; credentials
-from the usual environment variables, instance roles or the URI's query string, as pyarrow reads
-them). Any other scheme goes through ``fsspec`` when the matching fsspec package is installed.
+A ``kind: files`` input, an artifact input and the pipeline's ``output`` may name
+``s3://bucket/prefix/...``, ``gs://...``, ``hdfs://...``, ``abfs://...`` or ``file://...``: pyarrow's
+own filesystems serve them (no extra package; credentials from the usual environment variables,
+instance roles or the URI's query string, as pyarrow reads them). Any other scheme goes through
+``fsspec`` when the matching fsspec package is installed.
 
-The driver expands globs once; every :class:`Location` carries its (picklable) filesystem, so a Ray
-worker on another machine opens the very object the driver listed, without a shared disk.
+Every :class:`Location` carries its (picklable) filesystem, so a Ray worker on another machine opens
+or writes the very object the driver named, without a shared disk. Local paths go through
+:mod:`pathlib` and ``os.replace`` exactly as before filesystems were added (the fast path).
 """
 
 from __future__ import annotations
@@ -223,7 +225,12 @@ class Location:
                 with f.open() as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
             tmp.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except OSError:  # another worker on this node finished the same download first
+                if not dest.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
     # ------------------------------------------------------------------------------ writing

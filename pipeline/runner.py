@@ -16,6 +16,7 @@ import inspect
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,10 +259,9 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     else:  # no folder renames on object stores: uncommit, replace the objects, commit
         (final / MANIFEST_NAME).unlink()
         final.rmtree()
-        for f in work.files():
-            rel = f.relpath(work)
-            if not rel.startswith(SHARDS_DIR + "/"):
-                f.copy_to(final / rel)
+        moves = [(f, final / f.relpath(work)) for f in work.files() if not f.relpath(work).startswith(SHARDS_DIR + "/")]
+        with ThreadPoolExecutor(max_workers=16) as pool:  # server-side copies: one request each, I/O bound
+            list(pool.map(lambda pair: pair[0].copy_to(pair[1]), moves))
     write_json_atomic(final / MANIFEST_NAME, manifest)  # last: marks the stage complete
     if not work.is_local:
         work.rmtree()  # after the commit: until then its shard markers let a re-run resume
