@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +54,7 @@ class Location:
     :meth:`writing_dir`, :meth:`local_file` and :meth:`local_dir`.
     """
 
-    path: str
+    path: str  # a POSIX path (tokenmill runs where os.path is posixpath), or the path in ``fs``
     fs: pafs.FileSystem | None = None
     scheme: str = ""
 
@@ -90,8 +91,7 @@ class Location:
         return str(self.local)
 
     def __truediv__(self, part: str) -> Location:
-        join = posixpath.join if self.fs is not None else os.path.join
-        return replace(self, path=join(self.path, part))
+        return replace(self, path=posixpath.join(self.path, part))
 
     def __str__(self) -> str:
         return self.uri
@@ -106,7 +106,7 @@ class Location:
 
     @property
     def parent(self) -> Location:
-        return replace(self, path=posixpath.dirname(self.path) if self.fs is not None else os.path.dirname(self.path))
+        return replace(self, path=posixpath.dirname(self.path))
 
     @property
     def uri(self) -> str:
@@ -163,19 +163,25 @@ class Location:
 
     def files(self) -> list[Location]:
         """Every file below this folder, recursively, sorted by path."""
-        return [f for f, _ in self.file_sizes()]
+        return [f for f, _, _ in self.listing()]
 
     def file_sizes(self) -> list[tuple[Location, int]]:
-        """Every file below this folder with its size (one listing on an object store), sorted."""
+        """Every file below this folder with its size, sorted."""
+        return [(f, size) for f, size, _ in self.listing()]
+
+    def listing(self) -> list[tuple[Location, int, int]]:
+        """Every file below this folder with its size and mtime in ns (one listing on an object store)."""
         if self.fs is None:
-            return [(Location(str(p)), p.stat().st_size) for p in sorted(Path(self.path).rglob("*")) if p.is_file()]
+            stats = [(p, p.stat()) for p in sorted(Path(self.path).rglob("*")) if p.is_file()]
+            return [(Location(str(p)), st.st_size, st.st_mtime_ns) for p, st in stats]
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        found = [(replace(self, path=i.path), int(i.size or 0)) for i in infos if i.type == pafs.FileType.File]
-        return sorted(found, key=lambda pair: pair[0].path)
+        found = [(replace(self, path=i.path), int(i.size or 0), int(i.mtime_ns or 0))
+                 for i in infos if i.type == pafs.FileType.File]
+        return sorted(found, key=lambda entry: entry[0].path)
 
     def relpath(self, base: Location) -> str:
         """This location's path below ``base`` (``/``-separated)."""
-        return posixpath.relpath(self.path, base.path) if self.fs is not None else os.path.relpath(self.path, base.path)
+        return posixpath.relpath(self.path, base.path)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -192,6 +198,12 @@ class Location:
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
 
+    def download(self, dest: Path) -> None:
+        """Copy this file to a local path, streaming."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self.open() as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
     def local_file(self) -> Path:
         """A local copy to memory-map or hand to a library that wants a path.
 
@@ -203,10 +215,8 @@ class Location:
         key = hashlib.sha256(f"{self.uri}|{size}|{mtime}".encode()).hexdigest()[:24]
         dest = _cache_dir() / key / self.name
         if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            with self.open() as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+            self.download(tmp)
             os.replace(tmp, dest)
         return dest
 
@@ -214,16 +224,14 @@ class Location:
         """A local copy of a folder (see :meth:`local_file`)."""
         if self.fs is None:
             return Path(self.path)
-        listing = [(f.relpath(self), *f.info()) for f in self.files()]
-        key = hashlib.sha256(repr((self.uri, listing)).encode()).hexdigest()[:24]
+        listing = self.listing()
+        key = hashlib.sha256(repr((self.uri, [(f.relpath(self), size, mtime) for f, size, mtime in listing]))
+                             .encode()).hexdigest()[:24]
         dest = _cache_dir() / key / self.name
         if not dest.exists():
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            for f in self.files():
-                target = tmp / f.relpath(self)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with f.open() as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+            for f, _, _ in listing:
+                f.download(tmp / f.relpath(self))
             tmp.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(tmp, dest)
@@ -250,13 +258,10 @@ class Location:
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file atomically: a hidden temp file renamed into place, or one upload."""
         if self.fs is None:
-            target = Path(self.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with self.writing() as tmp:
+                tmp.write_bytes(data)
             return
-        with self.open_output() as f:
+        with self.open_output() as f:  # one upload: no local temp file
             f.write(data)
 
     def write_text(self, text: str) -> None:
@@ -325,13 +330,23 @@ class Location:
             with suppress(OSError):
                 self.fs.delete_dir(self.path)
 
+    def copy_tree(self, dest: Location, skip: str | None = None) -> None:
+        """Copy every file below this folder to ``dest`` (but those below the subfolder ``skip``);
+        in parallel, since on an object store each copy is one server-side request."""
+        pairs = []
+        for f in self.files():
+            rel = f.relpath(self)
+            if skip is None or not rel.startswith(skip + "/"):
+                pairs.append((f, dest / rel))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda pair: pair[0].copy_to(pair[1]), pairs))
+
     def move_to(self, dest: Location) -> None:
         """Move a folder: a rename locally; on an object store a copy of every object, then a delete."""
         if self.fs is None:
             os.replace(self.path, dest.path)
             return
-        for f in self.files():
-            f.copy_to(dest / f.relpath(self))
+        self.copy_tree(dest)
         self.rmtree()
 
 

@@ -11,12 +11,10 @@ fingerprint reuses every shard that was committed.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +72,11 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         key = f"inputs.{name}.path"
         try:
             loc = artifact_location(spec, inp)
-            if loc.is_local:
-                if not loc.is_file():
-                    raise SpecError(spec.source, [f"{key}: file not found: {loc.path}"])
-                return sha256_file(loc.local)
-            return hashlib.sha256(loc.read_bytes()).hexdigest()  # artifacts are small: tokenizers, parallel text
+            if not loc.is_file():
+                raise SpecError(spec.source, [f"{key}: file not found: {loc.uri}"])
+            return sha256_file(loc)
         except LocationError as exc:
             raise SpecError(spec.source, [f"{key}: {exc}"]) from None
-        except FileNotFoundError:
-            raise SpecError(spec.source, [f"{key}: file not found: {loc.uri}"]) from None
         except OSError as exc:
             raise SpecError(spec.source, [f"{key}: cannot read {loc.uri}: {exc}"]) from None
     try:
@@ -259,9 +253,7 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     else:  # no folder renames on object stores: uncommit, replace the objects, commit
         (final / MANIFEST_NAME).unlink()
         final.rmtree()
-        moves = [(f, final / f.relpath(work)) for f in work.files() if not f.relpath(work).startswith(SHARDS_DIR + "/")]
-        with ThreadPoolExecutor(max_workers=16) as pool:  # server-side copies: one request each, I/O bound
-            list(pool.map(lambda pair: pair[0].copy_to(pair[1]), moves))
+        work.copy_tree(final, skip=SHARDS_DIR)
     write_json_atomic(final / MANIFEST_NAME, manifest)  # last: marks the stage complete
     if not work.is_local:
         work.rmtree()  # after the commit: until then its shard markers let a re-run resume

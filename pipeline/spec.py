@@ -142,10 +142,6 @@ class LoadedSpec:
     def stages(self) -> list[StageConfig]:
         return list(self.model.stages)
 
-    def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
-
     def output_dir(self, override: str | None = None) -> Location:
         """The output folder: a local or shared path (relative to the spec), or a filesystem URI
         (``s3://``, ``gs://``, ``hdfs://``, ``abfs://`` or any fsspec scheme)."""
