@@ -67,6 +67,12 @@ class StageContext:
     def rejects_dir(self) -> Location:
         return self.work_dir / "rejects"
 
+    def warn(self, text: str) -> None:
+        """A warning the user must see: printed now and kept in the manifest (``stats.warnings``)."""
+        self.manifest.stats.setdefault("warnings", []).append(text)
+        if self.reporter:
+            self.reporter.message(f"warning: {text}")
+
     def artifact(self, field_name: str) -> Location:
         """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
         return self.artifact_paths[field_name]

@@ -30,7 +30,14 @@ from pipeline.manifest import read_manifest, write_json_atomic
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import Stage, StageConfig, register_stage
 from stages.packing import Segment, best_fit_decreasing, concat_chunk, split_long
-from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.writers import (
+    MEGATRON_MASK_DIR,
+    OLMO_MASK_DIR,
+    MegatronWriter,
+    OlmoWriter,
+    PackedNumpyWriter,
+    megatron_dtype,
+)
 
 
 class PackConfig(StageConfig):
@@ -249,19 +256,45 @@ class PackStage(Stage[PackConfig]):
                         w.add(toks, mask, lens)
                 out["numpy"] = {"dir": "numpy/", **w.close()}
         if "megatron" in cfg.writers or "olmo" in cfg.writers:
+            has_mask = any("loss_mask" in read_schema(f).names for f in files)
             with ExitStack() as stack:
                 vocab = tok.get("vocab_size") or (1 << 16)
-                mega = MegatronWriter(stack.enter_context((ctx.work_dir / "megatron").writing_dir()) / "tokens",
-                                      megatron_dtype(vocab)) if "megatron" in cfg.writers else None
+                mega = None
+                if "megatron" in cfg.writers:
+                    mdir = stack.enter_context((ctx.work_dir / "megatron").writing_dir())
+                    mega = MegatronWriter(mdir / "tokens", megatron_dtype(vocab),
+                                          mask_prefix=mdir / MEGATRON_MASK_DIR / "tokens" if has_mask else None)
                 olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
                 olmo = OlmoWriter(stack.enter_context((ctx.work_dir / "olmo").writing_dir()), olmo_dtype,
                                   cfg.max_tokens_per_file) if "olmo" in cfg.writers else None
                 self._write_documents(files, mega, olmo)
                 if mega is not None:
-                    out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
+                    out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close(),
+                                       "loss_mask": f"megatron/{MEGATRON_MASK_DIR}/tokens" if has_mask else None}
+                    if has_mask:
+                        ctx.warn(
+                            f"stage '{ctx.name}': Megatron's GPTDataset reads tokens only; the token-cleaning "
+                            f"loss mask is the companion indexed dataset megatron/{MEGATRON_MASK_DIR}/tokens "
+                            "(uint8, same documents): read it beside the tokens (README: Use the outputs)")
                 if olmo is not None:
-                    out["olmo"] = {"dir": "olmo/", **olmo.close()}
+                    out["olmo"] = {"dir": "olmo/", **olmo.close(), "loss_mask": f"olmo/{OLMO_MASK_DIR}/",
+                                   "glob": "olmo/*.npy", "mask_glob": f"olmo/{OLMO_MASK_DIR}/*.npy"}
+        out["masks"] = self._mask_carriers(cfg.writers, out)
         return out
+
+    @staticmethod
+    def _mask_carriers(writers: list[str], out: dict[str, Any]) -> dict[str, str]:
+        """Which outputs carry the loss mask, in plain words (also in the manifest)."""
+        carriers = {"parquet": "loss_mask column (0 on padding and on cleaned tokens)"}
+        if "numpy" in writers:
+            carriers["numpy"] = "numpy/loss_mask.npy [N, L]"
+        if "olmo" in writers:
+            carriers["olmo"] = "olmo/masks/part-N.npy (np.bool_ bytes; label_mask_paths of OLMo-core)"
+        if "megatron" in writers:
+            mp = out.get("megatron", {}).get("loss_mask")
+            carriers["megatron"] = (f"{mp}.bin/.idx companion (uint8); GPTDataset does not read it" if mp
+                                    else "no mask in the input: every token trains")
+        return carriers
 
     @staticmethod
     def _write_documents(files: list[Location], mega: MegatronWriter | None, olmo: OlmoWriter | None) -> None:
@@ -271,10 +304,10 @@ class PackStage(Stage[PackConfig]):
             cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in read_schema(f).names else [])
             for batch in iter_batches(f, 8192, columns=cols):
                 values, offsets = flat_lists(batch.column("input_ids"))
+                masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
                 if mega is not None:
-                    mega.add_documents(values, offsets)
+                    mega.add_documents(values, offsets, masks)
                 if olmo is not None:
-                    masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
                     srcs = [s or "" for s in batch.column("source").to_pylist()]
                     olmo.add_documents(values, offsets, masks, batch.column("id").to_pylist(), srcs, loc)
                 loc += batch.num_rows

@@ -78,7 +78,7 @@ def test_olmo_batches_split_files_on_document_boundaries(tmp_path):
     seen = []
     for stem in info["files"]:
         toks = np.fromfile(tmp_path / f"{stem}.npy", "<u2")
-        mask = np.fromfile(tmp_path / f"{stem}.mask.npy", np.uint8)
+        mask = np.fromfile(tmp_path / "masks" / f"{stem}.npy", np.uint8)
         assert len(toks) == len(mask)
         with gzip.open(tmp_path / f"{stem}.csv.gz", "rt", newline="") as f:
             rows = list(csv.reader(f))
