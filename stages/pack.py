@@ -197,6 +197,7 @@ class PackStage(Stage[PackConfig]):
             raise TokenmillError(f"stage '{ctx.name}': input has no input_ids column (run an encode stage first)")
         value_type = schema.field("input_ids").type.value_type
         tok = self._tokenizer_info(ctx)
+        tok_path = tok.pop("path", None)
         pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
@@ -219,6 +220,10 @@ class PackStage(Stage[PackConfig]):
         }
         ctx.manifest.stats.update(summary)
         writers = self._write_outputs(ctx, files, tok, value_type, width, summary)
+        if tok_path:
+            hf = self._write_hf_tokenizer(ctx, tok_path, tok.get("sha256"), cfg.seq_len)
+            if hf:
+                writers["hf_tokenizer"] = hf
         meta = {"tokenizer": tok, "dtype": str(value_type), "pack": summary, "writers": writers}
         write_json_atomic(ctx.work_dir / "metadata.json", meta)
         ctx.manifest.stats["writers"] = writers
@@ -230,7 +235,7 @@ class PackStage(Stage[PackConfig]):
             while stack:  # the encode stage's manifest may be further upstream (cleaning in between)
                 m = stack.pop()
                 if "tokenizer" in m.get("stats", {}):
-                    return {k: v for k, v in m["stats"]["tokenizer"].items() if k != "path"}
+                    return dict(m["stats"]["tokenizer"])
                 for up in m.get("inputs", {}):
                     um = read_manifest(ctx.output_root / up)
                     if um is not None:
@@ -281,6 +286,30 @@ class PackStage(Stage[PackConfig]):
                                    "glob": "olmo/*.npy", "mask_glob": f"olmo/{OLMO_MASK_DIR}/*.npy"}
         out["masks"] = self._mask_carriers(cfg.writers, out)
         return out
+
+    @staticmethod
+    def _write_hf_tokenizer(ctx: StageContext, path: str, sha256: str | None, seq_len: int) -> str | None:
+        """``tokenizer/``: the encode stage's tokenizer with HF configs and ``model_max_length = seq_len``.
+
+        The tokenizer stage cannot know ``seq_len`` (its artifact must not depend on a later stage),
+        so the folder that carries it is written here; skipped when the file changed since encode.
+        """
+        import hashlib
+        import json
+
+        from stages.tokenizer_files import write_hf_tokenizer_files
+
+        src = Location.of(path)
+        if not src.is_file():
+            return None
+        raw = src.read_bytes()
+        if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+            return None
+        specials = [t["content"] for t in json.loads(raw).get("added_tokens", []) if t.get("special")]
+        folder = ctx.work_dir / "tokenizer"
+        (folder / "tokenizer.json").write_bytes(raw)
+        write_hf_tokenizer_files(folder, specials, model_max_length=seq_len)
+        return "tokenizer/"
 
     @staticmethod
     def _mask_carriers(writers: list[str], out: dict[str, Any]) -> dict[str, str]:
