@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.executor import ShardJob, ShardOutput, ShardTask, WorkerError, run_shards
+from pipeline.layout import DATA_DIR, REJECTS_DIR, side_dir_name
 from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
 from pipeline.parquet_io import iter_batches, parquet_rows, read_schema
@@ -31,7 +32,7 @@ class DatasetInput:
 
     @property
     def files(self) -> list[Location]:
-        return (self.dir / "data").glob("part-*.parquet")
+        return (self.dir / DATA_DIR).glob("part-*.parquet")
 
     def num_rows(self) -> int:
         return sum(parquet_rows(p) for p in self.files)
@@ -61,11 +62,16 @@ class StageContext:
 
     @property
     def data_dir(self) -> Location:
-        return self.work_dir / "data"
+        return self.work_dir / DATA_DIR
 
     @property
     def rejects_dir(self) -> Location:
-        return self.work_dir / "rejects"
+        return self.work_dir / REJECTS_DIR
+
+    def side_dir(self, name: str) -> Location:
+        """The folder of side table ``name`` (dedup's clusters, ...): ``__<name>/``, which readers
+        pointed at the stage folder skip (see :mod:`pipeline.layout`); ``pipeline inspect`` lists it."""
+        return self.work_dir / side_dir_name(name)
 
     def warn(self, text: str) -> None:
         """A warning the user must see: printed now and kept in the manifest (``stats.warnings``)."""

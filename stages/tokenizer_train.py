@@ -231,7 +231,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", f) for i, f in enumerate(files)]
             ctx.map_shards(job, tasks, count_rows=False)
             chunks = read_chunk_counts(ctx.data_dir.glob("part-*.parquet"))
-            ctx.data_dir.move_to(ctx.work_dir / "chunk_counts")  # keep the counts; this stage has no dataset
+            ctx.data_dir.move_to(ctx.side_dir("chunk_counts"))  # keep the counts; this stage has no dataset
             where = "ray"
         else:
             chunks = count_chunks(row["text"] for row in iter_sample(files, ctx.seed, rate2, cfg.max_doc_chars))
