@@ -267,23 +267,27 @@ class PackStage(Stage[PackConfig]):
                 mega = None
                 if "megatron" in cfg.writers:
                     mdir = stack.enter_context((ctx.work_dir / "megatron").writing_dir())
+                    mask_dir = (stack.enter_context((ctx.work_dir / MEGATRON_MASK_DIR).writing_dir())
+                                if has_mask else None)
                     mega = MegatronWriter(mdir / "tokens", megatron_dtype(vocab),
-                                          mask_prefix=mdir / MEGATRON_MASK_DIR / "tokens" if has_mask else None)
+                                          mask_prefix=mask_dir / "tokens" if mask_dir else None)
                 olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
                 olmo = OlmoWriter(stack.enter_context((ctx.work_dir / "olmo").writing_dir()), olmo_dtype,
-                                  cfg.max_tokens_per_file) if "olmo" in cfg.writers else None
+                                  cfg.max_tokens_per_file,
+                                  stack.enter_context((ctx.work_dir / OLMO_MASK_DIR).writing_dir()),
+                                  ) if "olmo" in cfg.writers else None
                 self._write_documents(files, mega, olmo)
                 if mega is not None:
                     out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close(),
-                                       "loss_mask": f"megatron/{MEGATRON_MASK_DIR}/tokens" if has_mask else None}
+                                       "loss_mask": f"{MEGATRON_MASK_DIR}/tokens" if has_mask else None}
                     if has_mask:
                         ctx.warn(
                             f"stage '{ctx.name}': Megatron's GPTDataset reads tokens only; the token-cleaning "
-                            f"loss mask is the companion indexed dataset megatron/{MEGATRON_MASK_DIR}/tokens "
+                            f"loss mask is the companion indexed dataset {MEGATRON_MASK_DIR}/tokens "
                             "(uint8, same documents): read it beside the tokens (README: Use the outputs)")
                 if olmo is not None:
-                    out["olmo"] = {"dir": "olmo/", **olmo.close(), "loss_mask": f"olmo/{OLMO_MASK_DIR}/",
-                                   "glob": "olmo/*.npy", "mask_glob": f"olmo/{OLMO_MASK_DIR}/*.npy"}
+                    out["olmo"] = {"dir": "olmo/", **olmo.close(), "loss_mask": f"{OLMO_MASK_DIR}/",
+                                   "glob": "olmo/*.npy", "mask_glob": f"{OLMO_MASK_DIR}/*.npy"}
         out["masks"] = self._mask_carriers(cfg.writers, out)
         return out
 
@@ -318,7 +322,7 @@ class PackStage(Stage[PackConfig]):
         if "numpy" in writers:
             carriers["numpy"] = "numpy/loss_mask.npy [N, L]"
         if "olmo" in writers:
-            carriers["olmo"] = "olmo/masks/part-N.npy (np.bool_ bytes; label_mask_paths of OLMo-core)"
+            carriers["olmo"] = f"{OLMO_MASK_DIR}/part-N.npy (np.bool_ bytes; label_mask_paths of OLMo-core)"
         if "megatron" in writers:
             mp = out.get("megatron", {}).get("loss_mask")
             carriers["megatron"] = (f"{mp}.bin/.idx companion (uint8); GPTDataset does not read it" if mp

@@ -4,12 +4,12 @@
   little-endian tokens; ``.idx`` = magic ``MMIDIDX\\x00\\x00``, u64 version 1, u8 dtype code,
   u64 sequence count S, u64 document count D, int32[S] lengths, int64[S] byte pointers,
   int64[D] document indices (``[0, 1, ..., S]``: one document per sequence). The loss mask, when
-  the input has one, is a *companion* indexed dataset ``masks/<name>.bin/.idx`` (uint8, dtype code 1,
-  the same lengths and document index), in its own folder so that a ``*.bin`` glob finds tokens only.
+  the input has one, is a *companion* indexed dataset ``megatron_masks/tokens.bin/.idx`` (uint8, dtype
+  code 1, the same lengths and document index), beside ``megatron/`` so that no glob of it finds masks.
 * OLMo-core / dolma: headerless ``np.memmap`` token files ``part-N.npy`` (EOS after each document),
-  the parallel one-byte-per-token loss masks in ``masks/part-N.npy`` (a folder of their own: OLMo-core's
-  documented ``olmo/*.npy`` glob must select token files only), and a ``part-N.csv.gz`` of
-  ``start,end,id,src,loc`` per document.
+  the parallel one-byte-per-token loss masks in ``olmo_masks/part-N.npy`` (a sibling folder: OLMo-core's
+  documented ``olmo/*.npy`` glob, and the recursive ``olmo/**/*.npy`` one, must select token files
+  only), and a ``part-N.csv.gz`` of ``start,end,id,src,loc`` per document.
 * Packed numpy: ``tokens.npy [N, L]``, ``loss_mask.npy [N, L]`` and ragged ``doc_lens``
   (``doc_lens.npy`` + ``doc_lens_offsets.npy``), all loadable with ``np.load(..., mmap_mode="r")``.
 """
@@ -25,8 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-OLMO_MASK_DIR = "masks"  # olmo/masks/part-N.npy: outside the olmo/*.npy glob of token files
-MEGATRON_MASK_DIR = "masks"  # megatron/masks/tokens.bin/.idx: outside a megatron/*.bin glob
+OLMO_MASK_DIR = "olmo_masks"  # <pack>/olmo_masks/part-N.npy: outside olmo/*.npy and olmo/**/*.npy
+MEGATRON_MASK_DIR = "megatron_masks"  # <pack>/megatron_masks/tokens.bin/.idx: outside any megatron/ glob
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6,
                         np.float32: 7, np.uint16: 8}
@@ -109,9 +109,12 @@ class MegatronWriter:
 class OlmoWriter:
     """Headerless token memmaps + one-byte loss masks + per-document offsets, split by token count."""
 
-    def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int):
+    def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int,
+                 mask_directory: Path | None = None):
         self.dir, self.dtype, self.max_tokens = directory, np.dtype(dtype).newbyteorder("<"), max_tokens_per_file
-        (directory / OLMO_MASK_DIR).mkdir(parents=True, exist_ok=True)
+        self.mask_dir = mask_directory or directory.parent / OLMO_MASK_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        self.mask_dir.mkdir(parents=True, exist_ok=True)
         self.file_index = -1
         self.files: list[str] = []
         self._open_next()
@@ -122,7 +125,7 @@ class OlmoWriter:
         self.file_index += 1
         stem = f"part-{self.file_index:05d}"
         self.tokens = open(self.dir / f"{stem}.npy", "wb")  # noqa: SIM115 - closed in _close_current()
-        self.mask = open(self.dir / OLMO_MASK_DIR / f"{stem}.npy", "wb")  # noqa: SIM115
+        self.mask = open(self.mask_dir / f"{stem}.npy", "wb")  # noqa: SIM115
         # mtime=0: the gzip header would otherwise carry the time, and the bytes would differ per run
         raw = gzip.GzipFile(self.dir / f"{stem}.csv.gz", mode="wb", compresslevel=6, mtime=0)
         self.csv_file = io.TextIOWrapper(raw, encoding="utf-8", newline="")

@@ -43,16 +43,18 @@ def read_idx(prefix: Path) -> tuple[np.dtype, list[np.ndarray]]:
 
 
 def test_megatron_mask_companion_has_the_same_documents(tmp_path):
-    w = MegatronWriter(tmp_path / "tokens", np.uint16, mask_prefix=tmp_path / "masks" / "tokens")
+    w = MegatronWriter(tmp_path / "megatron" / "tokens", np.uint16, mask_prefix=tmp_path / "megatron_masks" / "tokens")
     values, offsets = _flat(DOCS)
     w.add_documents(values[: offsets[10]], offsets[:11], _flat(MASKS[:10])[0])
     rest_v, rest_o = _flat(DOCS[10:])
     w.add_documents(rest_v, rest_o, _flat(MASKS[10:])[0])
     w.close()
     # a megatron/*.bin glob finds the tokens only
-    assert [Path(p).name for p in glob.glob(str(tmp_path / "*.bin"))] == ["tokens.bin"]
-    tdtype, toks = read_idx(tmp_path / "tokens")
-    mdtype, masks = read_idx(tmp_path / "masks" / "tokens")
+    # a megatron/**/*.bin glob finds the tokens only
+    assert glob.glob(str(tmp_path / "megatron" / "**" / "*.bin"), recursive=True) == [
+        str(tmp_path / "megatron" / "tokens.bin")]
+    tdtype, toks = read_idx(tmp_path / "megatron" / "tokens")
+    mdtype, masks = read_idx(tmp_path / "megatron_masks" / "tokens")
     assert tdtype == np.dtype("<u2") and mdtype == np.dtype("u1")
     assert [t.tolist() for t in toks] == [d.tolist() for d in DOCS]
     assert [m.tolist() for m in masks] == [m.tolist() for m in MASKS]
@@ -60,11 +62,11 @@ def test_megatron_mask_companion_has_the_same_documents(tmp_path):
 
 def test_megatron_core_reads_tokens_and_mask_beside_each_other(tmp_path):
     indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset", reason="megatron-core not installed")
-    w = MegatronWriter(tmp_path / "tokens", np.uint16, mask_prefix=tmp_path / "masks" / "tokens")
+    w = MegatronWriter(tmp_path / "tokens", np.uint16, mask_prefix=tmp_path / "megatron_masks" / "tokens")
     w.add_documents(*_flat(DOCS), _flat(MASKS)[0])
     w.close()
     tokens = indexed.IndexedDataset(str(tmp_path / "tokens"))
-    masks = indexed.IndexedDataset(str(tmp_path / "masks" / "tokens"))
+    masks = indexed.IndexedDataset(str(tmp_path / "megatron_masks" / "tokens"))
     assert len(tokens) == len(masks) == len(DOCS)
     assert (tokens.sequence_lengths == masks.sequence_lengths).all()
     for i in (0, 7, len(DOCS) - 1):
@@ -75,13 +77,14 @@ def test_megatron_core_reads_tokens_and_mask_beside_each_other(tmp_path):
 
 def test_olmo_documented_glob_selects_token_files_only(tmp_path):
     out = tmp_path / "olmo"
-    w = OlmoWriter(out, np.uint16, max_tokens_per_file=1500)
+    w = OlmoWriter(out, np.uint16, max_tokens_per_file=1500)  # masks: the sibling olmo_masks/
     values, offsets = _flat(DOCS)
     w.add_documents(values, offsets, _flat(MASKS)[0], [f"d{i}" for i in range(len(DOCS))], ["s"] * len(DOCS), 0)
     files = w.close()["files"]
     assert len(files) > 2
     token_files = sorted(glob.glob(str(out / "*.npy")))  # NumpyFSLDatasetConfig.glob("olmo/*.npy")
-    mask_files = sorted(glob.glob(str(out / "masks" / "*.npy")))  # label_mask_paths
+    mask_files = sorted(glob.glob(str(tmp_path / "olmo_masks" / "*.npy")))  # label_mask_paths
+    assert sorted(glob.glob(str(out / "**" / "*.npy"), recursive=True)) == token_files  # recursive glob too
     assert [Path(p).stem for p in token_files] == files == [Path(p).stem for p in mask_files]
     seq_len = 64
     instances = 0

@@ -130,10 +130,10 @@ def test_auto_tokenizer_loads_the_tokenizer_folders(out):
 def test_olmo_core_glob_and_mask_paths(out):
     pack = out / "pack"
     writers = _manifest(out, "pack")["stats"]["writers"]
-    assert writers["olmo"]["glob"] == "olmo/*.npy" and writers["masks"]["megatron"].startswith("megatron/masks")
-    # README: NumpyFSLDatasetConfig.glob("out/quickstart/pack/olmo/*.npy", label_mask_paths=[...masks/*.npy])
+    assert writers["olmo"]["glob"] == "olmo/*.npy" and writers["masks"]["megatron"].startswith("megatron_masks/")
+    # README: NumpyFSLDatasetConfig.glob("out/quickstart/pack/olmo/*.npy", label_mask_paths=[...olmo_masks/*.npy])
     tokens = sorted(glob.glob(str(pack / "olmo" / "*.npy")))
-    masks = sorted(glob.glob(str(pack / "olmo" / "masks" / "*.npy")))
+    masks = sorted(glob.glob(str(pack / "olmo_masks" / "*.npy")))
     assert [Path(t).name for t in tokens] == [Path(m).name for m in masks] and tokens
     stream = np.concatenate([np.fromfile(t, "<u2") for t in tokens])
     assert len(stream) == _manifest(out, "encode")["stats"].get("tokens", len(stream))
@@ -164,7 +164,8 @@ def test_megatron_gpt_dataset_and_the_mask_companion(out):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     mega = out / "pack" / "megatron"
-    tokens, masks = IndexedDataset(str(mega / "tokens")), IndexedDataset(str(mega / "masks" / "tokens"))
+    tokens = IndexedDataset(str(mega / "tokens"))
+    masks = IndexedDataset(str(out / "pack" / "megatron_masks" / "tokens"))
     cleaned = read_table(sorted((out / "clean" / "data").glob("*.parquet")))
     assert len(tokens) == len(masks) == cleaned.num_rows
     for i in (0, cleaned.num_rows // 2, cleaned.num_rows - 1):
@@ -174,7 +175,7 @@ def test_megatron_gpt_dataset_and_the_mask_companion(out):
     build = BlendedMegatronDatasetBuilder
     (train,) = build(GPTDataset, [20, None, None], lambda: True, _megatron_config(mega / "tokens", cache)).build()[:1]
     (mtrain,) = build(GPTDataset, [20, None, None], lambda: True,
-                      _megatron_config(mega / "masks" / "tokens", cache)).build()[:1]
+                      _megatron_config(out / "pack" / "megatron_masks" / "tokens", cache)).build()[:1]
     assert len(train) == len(mtrain) >= 20
     for i in range(5):
         t, m = train[i], mtrain[i]
