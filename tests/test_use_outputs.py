@@ -184,5 +184,7 @@ def test_megatron_gpt_dataset_and_the_mask_companion(out):
     # the same sample layout: mtrain[i]["labels"] is the cleaning mask of train[i]["labels"]
     for name in ("shuffle_index", "sample_index", "document_index"):
         assert np.array_equal(getattr(train, name), getattr(mtrain, name))
+    loss_mask = train[0]["loss_mask"] * mtrain[0]["labels"]  # README
+    assert loss_mask.shape == train[0]["labels"].shape and loss_mask.sum() <= train[0]["loss_mask"].sum()
     zeros = sum(int((mtrain[i]["labels"] == 0).sum()) for i in range(len(mtrain)))
     assert zeros > 0  # the cleaning masked tokens, and they reach the trainer's samples
