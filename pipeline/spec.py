@@ -350,7 +350,43 @@ def _has(node: Any, elem: Any) -> bool:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the spec, for editors (``pipeline schema``)."""
+    """JSON Schema of the spec, for editors (``pipeline schema``).
+
+    Pydantic writes the tagged unions as ``oneOf`` + an OpenAPI ``discriminator``, which generic JSON
+    Schema validators and editors ignore: a typo inside one stage then fails every branch, and the
+    error points at the whole stage ("not valid under any of the given schemas"). Each union becomes
+    an ``if``/``then`` per tag (``type`` of a stage, ``kind`` of an input), which every draft-7+
+    tool understands, so an error is reported inside the one branch the tag selects.
+    """
     schema = spec_model().model_json_schema()
     schema["title"] = "tokenmill pipeline spec"
+    props = schema.get("properties", {})
+    stages = props.get("stages", {}).get("items", {})
+    if "discriminator" in stages:
+        props["stages"]["items"] = _tagged_union(stages["discriminator"]["propertyName"],
+                                                 stages["discriminator"]["mapping"], default=None)
+    inputs = props.get("inputs", {}).get("additionalProperties", {})
+    if "oneOf" in inputs:
+        props["inputs"]["additionalProperties"] = _tagged_union(
+            "kind", {"files": "#/$defs/FilesInput", "artifact": "#/$defs/ArtifactInput"}, default="files")
     return schema
+
+
+def _tagged_union(tag: str, mapping: dict[str, str], default: str | None) -> dict[str, Any]:
+    """``{tag: enum}`` plus ``if tag == value then $ref`` for each value (``default`` when the tag is absent)."""
+    branches: list[dict[str, Any]] = []
+    for value, ref in mapping.items():
+        cond: dict[str, Any] = {"properties": {tag: {"const": value}}}
+        if value != default:
+            cond["required"] = [tag]
+        branches.append({"if": cond, "then": {"$ref": ref}})
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {tag: {"enum": list(mapping)}},
+        "allOf": branches,
+        # kept for OpenAPI-style tools; ignored by JSON Schema validators
+        "discriminator": {"propertyName": tag, "mapping": mapping},
+    }
+    if default is None:
+        out["required"] = [tag]
+    return out
