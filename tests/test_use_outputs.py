@@ -188,3 +188,37 @@ def test_megatron_gpt_dataset_and_the_mask_companion(out):
     assert loss_mask.shape == train[0]["labels"].shape and loss_mask.sum() <= train[0]["loss_mask"].sum()
     zeros = sum(int((mtrain[i]["labels"] == 0).sum()) for i in range(len(mtrain)))
     assert zeros > 0  # the cleaning masked tokens, and they reach the trainer's samples
+
+
+def test_report_draws_the_dag_and_one_mb_definition(out):
+    import re
+
+    import pyarrow.compute as pc
+
+    page = (out / "report.html").read_text()
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    nodes = dict((n, (float(x), float(y))) for n, x, y in
+                 re.findall(r'data-stage="([^"]+)"><rect x="([\d.]+)" y="([\d.]+)"', svg))
+    assert set(nodes) == {"docs", "ingest", "dedup", "tokenizer", "encode", "clean", "pack"}
+    found = set(re.findall(r'data-from="([^"]+)" data-to="([^"]+)"', svg))
+    assert {("dedup", "tokenizer"), ("dedup", "encode"), ("tokenizer", "encode"), ("tokenizer", "clean")} <= found
+    # the tokenizer is a parallel branch: its own row, not a link of the chain
+    assert nodes["tokenizer"][1] != nodes["encode"][1] == nodes["dedup"][1]
+    assert "&rarr;" not in page[page.index("<h2>DAG</h2>"):page.index("<h2>Stages")]
+    assert "<th>text MB in (UTF-8)</th>" in page and "<th>text MB out (UTF-8)</th>" in page
+    caps = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert "clean: share of tokens masked from the loss, by scorer and by language" in caps
+    assert not any(re.fullmatch(r"\w+:\w+", c) for c in caps)
+    fun = {r["stage"]: r for r in json.loads((out / "report.json").read_text())["funnel"]}
+    text = sum(pc.sum(pc.binary_length(pq_text(p))).as_py() for p in sorted((out / "dedup" / "data").glob("*.parquet")))
+    assert fun["dedup"]["text_mb_out"] == round(text / 1e6, 6)
+    assert fun["dedup"]["text_mb_in"] == fun["ingest"]["text_mb_out"] > fun["dedup"]["text_mb_out"]  # 20 copies gone
+    assert fun["encode"]["text_mb_in"] == fun["dedup"]["text_mb_out"]
+    assert fun["clean"]["tokens_in"] == fun["encode"]["tokens_out"] == fun["pack"]["tokens_out"]
+    assert fun["pack"]["text_mb_out"] is None and fun["ingest"]["text_mb_in"] is None
+
+
+def pq_text(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["text"]).column("text")
