@@ -97,15 +97,18 @@ class StageContext:
         worker_cpus: float = 1.0,
         max_workers: int | None = None,
         count_rows: bool = True,
+        pass_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest."""
         if self.reporter:
-            self.reporter.stage_total(self.name, len(tasks))
+            self.reporter.stage_total(self.name, len(tasks), pass_name if pass_name is not None
+                                      else _pass_name(job, tasks, self.config.type))
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
             if self.reporter:
-                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed)
+                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed,
+                                         rows_out=stats.get("rows_out"))
 
         try:
             results = run_shards(
@@ -132,12 +135,25 @@ class StageContext:
             key = path.stem.removeprefix("part-")
             tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
         job = MapStageJob(type(stage), stage.config, state)
-        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus)
+        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus,
+                                  pass_name="")
         merged: dict[str, Any] = {}
         for stats in results:
             merge_stats(merged, stats.get("stats", {}))
         self.manifest.stats.update(merged)
         stage.finish(self, [s.get("stats", {}) for s in results])
+
+
+def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
+    """A pass's name for progress: a side pass's name, else the job class's (``CountJob`` -> ``count``);
+    empty for a stage's own pass (``IngestJob`` of ``ingest``)."""
+    import re
+
+    prefix = getattr(job, "prefix", "")
+    if prefix:
+        return prefix.rstrip("-")
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(job).__name__.removesuffix("Job")).lower()
+    return "" if name in ("", stage_type, "map_stage") else name
 
 
 class MapStageJob:
