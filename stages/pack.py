@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -303,8 +304,11 @@ class PackStage(Stage[PackConfig]):
 
         from stages.tokenizer_files import write_hf_tokenizer_files
 
-        src = Location.of(path)
-        if not src.is_file():
+        try:
+            src = Location.parse(path, Path.cwd())  # a local path or a URI, as encode recorded it
+            if not src.is_file():
+                return None
+        except (OSError, ValueError):
             return None
         raw = src.read_bytes()
         if sha256 and hashlib.sha256(raw).hexdigest() != sha256:

@@ -79,6 +79,19 @@ def test_stage_folders_hold_the_dataset_in_data_and_side_tables_apart(out):
     assert _manifest(out, "dedup")["rows_out"] < _manifest(out, "dedup")["rows_in"]
 
 
+def test_inspect_lists_the_side_tables(out):
+    from rich.console import Console
+
+    from pipeline.inspect_output import inspect_path
+
+    buf = io.StringIO()
+    facts = inspect_path(out / "dedup", Console(file=buf, width=200))
+    assert facts["side_tables"]["__clusters"] > 0 and facts["rows"] == _manifest(out, "dedup")["rows_out"]
+    assert set(inspect_path(out, Console(file=io.StringIO()))["stages"]) >= {"ingest", "dedup", "pack"}
+    tok = inspect_path(out / "tokenizer" / "tokenizer.json", Console(file=io.StringIO()))["tokenizer"]
+    assert tok["vocab_size"] == 1200 and tok["model"] == "BPE" and "<|endoftext|> (0)" in tok["special_tokens"]
+
+
 def test_hf_datasets_reads_a_stage_folder(out):
     datasets = pytest.importorskip("datasets")
     os.environ["HF_DATASETS_OFFLINE"] = "1"
