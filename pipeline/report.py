@@ -380,8 +380,9 @@ def caption(key: str) -> str:
 
 
 def dag_svg(data: dict[str, Any]) -> str:
-    """The run's DAG as a self-contained inline SVG: one column per depth, so parallel branches sit
-    side by side; raw inputs are dashed boxes, artifact edges (a tokenizer) dashed lines."""
+    """The run's DAG as a self-contained inline SVG (HTML5 inline SVG needs no namespace URL): one
+    column per depth, so parallel branches sit side by side; raw inputs are dashed boxes, artifact
+    edges (a tokenizer) dashed lines."""
     esc = html.escape
     stages = {s["stage"]: s for s in data["stages"]}
     es = edges(data)
@@ -423,7 +424,7 @@ def dag_svg(data: dict[str, Any]) -> str:
     pos = {n: (10 + depth[n] * (w + gx), 10 + row[n] * (h + gy)) for n in nodes}
     width = 20 + (max(depth.values(), default=0) + 1) * (w + gx) - gx
     height = 20 + (max(row.values(), default=0) + 1) * (h + gy) - gy
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="img" aria-label="pipeline DAG" '
+    parts = [f'<svg id="dag" role="img" aria-label="pipeline DAG" '
              f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']

@@ -199,6 +199,7 @@ class PackStage(Stage[PackConfig]):
         value_type = schema.field("input_ids").type.value_type
         tok = self._tokenizer_info(ctx)
         tok_path = tok.pop("path", None)
+        tok_stages = tok.pop("from_stages", [])
         pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
@@ -222,7 +223,7 @@ class PackStage(Stage[PackConfig]):
         ctx.manifest.stats.update(summary)
         writers = self._write_outputs(ctx, files, tok, value_type, width, summary)
         if tok_path:
-            hf = self._write_hf_tokenizer(ctx, tok_path, tok.get("sha256"), cfg.seq_len)
+            hf = self._write_hf_tokenizer(ctx, tok_path, tok_stages, tok.get("sha256"), cfg.seq_len)
             if hf:
                 writers["hf_tokenizer"] = hf
         meta = {"tokenizer": tok, "dtype": str(value_type), "pack": summary, "writers": writers}
@@ -236,7 +237,7 @@ class PackStage(Stage[PackConfig]):
             while stack:  # the encode stage's manifest may be further upstream (cleaning in between)
                 m = stack.pop()
                 if "tokenizer" in m.get("stats", {}):
-                    return dict(m["stats"]["tokenizer"])
+                    return {**m["stats"]["tokenizer"], "from_stages": list(m.get("inputs", {}))}
                 for up in m.get("inputs", {}):
                     um = read_manifest(ctx.output_root / up)
                     if um is not None:
@@ -293,7 +294,8 @@ class PackStage(Stage[PackConfig]):
         return out
 
     @staticmethod
-    def _write_hf_tokenizer(ctx: StageContext, path: str, sha256: str | None, seq_len: int) -> str | None:
+    def _write_hf_tokenizer(ctx: StageContext, path: str, stages: list[str], sha256: str | None,
+                            seq_len: int) -> str | None:
         """``tokenizer/``: the encode stage's tokenizer with HF configs and ``model_max_length = seq_len``.
 
         The tokenizer stage cannot know ``seq_len`` (its artifact must not depend on a later stage),
@@ -304,14 +306,19 @@ class PackStage(Stage[PackConfig]):
 
         from stages.tokenizer_files import write_hf_tokenizer_files
 
-        try:
-            src = Location.parse(path, Path.cwd())  # a local path or a URI, as encode recorded it
-            if not src.is_file():
-                return None
-        except (OSError, ValueError):
-            return None
-        raw = src.read_bytes()
-        if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        # the encode stage's tokenizer: a tokenizer stage's artifact in this output (found through the
+        # output root, which works on object stores too), else the artifact input's path as recorded
+        candidates = [ctx.output_root / up / "tokenizer.json" for up in stages]
+        raw = None
+        for src in candidates:
+            if src.is_file():
+                data = src.read_bytes()
+                if not sha256 or hashlib.sha256(data).hexdigest() == sha256:
+                    raw = data
+                    break
+        if raw is None and "://" not in path and Path(path).is_file():
+            raw = Path(path).read_bytes()
+        if raw is None or (sha256 and hashlib.sha256(raw).hexdigest() != sha256):
             return None
         specials = [t["content"] for t in json.loads(raw).get("added_tokens", []) if t.get("special")]
         folder = ctx.work_dir / "tokenizer"

@@ -112,7 +112,7 @@ class OlmoWriter:
     def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int,
                  mask_directory: Path | None = None):
         self.dir, self.dtype, self.max_tokens = directory, np.dtype(dtype).newbyteorder("<"), max_tokens_per_file
-        self.mask_dir = mask_directory or directory.parent / OLMO_MASK_DIR
+        self.mask_dir = mask_directory or directory.parent / f"{directory.name}_masks"  # olmo -> olmo_masks
         directory.mkdir(parents=True, exist_ok=True)
         self.mask_dir.mkdir(parents=True, exist_ok=True)
         self.file_index = -1
