@@ -55,13 +55,23 @@ class Plan:
 
 
 def expand_paths(base_dir: Path, inp: FilesInput) -> list[Location]:
-    """Sorted, de-duplicated files matching an input's paths, globs and URIs."""
+    """Sorted, de-duplicated files matching an input's paths, globs and URIs.
+
+    A path or glob that matches no file (a typo) is an error naming it, unless the input says
+    ``allow_empty``; so is a directory: a silently skipped input would be data lost without a word.
+    """
     files: dict[str, Location] = {}
     for pattern in inp.paths:
         try:
             found = expand(pattern, base_dir)
+            is_dir = not found and Location.parse(pattern, base_dir).is_dir()
         except (LocationError, OSError) as exc:
             raise LocationError(f"cannot list {pattern!r}: {exc}") from None
+        if is_dir:
+            glob_hint = f"{pattern.rstrip('/')}/*.jsonl"
+            raise LocationError(f"{pattern!r} is a directory, not a file (a glob such as '{glob_hint}' reads it)")
+        if not found and not inp.allow_empty:
+            raise LocationError(f"{pattern!r} matches no file (allow_empty: true lets it match nothing)")
         for f in found:
             files.setdefault(f.uri, f)
     return [files[k] for k in sorted(files)]
@@ -83,7 +93,7 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         files = expand_paths(spec.base_dir, inp)
     except LocationError as exc:
         raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
-    if not files:
+    if not files and not inp.allow_empty:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
     listing = [(f.uri, *f.info()) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
