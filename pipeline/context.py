@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class StageContext:
         except WorkerError as exc:
             from pipeline.errors import StageFailed, TokenmillError
 
+            if exc.environment:  # one line naming the stage; TOKENMILL_DEBUG=1 adds the worker's traceback
+                debug = os.environ.get("TOKENMILL_DEBUG") and exc.traceback
+                raise StageFailed(self.name, str(exc) + (f"\n{exc.traceback}" if debug else "")) from None
             if exc.user_error:
                 raise TokenmillError(str(exc)) from None
             raise StageFailed(self.name, str(exc)) from None
