@@ -196,11 +196,21 @@ def test_truncated_gzip_hands_out_every_row_before_the_cut(tmp_path):
         assert first == len(got) + 1
         got += lines
         failures.append(failure)
-    assert failures[:-1] == [None] * (len(failures) - 1) and isinstance(failures[-1], TruncatedInput)
+    assert not any(failures[:-1]) and failures[-1]  # the last batch carries the cut
     complete = [orjson.loads(x)["id"] for x in got[:-1]]
     assert complete == [d["id"] for d in docs[: len(complete)]]
     assert len(complete) > 1272 // 2  # two thirds of the bytes hold well over half the rows
+    assert isinstance(failures[-1], TruncatedInput)
     assert jsonl(docs).startswith(b"\n".join(got))  # the partial last line is exactly what was decoded
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_bom_is_not_part_of_the_first_line(tmp_path, compress):
+    data = b"\xef\xbb\xbf" + jsonl(rows("bom", 3))
+    path = tmp_path / ("b.jsonl.gz" if compress else "b.jsonl")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    got = [ln for lines, _, _ in iter_lines(path, LineRange(0, -1, 1)) for ln in lines]
+    assert [orjson.loads(x)["id"] for x in got] == ["bom0", "bom1", "bom2"]
 
 
 def test_missing_paths_are_errors_naming_them(tmp_path, capsys):
