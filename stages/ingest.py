@@ -18,6 +18,7 @@ order mark at the start of a file is dropped.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -248,8 +249,7 @@ class IngestJob:
             pf = _parquet_file(p["file"])
             names = set(pf.schema_arrow.names)
             wanted = [c for c in {f.id, f.text, f.lang, f.source, *inp.keep_fields} if c and c in names]
-            batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=p["row_groups"], columns=wanted,
-                                      use_threads=False)
+            batches = _parquet_batches(pf, p["row_groups"], wanted)
         except (OSError, pa.ArrowException) as exc:
             return self._file_failure(rel, row + 1, *_failure_of(exc), row)
         while True:
@@ -276,14 +276,44 @@ class IngestJob:
         return None
 
 
+def _parquet_batches(pf: pq.ParquetFile, groups: list[int], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Batches of some row groups. A batch may span row groups, so when a read fails the groups not
+    yet read are read again one at a time: every group before a damaged one is still handed out,
+    then the damaged group's error is raised."""
+    done = 0
+    try:
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=columns, use_threads=False):
+            done += rb.num_rows
+            yield rb
+        return
+    except (OSError, pa.ArrowException):
+        pass
+    skip = done  # rows already handed out
+    for g in groups:
+        n = pf.metadata.row_group(g).num_rows
+        if skip >= n:
+            skip -= n
+            continue
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=columns, use_threads=False):
+            if skip >= rb.num_rows:
+                skip -= rb.num_rows
+                continue
+            yield rb.slice(skip) if skip else rb
+            skip = 0
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _failure_of(exc: BaseException) -> tuple[str, str]:
-    """(reason, detail) of a file that failed to open or decode: the OS's refusal, or bad content."""
-    if isinstance(exc, OSError) and (exc.errno is not None or not isinstance(exc, pa.ArrowException)):
+    """(reason, detail) of a file that failed to open or decode: the OS's refusal, or bad content.
+
+    pyarrow raises OSError for undecodable pages too ("Couldn't deserialize thrift"); only an
+    error the operating system numbered (EACCES, EIO, ...) is a refusal to read.
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
         return "unreadable_file", _one_line(exc)
     return "corrupt_file", _one_line(exc)
 

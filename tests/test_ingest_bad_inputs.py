@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import write_spec
@@ -88,6 +89,17 @@ def denied_target() -> Path | None:
     return None
 
 
+def write_damaged_parquet(path: Path) -> None:
+    """Four row groups of 100 rows; the third one's first page header is overwritten."""
+    docs = [{"id": f"pq{i}", "text": f"parquet row {i} " * (1 + i % 7)} for i in range(400)]
+    pq.write_table(pa.Table.from_pylist(docs), path, row_group_size=100, compression="none")
+    col = pq.ParquetFile(path).metadata.row_group(2).column(1)
+    start = col.dictionary_page_offset or col.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start: start + 40] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+
+
 def write_bad_files(d: Path) -> dict[str, list[dict]]:
     """One file of each kind of bad input (plus a good one); returns the docs each file holds."""
     good = rows("ok", 5)
@@ -100,6 +112,7 @@ def write_bad_files(d: Path) -> dict[str, list[dict]]:
     flipped[len(flipped) // 2] ^= 0xFF
     (d / "flip.jsonl.zst").write_bytes(bytes(flipped))
     (d / "fake.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
+    write_damaged_parquet(d / "mid.parquet")
     (d / "empty.jsonl").write_bytes(b"")
     (d / "eio.jsonl").symlink_to("/proc/self/mem")
     bom = rows("bom", 3)
@@ -120,6 +133,7 @@ def test_bad_input_matrix_is_quarantined_counted_and_reconciled(run_spec, tmp_pa
         (tmp_path / "denied.jsonl").symlink_to(denied)
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "bom.txt").write_bytes(b"\xef\xbb\xbfa text file with a byte order mark\n")
+    (tmp_path / "txt" / "eio.txt").symlink_to("/proc/self/mem")
     txt = """txt:
         paths: [txt/*.txt]"""
     _, out = run_spec(spec_for(["*.jsonl", "*.jsonl.gz", "*.jsonl.zst", "*.parquet"], more_inputs=txt))
@@ -135,8 +149,12 @@ def test_bad_input_matrix_is_quarantined_counted_and_reconciled(run_spec, tmp_pa
     # a bit-flipped .zst, a fake Parquet, EIO, a zero-byte file: one file-level reject each
     assert [reason for _, reason in by_file["flip.jsonl.zst"]][-1] == "corrupt_file"
     assert by_file["fake.parquet"] == [(None, "corrupt_file")]
+    # a Parquet file damaged part-way: the row groups before the damage are kept
+    assert [i for i in ids if i.startswith("pq")] == [f"pq{i}" for i in range(200)]
+    assert by_file["mid.parquet"] == [(201, "corrupt_file")]
     assert by_file["eio.jsonl"] == [(1, "unreadable_file")]
     assert by_file["empty.jsonl"] == [(None, "empty_file")]
+    assert by_file["txt/eio.txt"] == [(None, "unreadable_file")]
     if denied is not None:
         assert by_file["denied.jsonl"] == [(1, "unreadable_file")]
     # a BOM costs no row (plain, compressed, plain text); CRLF line ends are not part of the text
@@ -157,7 +175,8 @@ def test_bad_input_matrix_is_quarantined_counted_and_reconciled(run_spec, tmp_pa
     assert reconciles(m)
     assert m["rejected"] == len(rej)
     fr = m["stats"]["file_rejects"]
-    expected = {"cut.jsonl.gz", "flip.jsonl.zst", "fake.parquet", "eio.jsonl", "empty.jsonl"}
+    expected = {"cut.jsonl.gz", "flip.jsonl.zst", "fake.parquet", "mid.parquet", "eio.jsonl", "empty.jsonl",
+                "txt/eio.txt"}
     if denied is not None:
         expected.add("denied.jsonl")
     assert set(fr) == expected
@@ -165,6 +184,7 @@ def test_bad_input_matrix_is_quarantined_counted_and_reconciled(run_spec, tmp_pa
     assert fr["fake.parquet"] == {"reason": "corrupt_file", "line": None, "rows_read": 0,
                                   "detail": fr["fake.parquet"]["detail"]}
     assert "parquet" in fr["fake.parquet"]["detail"].lower()
+    assert fr["mid.parquet"]["rows_read"] == 200
     assert "Input/output error" in fr["eio.jsonl"]["detail"]
 
 
