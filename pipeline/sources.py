@@ -234,8 +234,8 @@ def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int,
                     remaining = rng.start
                     while remaining:
                         skipped = stream.read(min(remaining, CHUNK))
-                        if not skipped:
-                            return
+                        if not skipped:  # shorter than when it was planned
+                            raise TruncatedInput("stream ends before this shard's start (did the file change?)")
                         remaining -= len(skipped)
             except InputFailure as exc:
                 failure = exc
