@@ -26,7 +26,7 @@ from pipeline.locations import Location
 from pipeline.manifest import read_json
 from pipeline.memory import release_memory
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
-from pipeline.stage_api import RetryConfig
+from pipeline.retries import RetryConfig
 
 SHARDS_DIR = "_shards"
 
