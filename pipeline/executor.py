@@ -29,6 +29,8 @@ from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
 from pipeline.retries import RetryConfig
 
 SHARDS_DIR = "_shards"
+#: a stage's scratch folder (pass results, partitions): removed when the stage commits
+SCRATCH_DIR = "_scratch"
 
 
 @dataclass(frozen=True)
