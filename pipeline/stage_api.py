@@ -18,7 +18,7 @@ Two shapes cover the stage families:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -30,6 +30,7 @@ from pipeline.retries import RetryConfig
 
 if TYPE_CHECKING:
     from pipeline.context import StageContext
+    from pipeline.locations import Location
 
 
 class RefKind:
@@ -94,6 +95,28 @@ class BatchResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ReportChart:
+    """One chart of the run report: ``draw(plt)`` returns a matplotlib figure (or None to skip)."""
+
+    key: str
+    caption: str
+    draw: Callable[[Any], Any]
+
+
+@dataclass
+class ReportPart:
+    """What a stage adds to the run report, computed from its manifest and its output folder."""
+
+    #: tokens the stage's output holds (token stages), for the funnel's tokens column
+    tokens_out: int | None = None
+    #: extra "where rows went" entries of the funnel (label -> count)
+    notes: dict[str, int] = field(default_factory=dict)
+    charts: list[ReportChart] = field(default_factory=list)
+    #: extra data kept in report.json under the stage (e.g. a tokenizer's quality report)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class Stage(Generic[C]):
     """Base class: one ``run`` method over a :class:`~pipeline.context.StageContext`."""
 
@@ -115,6 +138,11 @@ class Stage(Generic[C]):
 
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        """This stage's part of the run report (charts, funnel notes, tokens out); none by default."""
+        return ReportPart()
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         """Rows for ``pipeline inspect``: (label, value) pairs from this stage's manifest stats."""
