@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.executor import ShardJob, ShardOutput, ShardTask, WorkerError, run_shards
+from pipeline.executor import SCRATCH_DIR, ShardJob, ShardOutput, ShardTask, SidePass, WorkerError, run_shards
 from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
 from pipeline.parquet_io import iter_batches, parquet_rows, read_schema
@@ -68,6 +69,11 @@ class StageContext:
     def rejects_dir(self) -> Location:
         return self.work_dir / "rejects"
 
+    @property
+    def scratch_dir(self) -> Location:
+        """Working files of this run's passes; the engine removes the folder when the stage commits."""
+        return self.work_dir / SCRATCH_DIR
+
     def artifact(self, field_name: str) -> Location:
         """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
         return self.artifact_paths[field_name]
@@ -115,6 +121,37 @@ class StageContext:
                 self.manifest.add_shard(stats)
         return results
 
+    def run_pass(
+        self,
+        name: str,
+        job: ShardJob,
+        tasks: Sequence[ShardTask],
+        *,
+        use_actors: bool = False,
+        worker_cpus: float = 1.0,
+        max_workers: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """An extra named pass of this stage that writes side files, not dataset parts.
+
+        Each task runs once per key with its own commit marker (``<name>-<key>``), so the pass
+        resumes, retries and shows progress like the stage's main pass; rows are not counted.
+        """
+        side = SidePass(name, job)
+        return self.map_shards(side, side.tasks(tasks), use_actors=use_actors, worker_cpus=worker_cpus,
+                               max_workers=max_workers, count_rows=False)
+
+    def map_function(self, name: str, fn: Callable[[Any], Any], payloads: Sequence[Any]) -> list[Any]:
+        """``[fn(p) for p in payloads]`` as a pass on Ray workers, results in payload order.
+
+        For small results only (a file's plan, a partition's frequent hashes): each result is
+        pickled to the scratch folder under its task's key and read back on the driver, so a
+        resumed run reads the results of committed tasks instead of computing them again.
+        """
+        folder = self.scratch_dir / name
+        tasks = [ShardTask(f"{i:05d}", p) for i, p in enumerate(payloads)]
+        self.run_pass(name, FunctionJob(fn, folder), tasks)
+        return [pickle.loads((folder / f"{t.key}.pkl").read_bytes()) for t in tasks]
+
     def map_stage(self, stage: MapStage) -> None:
         """Stream every input part through ``stage.process`` (one output part per input part)."""
         state = stage.prepare(self)
@@ -130,6 +167,26 @@ class StageContext:
             merge_stats(merged, stats.get("stats", {}))
         self.manifest.stats.update(merged)
         stage.finish(self, [s.get("stats", {}) for s in results])
+
+
+class FunctionJob:
+    """A shard job calling ``fn(payload)`` and pickling the result to ``folder/<key>.pkl``."""
+
+    def __init__(self, fn: Callable[[Any], Any], folder: Location):
+        self.fn, self.folder = fn, folder
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        from pipeline.memory import release_memory
+
+        try:
+            result = self.fn(task.payload)
+        finally:
+            release_memory()  # reused workers should not keep one call's peak
+        (self.folder / f"{task.key}.pkl").write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        return {}
 
 
 class MapStageJob:

@@ -27,9 +27,11 @@ from pipeline.locations import Location
 from pipeline.manifest import read_json
 from pipeline.memory import release_memory
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
-from pipeline.stage_api import RetryConfig
+from pipeline.retries import RetryConfig
 
 SHARDS_DIR = "_shards"
+#: a stage's scratch folder (pass results, partitions): removed when the stage commits
+SCRATCH_DIR = "_scratch"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def inspect_path(path: Location | Path | str, console: Console, rows: int = 3, w
         for label, group in (("rejected", "rejected_by_reason"), ("dropped", "dropped"), ("added", "added")):
             for reason, n in manifest.get(group, {}).items():
                 t.add_row(f"{label}: {reason}", f"{n:,}")
-        from pipeline.stage_api import discover_stages
+        from pipeline.registry import discover_stages
 
         cls = discover_stages().get(manifest["type"])
         if cls is not None:

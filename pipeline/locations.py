@@ -21,7 +21,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -330,13 +330,13 @@ class Location:
             with suppress(OSError):
                 self.fs.delete_dir(self.path)
 
-    def copy_tree(self, dest: Location, skip: str | None = None) -> None:
-        """Copy every file below this folder to ``dest`` (but those below the subfolder ``skip``);
+    def copy_tree(self, dest: Location, skip: Sequence[str] = ()) -> None:
+        """Copy every file below this folder to ``dest`` (but those below the subfolders ``skip``);
         in parallel, since on an object store each copy is one server-side request."""
         pairs = []
         for f in self.files():
             rel = f.relpath(self)
-            if skip is None or not rel.startswith(skip + "/"):
+            if not any(rel.startswith(s + "/") for s in skip):
                 pairs.append((f, dest / rel))
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda pair: pair[0].copy_to(pair[1]), pairs))

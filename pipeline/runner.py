@@ -23,7 +23,7 @@ from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
-from pipeline.executor import SHARDS_DIR
+from pipeline.executor import SCRATCH_DIR, SHARDS_DIR
 from pipeline.locations import Location, LocationError, expand
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
@@ -253,6 +253,7 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     """Put the finished work folder in place of ``final``; writing the manifest last commits it."""
     if work.is_local:
         (work / SHARDS_DIR).rmtree()
+        (work / SCRATCH_DIR).rmtree()
         trash = None
         if final.exists():
             trash = out / TMP_DIR / f"trash-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -263,7 +264,7 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     else:  # no folder renames on object stores: uncommit, replace the objects, commit
         (final / MANIFEST_NAME).unlink()
         final.rmtree()
-        work.copy_tree(final, skip=SHARDS_DIR)
+        work.copy_tree(final, skip=(SHARDS_DIR, SCRATCH_DIR))
     write_json_atomic(final / MANIFEST_NAME, manifest)  # last: marks the stage complete
     if not work.is_local:
         work.rmtree()  # after the commit: until then its shard markers let a re-run resume

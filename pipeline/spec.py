@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from pipeline.errors import SpecError
 from pipeline.locations import Location, LocationError
-from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig, discover_stages
+from pipeline.registry import discover_stages
+from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig
 
 
 class _Strict(BaseModel):
@@ -207,7 +208,7 @@ def parse_spec(text: str, *, source: str = "spec.yaml", base_dir: Path | None = 
     except ValidationError as exc:
         raise SpecError(source, format_validation_errors(exc, data, model_cls)) from None
     loaded = LoadedSpec(model, source, base_dir or Path.cwd())
-    from pipeline.dag import build_dag  # local import: dag imports spec types
+    from pipeline.dag import build_dag  # dag names spec types only for type checking
 
     build_dag(loaded)  # references, kinds and cycles; raises SpecError
     return loaded
