@@ -47,6 +47,12 @@ class RawInput:
     spec: FilesInput
     base_dir: Path
 
+    def files(self) -> list[Location]:
+        """The input's files, sorted; a path or glob that matches nothing is a LocationError."""
+        from pipeline.locations import expand_paths
+
+        return expand_paths(self.spec.paths, self.base_dir, allow_empty=self.spec.allow_empty)
+
 
 @dataclass
 class StageContext:

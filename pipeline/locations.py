@@ -439,3 +439,26 @@ def expand(pattern: str, base_dir: Path) -> list[Location]:
     resolved = str(p if p.is_absolute() else base_dir / p)
     matches = sorted(glob.glob(resolved, recursive=True)) if glob.has_magic(resolved) else [resolved]
     return [Location(m) for m in matches if Path(m).is_file()]
+
+
+def expand_paths(patterns: Sequence[str], base_dir: Path, *, allow_empty: bool = False) -> list[Location]:
+    """Sorted, de-duplicated files matching an input's paths, globs and URIs.
+
+    A path or glob that matches no file (a typo) is an error naming it, unless the input says
+    ``allow_empty``; so is a directory: a silently skipped input would be data lost without a word.
+    """
+    files: dict[str, Location] = {}
+    for pattern in patterns:
+        try:
+            found = expand(pattern, base_dir)
+            is_dir = not found and Location.parse(pattern, base_dir).is_dir()
+        except (LocationError, OSError) as exc:
+            raise LocationError(f"cannot list {pattern!r}: {exc}") from None
+        if is_dir:
+            glob_hint = f"{pattern.rstrip('/')}/*.jsonl"
+            raise LocationError(f"{pattern!r} is a directory, not a file (a glob such as '{glob_hint}' reads it)")
+        if not found and not allow_empty:
+            raise LocationError(f"{pattern!r} matches no file (allow_empty: true lets it match nothing)")
+        for f in found:
+            files.setdefault(f.uri, f)
+    return [files[k] for k in sorted(files)]

@@ -24,7 +24,7 @@ from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
 from pipeline.executor import SCRATCH_DIR, SHARDS_DIR
-from pipeline.locations import Location, LocationError, expand
+from pipeline.locations import Location, LocationError, expand_paths
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
 from pipeline.progress import Reporter
@@ -54,29 +54,6 @@ class Plan:
         return {s.name: s for s in self.stages}
 
 
-def expand_paths(base_dir: Path, inp: FilesInput) -> list[Location]:
-    """Sorted, de-duplicated files matching an input's paths, globs and URIs.
-
-    A path or glob that matches no file (a typo) is an error naming it, unless the input says
-    ``allow_empty``; so is a directory: a silently skipped input would be data lost without a word.
-    """
-    files: dict[str, Location] = {}
-    for pattern in inp.paths:
-        try:
-            found = expand(pattern, base_dir)
-            is_dir = not found and Location.parse(pattern, base_dir).is_dir()
-        except (LocationError, OSError) as exc:
-            raise LocationError(f"cannot list {pattern!r}: {exc}") from None
-        if is_dir:
-            glob_hint = f"{pattern.rstrip('/')}/*.jsonl"
-            raise LocationError(f"{pattern!r} is a directory, not a file (a glob such as '{glob_hint}' reads it)")
-        if not found and not inp.allow_empty:
-            raise LocationError(f"{pattern!r} matches no file (allow_empty: true lets it match nothing)")
-        for f in found:
-            files.setdefault(f.uri, f)
-    return [files[k] for k in sorted(files)]
-
-
 def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInput) -> str:
     if isinstance(inp, ArtifactInput):
         key = f"inputs.{name}.path"
@@ -90,7 +67,7 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         except OSError as exc:
             raise SpecError(spec.source, [f"{key}: cannot read {loc.uri}: {exc}"]) from None
     try:
-        files = expand_paths(spec.base_dir, inp)
+        files = expand_paths(inp.paths, spec.base_dir, allow_empty=inp.allow_empty)
     except LocationError as exc:
         raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
     if not files and not inp.allow_empty:

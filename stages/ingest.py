@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 import pyarrow as pa
@@ -32,10 +32,11 @@ from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import make_rejects
-from pipeline.runner import expand_paths
 from pipeline.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
-from pipeline.spec import FilesInput
 from pipeline.stage_api import Stage, StageConfig, register_stage
+
+if TYPE_CHECKING:
+    from pipeline.spec import FilesInput
 
 BATCH_ROWS = 4096
 
@@ -367,7 +368,7 @@ class IngestStage(Stage[IngestConfig]):
         files: list[tuple[str, FilesInput, Location, str]] = []
         base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
         for raw in ctx.raw_inputs:
-            for src in expand_paths(raw.base_dir, raw.spec):
+            for src in raw.files():
                 files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
         plan_remote = ray.remote(num_cpus=1)(_plan_file)
         planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
