@@ -17,24 +17,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.commands import EXTRA_COMMANDS
 from pipeline.errors import SpecError, TokenmillError
-
-#: extra subcommands contributed by stage modules: name -> (help, add_arguments, handler)
-EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {}
-
-
-def register_command(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    """Decorator for stage modules that offer a command (``pipeline tokenizer-report`` ...)."""
-
-    def deco(handler: Callable[..., int]) -> Callable[..., int]:
-        EXTRA_COMMANDS[name] = (help_text, add_arguments, handler)
-        return handler
-
-    return deco
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.stage_api import discover_stages
+    from pipeline.registry import discover_stages
 
     discover_stages()  # stage modules may register extra commands
     import pipeline.submit  # noqa: F401  (registers 'pipeline submit')

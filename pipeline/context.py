@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.executor import ShardJob, ShardOutput, ShardTask, WorkerError, run_shards
+from pipeline.executor import SCRATCH_DIR, ShardJob, ShardOutput, ShardTask, SidePass, WorkerError, run_shards
 from pipeline.layout import DATA_DIR, REJECTS_DIR, side_dir_name
 from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
@@ -46,6 +48,12 @@ class RawInput:
     spec: FilesInput
     base_dir: Path
 
+    def files(self) -> list[Location]:
+        """The input's files, sorted; a path or glob that matches nothing is a LocationError."""
+        from pipeline.locations import expand_paths
+
+        return expand_paths(self.spec.paths, self.base_dir, allow_empty=self.spec.allow_empty)
+
 
 @dataclass
 class StageContext:
@@ -78,6 +86,11 @@ class StageContext:
         self.manifest.stats.setdefault("warnings", []).append(text)
         if self.reporter:
             self.reporter.message(f"warning: {text}")
+
+    @property
+    def scratch_dir(self) -> Location:
+        """Working files of this run's passes; the engine removes the folder when the stage commits."""
+        return self.work_dir / SCRATCH_DIR
 
     def artifact(self, field_name: str) -> Location:
         """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
@@ -118,6 +131,9 @@ class StageContext:
         except WorkerError as exc:
             from pipeline.errors import StageFailed, TokenmillError
 
+            if exc.environment:  # one line naming the stage; TOKENMILL_DEBUG=1 adds the worker's traceback
+                debug = os.environ.get("TOKENMILL_DEBUG") and exc.traceback
+                raise StageFailed(self.name, str(exc) + (f"\n{exc.traceback}" if debug else "")) from None
             if exc.user_error:
                 raise TokenmillError(str(exc)) from None
             raise StageFailed(self.name, str(exc)) from None
@@ -125,6 +141,37 @@ class StageContext:
             for stats in results:
                 self.manifest.add_shard(stats)
         return results
+
+    def run_pass(
+        self,
+        name: str,
+        job: ShardJob,
+        tasks: Sequence[ShardTask],
+        *,
+        use_actors: bool = False,
+        worker_cpus: float = 1.0,
+        max_workers: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """An extra named pass of this stage that writes side files, not dataset parts.
+
+        Each task runs once per key with its own commit marker (``<name>-<key>``), so the pass
+        resumes, retries and shows progress like the stage's main pass; rows are not counted.
+        """
+        side = SidePass(name, job)
+        return self.map_shards(side, side.tasks(tasks), use_actors=use_actors, worker_cpus=worker_cpus,
+                               max_workers=max_workers, count_rows=False)
+
+    def map_function(self, name: str, fn: Callable[[Any], Any], payloads: Sequence[Any]) -> list[Any]:
+        """``[fn(p) for p in payloads]`` as a pass on Ray workers, results in payload order.
+
+        For small results only (a file's plan, a partition's frequent hashes): each result is
+        pickled to the scratch folder under its task's key and read back on the driver, so a
+        resumed run reads the results of committed tasks instead of computing them again.
+        """
+        folder = self.scratch_dir / name
+        tasks = [ShardTask(f"{i:05d}", p) for i, p in enumerate(payloads)]
+        self.run_pass(name, FunctionJob(fn, folder), tasks)
+        return [pickle.loads((folder / f"{t.key}.pkl").read_bytes()) for t in tasks]
 
     def map_stage(self, stage: MapStage) -> None:
         """Stream every input part through ``stage.process`` (one output part per input part)."""
@@ -154,6 +201,26 @@ def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
         return prefix.rstrip("-")
     name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(job).__name__.removesuffix("Job")).lower()
     return "" if name in ("", stage_type, "map_stage") else name
+
+
+class FunctionJob:
+    """A shard job calling ``fn(payload)`` and pickling the result to ``folder/<key>.pkl``."""
+
+    def __init__(self, fn: Callable[[Any], Any], folder: Location):
+        self.fn, self.folder = fn, folder
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        from pipeline.memory import release_memory
+
+        try:
+            result = self.fn(task.payload)
+        finally:
+            release_memory()  # reused workers should not keep one call's peak
+        (self.folder / f"{task.key}.pkl").write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        return {}
 
 
 class MapStageJob:

@@ -103,7 +103,7 @@ def _print_manifest(manifest: dict[str, Any], console: Console) -> list[tuple[st
     for label, group in (("rejected", "rejected_by_reason"), ("dropped", "dropped"), ("added", "added")):
         for reason, n in manifest.get(group, {}).items():
             row(f"{label}: {reason}", f"{n:,}")
-    from pipeline.stage_api import discover_stages
+    from pipeline.registry import discover_stages
 
     cls = discover_stages().get(manifest.get("type", ""))
     if cls is not None:

@@ -60,6 +60,9 @@ def collect(output: Location | Path) -> dict[str, Any]:
         text = text_bytes(parts)
         if text is not None:
             extra["text_bytes"] = text
+        part = _stage_part(m, output / name)
+        if part is not None:
+            extra["report_part"] = part
         stages.append({**m, **extra})
     return {"output": str(output), "spec": run_info.get("spec"), "stages": stages}
 
@@ -81,6 +84,20 @@ def length_histogram(parts: list[Location]) -> dict[str, Any] | None:
     return {"bins": [round(float(x), 1) for x in LENGTH_BINS], "counts": counts.tolist(),
             "documents": int(arr.size), "parts_read": len(pick), "parts": len(parts),
             "median_bytes": float(np.median(arr)) if arr.size else 0.0}
+
+
+def _stage_part(manifest: dict[str, Any], stage_dir: Location) -> Any:
+    """The stage type's own part of the report (``Stage.report``: charts, funnel notes, tokens), if any."""
+    from pipeline.registry import discover_stages
+
+    cls = discover_stages().get(manifest.get("type", ""))
+    if cls is None or not hasattr(cls, "report"):
+        return None
+    try:
+        part = cls.report(manifest, stage_dir)
+    except Exception:  # a stage's report hook must not take the whole report down
+        return None
+    return part if (part.charts or part.notes or part.tokens_out is not None or part.details) else None
 
 
 def text_bytes(parts: list[Location]) -> int | None:
@@ -105,6 +122,9 @@ def edges(data: dict[str, Any]) -> list[tuple[str, str]]:
 def tokens_of(stage: dict[str, Any]) -> int | None:
     """Tokens a stage's output holds, where its manifest says so (encode, clean, pack)."""
     st = stage.get("stats", {})
+    part = stage.get("report_part")
+    if part is not None and part.tokens_out is not None:
+        return part.tokens_out
     if stage["type"] == "pack":
         return st.get("tokens")
     if stage["type"] in ("encode", "clean"):
@@ -131,6 +151,8 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
                                                "padding_tokens") if st.get(k)})
         if s["type"] == "clean" and st.get("masked_tokens"):
             reasons["masked tokens (kept as context)"] = st["masked_tokens"]
+        if s.get("report_part") is not None:
+            reasons.update(s["report_part"].notes)
         secs = s.get("wall_time_s") or 0.0
         rate_mb = text_in if text_in is not None else text_out
         tokens_in = sum(up_tokens) if up_tokens else None
@@ -218,6 +240,13 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
             fig = draw(plt, s)
             if fig is not None:
                 out[f"{key}:{s['stage']}"] = _png(fig)
+        part = s.get("report_part")
+        for chart in part.charts if part is not None else []:
+            fig = chart.draw(plt)
+            if fig is not None:
+                key = f"{chart.key}:{s['stage']}"
+                out[key] = _png(fig)
+                data.setdefault("captions", {})[key] = chart.caption
     return out
 
 
@@ -341,6 +370,8 @@ def expected_charts(data: dict[str, Any]) -> set[str]:
             names.add(f"{key}:{s['stage']}")
         if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
             names.add(f"premiums:{s['stage']}")
+        part = s.get("report_part")
+        names.update(f"{c.key}:{s['stage']}" for c in (part.charts if part is not None else []))
     return names
 
 
@@ -463,7 +494,7 @@ def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
     dag = dag_svg(data)
     sections = []
     for key, uri in images.items():
-        cap = esc(caption(key))
+        cap = esc(data.get("captions", {}).get(key) or caption(key))
         sections.append(f'<figure id="{esc(key)}"><img alt="{cap}" data-chart="{esc(key)}" src="{uri}">'
                         f"<figcaption>{cap}</figcaption></figure>")
     for s in data["stages"]:
@@ -498,7 +529,9 @@ def build_report(output: Location | Path) -> dict[str, Any]:
     summary = {"output": data["output"], "charts": sorted(images), "funnel": funnel(data), "stages": [
         {**{k: s.get(k) for k in ("stage", "type", "status", "rows_in", "rows_out", "rejected", "dropped",
                                   "bytes_in", "bytes_out", "wall_time_s", "stats")},
-         "length_histogram": s.get("length_histogram")} for s in data["stages"]]}
+         "length_histogram": s.get("length_histogram"),
+         **({"details": s["report_part"].details} if s.get("report_part") is not None and s["report_part"].details
+            else {})} for s in data["stages"]]}
     write_json_atomic(output / "report.json", summary)
     (output / "report.html").write_text(render_html(data, images))
     return summary

@@ -36,7 +36,6 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.memory import releasing
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
@@ -202,8 +201,9 @@ class CountJob:
         return {}
 
 
-def _frequent_lines(files: list[Location], min_docs: int) -> np.ndarray:
+def _frequent_lines(partition: tuple[list[Location], int]) -> np.ndarray:
     """One partition's line hashes that occur in at least ``min_docs`` documents."""
+    files, min_docs = partition
     keys, counts = [], []
     for f in files:
         with np.load(io.BytesIO(f.read_bytes())) as z:
@@ -385,7 +385,6 @@ class CleanStage(Stage[CleanConfig]):
     code_version: ClassVar[str] = "2"
 
     def run(self, ctx: StageContext) -> None:
-        import ray
 
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
@@ -399,10 +398,8 @@ class CleanStage(Stage[CleanConfig]):
             ctx.map_shards(CountJob(cfg, tok, ctx.work_dir), [ShardTask(f"count-{t.key}", t.payload)
                                                                      for t in tasks], count_rows=False)
         if cfg.boilerplate.enabled:
-            freq = ray.remote(releasing(_frequent_lines))
-            parts = [freq.remote(d.glob("*.npz"), cfg.boilerplate.min_docs)
-                     for d in (ctx.work_dir / "_lines").glob("p*")]
-            found = ray.get(parts)
+            partitions = [(d.glob("*.npz"), cfg.boilerplate.min_docs) for d in (ctx.work_dir / "_lines").glob("p*")]
+            found = ctx.map_function("boilerplate", _frequent_lines, partitions)
             boiler = np.sort(np.concatenate(found)) if found else boiler
         if cfg.influence.enabled and cfg.influence.model == "hf":
             inf = cfg.influence
