@@ -40,6 +40,19 @@ from stages.writers import (
     megatron_dtype,
 )
 
+DATASET_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*.parquet
+---
+# {name}: packed sequences (tokenmill)
+
+`data/` holds the packed sequences as Parquet; `numpy/`, `megatron/`, `megatron_masks/`, `olmo/`,
+`olmo_masks/` hold the same tokens for trainers, `tokenizer/` the tokenizer (see `metadata.json`).
+"""
+
 
 class PackConfig(StageConfig):
     type: Literal["pack"]
@@ -226,6 +239,9 @@ class PackStage(Stage[PackConfig]):
             hf = self._write_hf_tokenizer(ctx, tok_path, tok_stages, tok.get("sha256"), cfg.seq_len)
             if hf:
                 writers["hf_tokenizer"] = hf
+        # the folder also holds .npy/.bin/.json token files: a dataset card tells HF datasets' folder
+        # mode (load_dataset(<pack folder>)) that the dataset is data/*.parquet
+        (ctx.work_dir / "README.md").write_text(DATASET_CARD.format(name=ctx.name))
         meta = {"tokenizer": tok, "dtype": str(value_type), "pack": summary, "writers": writers}
         write_json_atomic(ctx.work_dir / "metadata.json", meta)
         ctx.manifest.stats["writers"] = writers

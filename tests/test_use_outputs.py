@@ -100,6 +100,9 @@ def test_hf_datasets_reads_a_stage_folder(out):
     # README: load_dataset("out/quickstart/dedup")  (folder mode)
     ds = datasets.load_dataset(str(out / "dedup"), split="train", cache_dir=cache)
     assert ds.num_rows == n and "text" in ds.column_names
+    # the pack folder holds token files too: its dataset card points folder mode at data/
+    packed = datasets.load_dataset(str(out / "pack"), split="train", cache_dir=cache)
+    assert packed.num_rows == _manifest(out, "pack")["stats"]["sequences"] and "input_ids" in packed.column_names
     # README: load_dataset("parquet", data_dir="out/quickstart/dedup/data")
     ds2 = datasets.load_dataset("parquet", data_dir=str(out / "dedup" / "data"), split="train", cache_dir=cache)
     assert ds2.num_rows == n
