@@ -199,6 +199,9 @@ def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
     prefix = getattr(job, "prefix", "")
     if prefix:
         return prefix.rstrip("-")
+    heads = {m.group(1) if (m := re.match(r"([a-z_]+)-", t.key)) else None for t in tasks}
+    if len(heads) == 1 and None not in heads:  # task keys name the pass ("hist-00001", "count-00002")
+        return heads.pop()
     name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(job).__name__.removesuffix("Job")).lower()
     return "" if name in ("", stage_type, "map_stage") else name
 

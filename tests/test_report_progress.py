@@ -73,3 +73,20 @@ def test_pack_counts_sequences_out_and_a_shardless_stage_shows_its_rows_when_don
         rep.stage_finished("pack", {"wall_time_s": 1.0, "rows_in": 200, "rows_out": 81, "rejected": 0})
     out = buf.getvalue()
     assert "3,532 rows" in out and "200 rows → 81 out" in out
+
+
+def test_pass_names_come_from_side_passes_task_keys_or_the_job():
+    from pipeline.context import _pass_name
+    from pipeline.executor import ShardTask, SidePass
+
+    class MaskJob:
+        pass
+
+    class IngestJob:
+        pass
+
+    keys = [ShardTask(k, None) for k in ("00000", "00001")]
+    assert _pass_name(SidePass("label", MaskJob()), keys, "balance") == "label"
+    assert _pass_name(MaskJob(), [ShardTask(f"hist-{k.key}", None) for k in keys], "clean") == "hist"
+    assert _pass_name(MaskJob(), keys, "clean") == "mask"
+    assert _pass_name(IngestJob(), keys, "ingest") == ""  # a stage's own pass: no label
