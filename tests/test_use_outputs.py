@@ -92,9 +92,9 @@ def test_inspect_lists_the_side_tables(out):
     assert tok["vocab_size"] == 1200 and tok["model"] == "BPE" and "<|endoftext|> (0)" in tok["special_tokens"]
 
 
-def test_hf_datasets_reads_a_stage_folder(out):
+def test_hf_datasets_reads_a_stage_folder(out, monkeypatch):
     datasets = pytest.importorskip("datasets")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     n = _manifest(out, "dedup")["rows_out"]
     cache = str(out.parent / "hf-cache")
     # README: load_dataset("out/quickstart/dedup")  (folder mode)
