@@ -85,7 +85,7 @@ class BatchResult:
 
     Accounting rule, checked per shard: rows in + sum(added) == rows kept + sum(dropped) + rejected rows.
     ``dropped`` are rows removed on purpose (a filter, down-sampling); ``rejected`` are bad rows,
-    with ``reason`` and ``detail`` columns, written to the stage's ``rejects/``.
+    with ``reason`` and ``detail`` columns, written to the stage's ``__rejects/``.
     """
 
     kept: pa.Table

@@ -1,7 +1,7 @@
 """Ingest: raw files (JSON Lines, .zst/.gz, Parquet, plain text) to the normalised schema.
 
 Output columns: ``id``, ``text``, ``lang``, ``source`` (strings) plus any ``keep_fields``.
-Every input row is accounted for: kept, or rejected into ``rejects/`` with its file, line and
+Every input row is accounted for: kept, or rejected into ``__rejects/`` with its file, line and
 reason (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``missing_text``,
 ``non_string_text``, ``empty_text``, ``blank_line``). ``on_error: fail`` stops at the first bad
 row with a message naming file and line.
@@ -44,7 +44,7 @@ BATCH_ROWS = 4096
 class IngestConfig(StageConfig):
     type: Literal["ingest"]
     on_error: Literal["quarantine", "fail"] = Field(
-        default="quarantine", description="quarantine: bad rows go to rejects/ and the run goes on; fail: stop."
+        default="quarantine", description="quarantine: bad rows go to __rejects/ and the run goes on; fail: stop."
     )
     shard_mb: float = Field(default=32, gt=0, description="Target uncompressed MB per shard (one task each).")
     min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
