@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ class Reporter:
         self.live = self.console.is_terminal if live is None else live
         self.interval_s = interval_s
         self._stages: dict[str, _StageProgress] = {}
-        self._last_line = 0.0
+        self._last_line = -math.inf  # the first progress line always prints (monotonic() starts near boot)
         self._progress: Progress | None = None
         self._task_ids: dict[str, int] = {}
 
