@@ -11,13 +11,16 @@ fingerprint reuses every shard that was committed.
 
 from __future__ import annotations
 
-import inspect
+import ast
+import importlib.util
 import os
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
@@ -85,8 +88,50 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
     if not files:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
-    listing = [(f.uri, *f.info()) for f in files]
+    listing = [file_identity(f, spec.base_dir) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
+
+
+#: files up to this size are hashed whole; bigger ones by their first and last MB (and their size)
+FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def file_identity(f: Location, base_dir: Path) -> list[Any]:
+    """What a raw input file *is*, independent of where the spec's folder lives and of mtimes:
+    its path relative to the spec's folder (or its URI), its size and an xxh64 of its content.
+
+    Files up to 64 MB are hashed whole (xxh64 reads ~5 GB/s, so ~10 ms); bigger ones by size plus
+    their first and last MB, which catches appends, truncations and rewrites of either end but
+    not an edit of the same length in the middle -- ``--force ingest`` covers that case. Hashing
+    whole multi-GB corpora on every ``plan`` would cost minutes (and a full download from object
+    stores)."""
+    size = f.size()
+    h = xxhash.xxh64()
+    with f.open() as fh:
+        if size <= FULL_HASH_BYTES:
+            while block := fh.read(8 << 20):
+                h.update(block)
+            how = "xxh64"
+        else:
+            h.update(fh.read(_EDGE_BYTES))
+            fh.seek(size - _EDGE_BYTES)
+            h.update(fh.read(_EDGE_BYTES))
+            how = "xxh64-head-tail"
+    return [f.relative_to(base_dir), size, f"{how}:{h.hexdigest()}"]
+
+
+def check_embedded_ray(spec: LoadedSpec, address: str | None) -> None:
+    """``ray.num_cpus`` sizes the embedded Ray, which starts one worker process per CPU: more than
+    the host has only oversubscribes it (100,000 spawned 126 processes and a 10 GB raylet on 2 cores).
+    An error rather than a silent cap, so the spec says what really runs."""
+    opts = spec.model.ray
+    if address or opts.address or os.environ.get("RAY_ADDRESS") or not opts.num_cpus:
+        return  # a cluster sizes itself; the key is unused there
+    host = os.cpu_count() or 1
+    if opts.num_cpus > host:
+        raise SpecError(spec.source, [f"ray.num_cpus: {opts.num_cpus} is more than this host's {host} CPUs "
+                                      f"(allowed: 1 to {host}, or leave it out to use all)"])
 
 
 def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
@@ -95,10 +140,50 @@ def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
 
 
 def stage_code_hash(cls: type) -> str:
+    """A hash of the code a stage runs: its module and every module of its own package (``stages``,
+    or a plugin's top-level package) that it imports, transitively (helpers such as
+    ``stages/packing.py`` or ``clean_core.py``), read with :mod:`ast` from their source files and
+    hashed in name order. ``pipeline/`` itself is versioned by ``tokenmill``'s version, which is
+    part of every fingerprint."""
     try:
-        return sha256_text(inspect.getsource(inspect.getmodule(cls)))[:16]  # type: ignore[arg-type]
-    except (OSError, TypeError):
+        return sha256_text(canonical_json(_module_closure(cls.__module__)))[:16]
+    except (OSError, TypeError, SyntaxError):
         return "unknown"
+
+
+def _module_closure(root: str) -> list[tuple[str, str]]:
+    package = root.split(".")[0]
+    seen: dict[str, str] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        seen[name] = source
+        is_pkg = spec.submodule_search_locations is not None
+        for node in ast.walk(ast.parse(source)):
+            found: list[str] = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package this module is in
+                    parts = name.split(".") if is_pkg else name.split(".")[:-1]
+                    parts = parts[: len(parts) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                found = [base, *(f"{base}.{a.name}" for a in node.names)]  # names may be submodules
+            for mod in found:
+                if mod.split(".")[0] == package and mod not in seen:
+                    try:
+                        if importlib.util.find_spec(mod) is not None:
+                            todo.append(mod)
+                    except (ImportError, ValueError):
+                        pass  # an attribute imported from a module, not a submodule
+    return sorted(seen.items())
 
 
 def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None) -> Plan:
@@ -151,6 +236,7 @@ def run_pipeline(
     reporter: Reporter | None = None,
 ) -> Plan:
     """Run every stage that is not up to date; returns the plan that was carried out."""
+    check_embedded_ray(spec, address)
     out = spec.output_dir(output)
     plan = make_plan(spec, out, force)
     reporter = reporter or Reporter()
