@@ -30,11 +30,10 @@ from pipeline.executor import SHARDS_DIR
 from pipeline.locations import Location, LocationError, expand
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
+from pipeline.output_guard import TMP_DIR, OutputLock, claim_output, sweep_work_dirs
 from pipeline.progress import Reporter
 from pipeline.ray_session import ray_session
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
-
-TMP_DIR = ".tmp"
 
 
 @dataclass
@@ -186,7 +185,8 @@ def _module_closure(root: str) -> list[tuple[str, str]]:
     return sorted(seen.items())
 
 
-def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None) -> Plan:
+def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None,
+              input_fingerprints: dict[str, str] | None = None) -> Plan:
     output = Location.of(output)
     dag = build_dag(spec)
     force = force or []
@@ -195,7 +195,8 @@ def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None
         names = ", ".join(dag.order)
         raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {names})" for u in unknown])
     forced = dag.downstream_closure(force)
-    fps: dict[str, str] = {name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
+    fps: dict[str, str] = dict(input_fingerprints) if input_fingerprints is not None else {
+        name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
     try:
         output.exists()
     except OSError as exc:  # an unreachable endpoint, missing credentials, a denied bucket
@@ -234,27 +235,33 @@ def run_pipeline(
     force: list[str] | None = None,
     address: str | None = None,
     reporter: Reporter | None = None,
+    break_lock: bool = False,
 ) -> Plan:
-    """Run every stage that is not up to date; returns the plan that was carried out."""
+    """Run every stage that is not up to date; returns the plan that was carried out.
+
+    The output's lock is held for the whole run, and the plan is made under it (another run may
+    have changed the output meanwhile); see :mod:`pipeline.output_guard`."""
     check_embedded_ray(spec, address)
     out = spec.output_dir(output)
-    plan = make_plan(spec, out, force)
-    reporter = reporter or Reporter()
-    out.mkdir()
-    to_run = [s for s in plan.stages if s.action == "run"]
-    with reporter:
-        for sp in plan.stages:
-            if sp.action == "skip":
-                reporter.stage_skipped(sp.name)
-        if to_run:
-            with ray_session(spec.model.ray, address):
-                for sp in to_run:
-                    _run_stage(spec, plan, sp, reporter)
-                    release_memory()
-    _write_run_summary(out, spec, plan)
-    from pipeline.report import build_report
+    first = make_plan(spec, out, force)  # spec and input errors first, before anything is written
+    with OutputLock(out).acquire(break_lock=break_lock):
+        plan = make_plan(spec, out, force, first.input_fingerprints)  # what is up to date, under the lock
+        claim_output(out, [s.name for s in plan.stages], spec.name)
+        reporter = reporter or Reporter()
+        to_run = [s for s in plan.stages if s.action == "run"]
+        with reporter:
+            for sp in plan.stages:
+                if sp.action == "skip":
+                    reporter.stage_skipped(sp.name)
+            if to_run:
+                with ray_session(spec.model.ray, address):
+                    for sp in to_run:
+                        _run_stage(spec, plan, sp, reporter)
+                        release_memory()
+        _write_run_summary(out, spec, plan)
+        from pipeline.report import build_report
 
-    build_report(out)
+        build_report(out)
     return plan
 
 
@@ -313,6 +320,7 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
         "stats": mb.stats,
     }
     _commit(work, out / sp.name, out, manifest)
+    sweep_work_dirs(out, sp.name, keep=work.name)  # work folders of superseded fingerprints
     reporter.stage_finished(sp.name, manifest)
 
 
