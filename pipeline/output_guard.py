@@ -2,8 +2,9 @@
 
 **The lock.** ``pipeline run`` holds ``<output>/.tokenmill-lock.json`` (host, pid, start time, a
 random token) for the whole run, so two runs never write one output at once; ``plan`` and
-``inspect`` only read and take no lock. Locally the file is created with ``O_CREAT | O_EXCL``
-(atomic). Object stores have no create-if-absent that pyarrow exposes, so there the lock is
+``inspect`` only read and take no lock. Locally the file is written whole under a temp name and
+hard-linked to the lock's name, which fails when the lock exists (atomic, like ``O_EXCL``, and
+never seen half-written). Object stores have no create-if-absent that pyarrow exposes, so there the lock is
 written after checking it is absent and then read back: a run whose token is not the one read
 back lost the race and stops. The remaining window: two runs that both check before either
 writes, and whose read-backs both follow their own writes, can both go on; it is as wide as the
@@ -133,13 +134,22 @@ class OutputLock:
         lock = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": self.token}
         self.output.mkdir()
-        if self.path.is_local:
+        if self.path.is_local:  # written whole to a temp name, then hard-linked: fails if the lock exists
+            tmp = Path(f"{self.path.path}.{self.token}.tmp")
+            tmp.write_text(json.dumps(lock))
             try:
-                fd = os.open(self.path.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path.path)
             except FileExistsError:
                 return self._lost()
-            with os.fdopen(fd, "w") as f:
-                json.dump(lock, f)
+            except OSError:  # a file system without hard links: O_EXCL (atomic, briefly empty)
+                try:
+                    fd = os.open(self.path.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return self._lost()
+                with os.fdopen(fd, "w") as f:
+                    json.dump(lock, f)
+            finally:
+                tmp.unlink()
         else:  # no create-if-absent: write, then read back (see the module docstring for the window)
             write_json_atomic(self.path, lock)
             if (read_json(self.path) or {}).get("token") != self.token:

@@ -273,6 +273,13 @@ def _tree(pid: int) -> set[int]:
     return found
 
 
+def _start(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _cmd(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -296,10 +303,10 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
             break
         time.sleep(0.2)
     assert driver.poll() is None, "the run ended before Ray was up"
-    ray_procs = {p: _cmd(p) for p in seen if "ray" in _cmd(p) and "ray_watchdog" not in _cmd(p)}
-    assert any("raylet" in c for c in ray_procs.values())
+    ray_procs = {p: (_start(p), _cmd(p)) for p in seen if "ray" in _cmd(p) and "ray_watchdog" not in _cmd(p)}
+    assert any("raylet" in c for _, c in ray_procs.values())
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(10)
-    alive = {p: c for p, c in ray_procs.items() if _cmd(p) == c}
+    alive = {p: c for p, (start, c) in ray_procs.items() if _start(p) == start}  # same pid, same process
     assert not alive, f"Ray processes of the killed run still alive 10 s later: {alive}"
