@@ -312,3 +312,17 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
     time.sleep(10)
     alive = {p: c for p, (start, c) in ray_procs.items() if _start(p) == start}  # same pid, same process
     assert not alive, f"Ray processes of the killed run still alive 10 s later: {alive}"
+
+
+def test_derived_ids_do_not_depend_on_where_the_spec_folder_is(ray_local, tmp_path):
+    """Rows without an id are named ``<file relative to the spec>:<line>``: the same in a copy."""
+    from pipeline.parquet_io import read_table
+
+    ids = []
+    for d in (tmp_path / "a", tmp_path / "deeper" / "b"):
+        (d / "data").mkdir(parents=True)
+        (d / "data" / "x.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+        spec = write_spec(d, SPEC.replace("udhr_articles_1-3.jsonl.zst", "data/x.jsonl").replace("SHARD", "1"))
+        _run(spec)
+        ids.append(read_table(sorted((d / "out" / "ingest" / "data").glob("part-*.parquet")))["id"].to_pylist())
+    assert ids[0] == ids[1] == ["data/x.jsonl:1", "data/x.jsonl:2"]
