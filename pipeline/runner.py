@@ -16,6 +16,7 @@ import importlib.util
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,16 +95,19 @@ def file_identity(f: Location, base_dir: Path) -> list[Any]:
     stores)."""
     size = f.size()
     h = xxhash.xxh64()
-    with f.open() as fh:
-        if size <= FULL_HASH_BYTES:
-            while block := fh.read(8 << 20):
-                h.update(block)
-            how = "xxh64"
-        else:
-            h.update(fh.read(_EDGE_BYTES))
-            fh.seek(size - _EDGE_BYTES)
-            h.update(fh.read(_EDGE_BYTES))
-            how = "xxh64-head-tail"
+    try:
+        with f.open() as fh:
+            if size <= FULL_HASH_BYTES:
+                while block := fh.read(8 << 20):
+                    h.update(block)
+                how = "xxh64"
+            else:
+                h.update(fh.read(_EDGE_BYTES))
+                fh.seek(size - _EDGE_BYTES)
+                h.update(fh.read(_EDGE_BYTES))
+                how = "xxh64-head-tail"
+    except OSError as exc:  # unreadable (denied, EIO): ingest rejects or names it; once readable, it re-runs
+        return [f.relative_to(base_dir), size, f"unreadable:{type(exc).__name__}"]
     return [f.relative_to(base_dir), size, f"{how}:{h.hexdigest()}"]
 
 
@@ -126,19 +130,33 @@ def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
 
 
 def stage_code_hash(cls: type) -> str:
-    """A hash of the code a stage runs: its module and every module of its own package (``stages``,
-    or a plugin's top-level package) that it imports, transitively (helpers such as
-    ``stages/packing.py`` or ``clean_core.py``), read with :mod:`ast` from their source files and
-    hashed in name order. ``pipeline/`` itself is versioned by ``tokenmill``'s version, which is
-    part of every fingerprint."""
+    """A hash of the code a stage runs: its module and every module of tokenmill's own packages
+    (``stages``, ``pipeline``, or a plugin's top-level package) that it imports, transitively
+    (helpers such as ``stages/packing.py``, ``clean_core.py``, and ``pipeline/sources.py`` for
+    ingest), read with :mod:`ast` from their source files and hashed in name order. Imports only
+    for type checking are not followed. Over-inclusive on purpose: an engine edit may re-run a
+    stage needlessly, but a changed helper never leaves stale output "up to date"."""
     try:
         return sha256_text(canonical_json(_module_closure(cls.__module__)))[:16]
     except (OSError, TypeError, SyntaxError):
         return "unknown"
 
 
+def _runtime_import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements of a module, but those under ``if TYPE_CHECKING:``."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _module_closure(root: str) -> list[tuple[str, str]]:
-    package = root.split(".")[0]
+    packages = {root.split(".")[0], "stages", "pipeline"}
     seen: dict[str, str] = {}
     todo = [root]
     while todo:
@@ -151,7 +169,7 @@ def _module_closure(root: str) -> list[tuple[str, str]]:
         source = Path(spec.origin).read_text(encoding="utf-8")
         seen[name] = source
         is_pkg = spec.submodule_search_locations is not None
-        for node in ast.walk(ast.parse(source)):
+        for node in _runtime_import_nodes(ast.parse(source)):
             found: list[str] = []
             if isinstance(node, ast.Import):
                 found = [a.name for a in node.names]
@@ -163,7 +181,7 @@ def _module_closure(root: str) -> list[tuple[str, str]]:
                     base = ".".join([*parts, base] if base else parts)
                 found = [base, *(f"{base}.{a.name}" for a in node.names)]  # names may be submodules
             for mod in found:
-                if mod.split(".")[0] == package and mod not in seen:
+                if mod.split(".")[0] in packages and mod not in seen:
                     try:
                         if importlib.util.find_spec(mod) is not None:
                             todo.append(mod)

@@ -220,8 +220,8 @@ def test_code_fingerprint_covers_helper_modules(tmp_path, monkeypatch):
     (pkg / "helper.py").write_text("def f():\n    return 2\n")
     assert stage_code_hash(S) != before != "unknown"
 
+    from pipeline.registry import stage_class
     from pipeline.runner import _module_closure
-    from pipeline.stage_api import stage_class
 
     assert {"stages.pack", "stages.packing", "stages.writers"} <= {n for n, _ in _module_closure(
         stage_class("pack").__module__)}
