@@ -227,7 +227,6 @@ def test_code_fingerprint_covers_helper_modules(tmp_path, monkeypatch):
         stage_class("pack").__module__)}
     assert "stages.clean_core" in {n for n, _ in _module_closure(stage_class("clean").__module__)}
     assert "pipeline.sources" in {n for n, _ in _module_closure(stage_class("ingest").__module__)}
-    assert "pipeline.sources" in {n for n, _ in _module_closure(stage_class("ingest").__module__)}
 
 
 def test_a_copied_spec_and_data_with_new_mtimes_is_up_to_date(ray_local, tmp_path):
