@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="redo STAGE and everything downstream (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--break-lock", action="store_true",
+                     help="remove the output's lock if it is stale (left by a run that died)")
 
     val = _add("validate", "check a spec and print its stages", "pipeline validate yaml_specs/quickstart.yaml")
     val.add_argument("spec")
@@ -151,7 +153,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         from pipeline.progress import QuietReporter, Reporter
 
         reporter = QuietReporter() if args.quiet else Reporter()
-        plan = run_pipeline(spec, output=args.output, force=args.force, address=args.address, reporter=reporter)
+        plan = run_pipeline(spec, output=args.output, force=args.force, address=args.address, reporter=reporter,
+                            break_lock=args.break_lock)
         ran = sum(s.action == "run" for s in plan.stages)
         console.print(f"done: {ran} stage(s) run, {len(plan.stages) - ran} up to date; output in {plan.output}")
         return 0

@@ -10,6 +10,7 @@ count (pack: documents in, sequences out; balance: copies added), rows out; the 
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ class Reporter:
         self.live = self.console.is_terminal if live is None else live
         self.interval_s = interval_s
         self._stages: dict[str, _StageProgress] = {}
-        self._last_line = 0.0
+        self._last_line = -math.inf  # the first progress line always prints (monotonic() starts near boot)
         self._progress: Progress | None = None
         self._task_ids: dict[str, int] = {}
         self._passes: dict[str, _StageProgress] = {}  # the current pass of each stage

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from pipeline.ray_watchdog import start_watchdog, stop_watchdog
 from pipeline.spec import RayOptions
 
 #: environment that keeps Ray quiet and avoids thread oversubscription in workers
@@ -83,11 +84,13 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
         return
     target = address or options.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(WORKER_ENV)}
+    watchdog = None
     if target:
         with _without_log_level_notice():
             ray.init(address=target, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
     else:
         kwargs = {}
+        watchdog = start_watchdog()  # before ray.init: the embedded Ray dies with this driver
         if options.object_store_memory_mb:
             kwargs["object_store_memory"] = options.object_store_memory_mb << 20
         with _without_log_level_notice():
@@ -106,3 +109,4 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
         yield
     finally:
         ray.shutdown()
+        stop_watchdog(watchdog)

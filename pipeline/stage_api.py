@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.registry import register_stage as register_stage  # stage modules import it from here
 from pipeline.retries import RetryConfig
@@ -44,6 +44,10 @@ class RefKind:
 
 
 STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: a stage name is a folder beside these files of the output root (and at most this long: file
+#: systems limit a name to 255 bytes, and temp folders add ``-<fingerprint>`` to it)
+RESERVED_STAGE_NAMES = frozenset({"run.json", "report.html", "report.json", "manifest.json"})
+STAGE_NAME_MAX = 100
 
 
 class StageConfig(BaseModel):
@@ -51,7 +55,8 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=STAGE_NAME_PATTERN, description="Unique stage name; also its output folder.")
+    name: str = Field(pattern=STAGE_NAME_PATTERN, max_length=STAGE_NAME_MAX,
+                      description="Unique stage name; also its output folder.")
     type: str
     inputs: list[str] = Field(
         default_factory=list, description="Stages (or, for ingest, inputs) whose datasets this stage reads."
@@ -60,6 +65,14 @@ class StageConfig(BaseModel):
     retries: RetryConfig = Field(
         default_factory=RetryConfig, description="Fault tolerance on a cluster; not part of the fingerprint."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_STAGE_NAMES:  # names starting '.' or '_' (.tmp, _shards) fail the pattern
+            raise ValueError(f"{name!r} is reserved for tokenmill's own files of the output folder "
+                             f"(reserved: {', '.join(sorted(RESERVED_STAGE_NAMES))})")
+        return name
 
     def artifact_refs(self) -> dict[str, str]:
         """Config fields annotated ``RefKind('artifact')``: field name -> referenced stage or input."""

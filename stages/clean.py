@@ -93,7 +93,7 @@ class CleanConfig(StageConfig):
     boilerplate: BoilerplateConfig = Field(default_factory=BoilerplateConfig)
     special: bool = Field(default=True, description="Mask special-token ids inside document text.")
     keep_scores: bool = Field(default=False, description="Write token_scores (influence) beside the mask.")
-    partitions: int = Field(default=8, ge=1)
+    partitions: int = Field(default=8, ge=1, le=4096)
     samples: int = Field(default=20, ge=0, description="Masked spans decoded into the manifest.")
 
 

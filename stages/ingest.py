@@ -46,7 +46,7 @@ class IngestConfig(StageConfig):
     on_error: Literal["quarantine", "fail"] = Field(
         default="quarantine", description="quarantine: bad rows go to __rejects/ and the run goes on; fail: stop."
     )
-    shard_mb: float = Field(default=32, gt=0, description="Target uncompressed MB per shard (one task each).")
+    shard_mb: float = Field(default=32, gt=0, le=65536, description="Target uncompressed MB per shard (one task each).")
     min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
 
 
