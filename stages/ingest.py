@@ -323,6 +323,10 @@ def _parquet_file(src: Location) -> pq.ParquetFile:
     return pq.ParquetFile(src.path, filesystem=src.fs)  # fs None: the local filesystem
 
 
+def _plan_one(args: tuple[str, FilesInput, Location, str, int]) -> list[dict]:
+    return _plan_file(*args)
+
+
 def _plan_file(name: str, inp: FilesInput, path: Location, rel: str, target: int) -> list[dict]:
     fmt = format_of(path, inp.format)
     if fmt == "parquet":
@@ -361,8 +365,6 @@ class IngestStage(Stage[IngestConfig]):
     reads_raw_inputs: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> None:
-        import ray
-
         cfg = self.config
         target = int(cfg.shard_mb * (1 << 20))
         files: list[tuple[str, FilesInput, Location, str]] = []
@@ -370,8 +372,8 @@ class IngestStage(Stage[IngestConfig]):
         for raw in ctx.raw_inputs:
             for src in raw.files():
                 files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
-        plan_remote = ray.remote(num_cpus=1)(_plan_file)
-        planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
+        # planning reads each file's footer or scans it for line offsets: a pass of its own on the workers
+        planned = ctx.map_function("plan", _plan_one, [(*f, target) for f in files])
         tasks: list[ShardTask] = []
         for fi, shards in enumerate(planned):
             text_group: list[dict] = []
