@@ -164,13 +164,14 @@ def inspect_file(path: Location, console: Console) -> dict[str, Any]:
                 _say(console, f"{name}: headerless memmap of {size:,} bytes (OLMo token or mask file: "
                               "uint16 tokens = bytes / 2, masks = bytes)")
             return facts
-        if name.endswith(".idx"):
-            from pipeline.datasets import MegatronDataset
+        from pipeline.registry import discover_stages
 
-            ds = MegatronDataset(str(path.local_file())[: -len(".idx")])
-            facts["megatron"] = {"documents": len(ds), "dtype": str(ds.dtype), "tokens": int(ds.lengths.sum())}
-            _print_pairs(console, f"Megatron index {name}", facts["megatron"])
-            return facts
+        for cls in discover_stages().values():  # formats a stage writes (Megatron .idx: pack)
+            if (described := cls.describe_file(path)) is not None:
+                title, figures = described
+                facts.update(figures)
+                _print_pairs(console, f"{title} {name}", next(iter(figures.values())))
+                return facts
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, OSError) as exc:
         raise _error(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
     raise _error(f"{path}: not a stage folder, Parquet file, tokenizer.json, JSON, .npy or Megatron .idx file")

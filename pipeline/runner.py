@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import pkgutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -132,12 +133,12 @@ def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
 def stage_code_hash(cls: type) -> str:
     """A hash of the code a stage runs: its module and every module of tokenmill's own packages
     (``stages``, ``pipeline``, or a plugin's top-level package) that it imports, transitively
-    (helpers such as ``stages/packing.py``, ``clean_core.py``, and ``pipeline/sources.py`` for
+    (helpers such as ``stages/pack/packing.py``, ``clean/core.py``, and ``stages/ingest/sources.py`` for
     ingest), read with :mod:`ast` from their source files and hashed in name order. Imports only
     for type checking are not followed. Over-inclusive on purpose: an engine edit may re-run a
     stage needlessly, but a changed helper never leaves stale output "up to date"."""
     try:
-        return sha256_text(canonical_json(_module_closure(cls.__module__)))[:16]
+        return sha256_text(canonical_json(_module_closure(cls.__module__, *_package_modules(cls.__module__))))[:16]
     except (OSError, TypeError, SyntaxError):
         return "unknown"
 
@@ -155,10 +156,23 @@ def _runtime_import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom
         todo.extend(ast.iter_child_nodes(node))
 
 
-def _module_closure(root: str) -> list[tuple[str, str]]:
-    packages = {root.split(".")[0], "stages", "pipeline"}
+def _package_modules(module: str) -> list[str]:
+    """Every module of the stage package ``module`` belongs to (``stages.dedup.*`` for
+    ``stages.dedup.stage``): a stage package's code is all of it, imported or not."""
+    parts = module.split(".")
+    if parts[0] != "stages" or len(parts) < 3:
+        return []
+    spec = importlib.util.find_spec(".".join(parts[:2]))
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    prefix = ".".join(parts[:2]) + "."
+    return sorted(m.name for m in pkgutil.walk_packages(spec.submodule_search_locations, prefix))
+
+
+def _module_closure(*roots: str) -> list[tuple[str, str]]:
+    packages = {roots[0].split(".")[0], "stages", "pipeline"}
     seen: dict[str, str] = {}
-    todo = [root]
+    todo = list(roots)
     while todo:
         name = todo.pop()
         if name in seen:

@@ -157,6 +157,12 @@ class Stage(Generic[C]):
         """This stage's part of the run report (charts, funnel notes, tokens out); none by default."""
         return ReportPart()
 
+    @classmethod
+    def describe_file(cls, path: Location) -> tuple[str, dict[str, dict[str, Any]]] | None:
+        """``pipeline inspect`` of a file in a format this stage writes: (title, {key: figures}), or
+        None when the file is not one of its formats."""
+        return None
+
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         """Rows for ``pipeline inspect``: (label, value) pairs from this stage's manifest stats."""
         return [(k, _short(v)) for k, v in manifest.get("stats", {}).items() if not isinstance(v, dict | list)]

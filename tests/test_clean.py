@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.parquet_io import read_table
-from stages.clean import threshold_for
-from stages.clean_core import NGramCounts, NGramLM, repetition_mask
+from stages.clean.core import NGramCounts, NGramLM, repetition_mask
+from stages.clean.stage import threshold_for
 
 
 def lm(docs: list[list[int]], order: int, vocab: int) -> NGramLM:

@@ -223,10 +223,10 @@ def test_code_fingerprint_covers_helper_modules(tmp_path, monkeypatch):
     from pipeline.registry import stage_class
     from pipeline.runner import _module_closure
 
-    assert {"stages.pack", "stages.packing", "stages.writers"} <= {n for n, _ in _module_closure(
-        stage_class("pack").__module__)}
-    assert "stages.clean_core" in {n for n, _ in _module_closure(stage_class("clean").__module__)}
-    assert "pipeline.sources" in {n for n, _ in _module_closure(stage_class("ingest").__module__)}
+    pack_code = {n for n, _ in _module_closure(stage_class("pack").__module__)}
+    assert {"stages.pack.stage", "stages.pack.packing", "stages.pack.formats.megatron"} <= pack_code
+    assert "stages.clean.core" in {n for n, _ in _module_closure(stage_class("clean").__module__)}
+    assert "stages.ingest.sources" in {n for n, _ in _module_closure(stage_class("ingest").__module__)}
 
 
 def test_a_copied_spec_and_data_with_new_mtimes_is_up_to_date(ray_local, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.writers import MegatronWriter, OlmoWriter
+from stages.pack.formats import MegatronWriter, OlmoWriter
 
 RNG = np.random.default_rng(11)
 DOCS = [RNG.integers(0, 30000, size=int(n)).astype(np.uint16) for n in RNG.integers(1, 200, size=40)]

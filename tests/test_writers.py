@@ -1,7 +1,7 @@
 """Token writers without Ray: Megatron .bin/.idx bytes, OLMo memmaps and sidecars, packed numpy.
 
 The Megatron index is parsed here with ``struct`` from the format description
-(``megatron/core/datasets/indexed_dataset.py``), independently of ``pipeline.datasets``.
+(``megatron/core/datasets/indexed_dataset.py``), independently of ``stages.pack.formats``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from stages.pack import flat_lists
-from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.formats import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.stage import flat_lists
 
 RNG = np.random.default_rng(3)
 DOCS = [RNG.integers(0, 60000, size=int(n)).astype(np.uint32) for n in RNG.integers(1, 300, size=57)]

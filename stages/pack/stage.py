@@ -1,6 +1,6 @@
 """Pack: encoded documents to fixed-length training sequences, and the token files trainers read.
 
-Methods (see :mod:`stages.packing`): ``concat`` (concatenate and cut, no padding, cuts documents)
+Methods (see :mod:`stages.pack.packing`): ``concat`` (concatenate and cut, no padding, cuts documents)
 and ``best_fit`` (Ding et al., ICML 2024: split only documents longer than ``seq_len``, then
 best-fit decreasing inside a bounded buffer; padding fills the rest). Every packed sequence
 carries ``doc_lens``, ``cu_seqlens`` (FlashAttention varlen), ``position_ids`` restarting at each
@@ -30,15 +30,16 @@ from pipeline.locations import Location
 from pipeline.manifest import read_manifest, write_json_atomic
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import Stage, StageConfig, register_stage
-from stages.packing import Segment, best_fit_decreasing, concat_chunk, split_long
-from stages.writers import (
+from stages.pack.formats import (
     MEGATRON_MASK_DIR,
     OLMO_MASK_DIR,
+    MegatronDataset,
     MegatronWriter,
     OlmoWriter,
     PackedNumpyWriter,
     megatron_dtype,
 )
+from stages.pack.packing import Segment, best_fit_decreasing, concat_chunk, split_long
 
 DATASET_CARD = """---
 configs:
@@ -200,6 +201,14 @@ class PackStage(Stage[PackConfig]):
 
     config_model = PackConfig
     reconciles_rows: ClassVar[bool] = False  # documents in, sequences out
+
+    @classmethod
+    def describe_file(cls, path: Location) -> tuple[str, dict[str, dict[str, Any]]] | None:
+        if not path.name.endswith(".idx"):
+            return None
+        ds = MegatronDataset(str(path.local_file())[: -len(".idx")])
+        return "Megatron index", {"megatron": {"documents": len(ds), "dtype": str(ds.dtype),
+                                               "tokens": int(ds.lengths.sum())}}
 
     def run(self, ctx: StageContext) -> None:
         cfg = self.config

@@ -7,7 +7,7 @@ excess-loss rule to pre-training. Scorers:
 
 * ``influence``: ``score_j = loss_base(x_j | x_<j) − loss_ref(x_j | x_<j)`` with count-based n-gram
   models over token ids trained here (base: the corpus being cleaned; reference: a trusted subset
-  named in the spec), interpolated Witten-Bell (:mod:`stages.clean_core`). The top ``keep_ratio``
+  named in the spec), interpolated Witten-Bell (:mod:`stages.clean.core`). The top ``keep_ratio``
   of tokens by score are kept, globally (a mergeable fixed-bin histogram of scores gives the
   threshold: no process ever holds all scores) or per document, or those at or above ``min_score``.
 * ``repetition``: tokens in periodic repeats beyond the k-th repetition.
@@ -38,7 +38,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
-from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
+from stages.clean.core import NGramCounts, NGramLM, line_spans, repetition_mask
 
 SCORE_RANGE = (-30.0, 30.0)
 SCORE_BINS = 6000
@@ -230,7 +230,7 @@ class MaskJob:
         if self.tables is None:
             self.tables = _Tables(self.tokenizer)
         if isinstance(self.models, dict):  # hf: load the models once per worker
-            from stages.clean_hf import HFScorer
+            from stages.clean.hf import HFScorer
 
             self.models = HFScorer(**self.models)
         elif isinstance(self.models, tuple) and isinstance(self.models[0], Location):  # n-gram: memory-map them
@@ -405,7 +405,7 @@ class CleanStage(Stage[CleanConfig]):
             inf = cfg.influence
             if not inf.base_model or not inf.reference_model:
                 raise TokenmillError(f"stage '{ctx.name}': influence.model 'hf' needs base_model and reference_model")
-            from stages.clean_hf import _require
+            from stages.clean.hf import _require
 
             _require()  # a clear error on the driver when the extra is missing
             models = {"base_dir": inf.base_model, "ref_dir": inf.reference_model, "device": inf.device,

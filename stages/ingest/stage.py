@@ -32,8 +32,8 @@ from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import make_rejects
-from pipeline.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 from pipeline.stage_api import Stage, StageConfig, register_stage
+from stages.ingest.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 
 if TYPE_CHECKING:
     from pipeline.spec import FilesInput
