@@ -1,9 +1,10 @@
-"""The contract every stage implements, and the registry that finds them.
+"""The contract every stage implements (stage authors import it through :mod:`pipeline.sdk`).
 
-A stage is one module in ``stages/``: a pydantic config model (the stage's YAML keys) and a class
+A stage type is one package (or module) in ``stages/``, or a plugin registered through the
+``tokenmill.stages`` entry point group: a pydantic config model (the stage's YAML keys) and a class
 with one ``run`` method, registered with :func:`register_stage`. Nothing in ``pipeline/`` changes
-when a stage is added: the spec's discriminated union, the DAG, fingerprints, the runner and the CLI
-all read the registry.
+when a stage is added: the spec's discriminated union, the DAG, fingerprints, the runner, the
+report (through :meth:`Stage.report`) and the CLI all read the registry (:mod:`pipeline.registry`).
 
 Two shapes cover the stage families:
 
