@@ -97,7 +97,7 @@ def _stage_part(manifest: dict[str, Any], stage_dir: Location) -> Any:
         part = cls.report(manifest, stage_dir)
     except Exception:  # a stage's report hook must not take the whole report down
         return None
-    return part if (part.charts or part.notes or part.tokens_out is not None or part.details) else None
+    return part if (part.charts or part.notes or part.sections or part.tokens_out is not None or part.details) else None
 
 
 def text_bytes(parts: list[Location]) -> int | None:
@@ -125,9 +125,7 @@ def tokens_of(stage: dict[str, Any]) -> int | None:
     part = stage.get("report_part")
     if part is not None and part.tokens_out is not None:
         return part.tokens_out
-    if stage["type"] == "pack":
-        return st.get("tokens")
-    if stage["type"] in ("encode", "clean"):
+    if stage["type"] == "encode":
         return st.get("tokens")
     return None
 
@@ -145,12 +143,6 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
         reasons = {**{f"dropped: {k}": v for k, v in s.get("dropped", {}).items()},
                    **{f"rejected: {k}": v for k, v in s.get("rejected_by_reason", {}).items()},
                    **{f"added: {k}": v for k, v in s.get("added", {}).items()}}
-        st = s.get("stats", {})
-        if s["type"] == "pack":
-            reasons.update({k: st[k] for k in ("documents_split", "documents_truncated", "tokens_truncated",
-                                               "padding_tokens") if st.get(k)})
-        if s["type"] == "clean" and st.get("masked_tokens"):
-            reasons["masked tokens (kept as context)"] = st["masked_tokens"]
         if s.get("report_part") is not None:
             reasons.update(s["report_part"].notes)
         secs = s.get("wall_time_s") or 0.0
@@ -313,46 +305,10 @@ def _bytes_per_token(plt: Any, s: dict[str, Any]) -> Any:
     return fig
 
 
-def _masked(plt: Any, s: dict[str, Any]) -> Any:
-    st = s.get("stats", {})
-    by_scorer = st.get("masked_share_by_scorer") or {}
-    by_lang = dict(list((st.get("masked_share_by_lang") or {}).items())[:30])
-    if "masked_share" not in st:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 3]})
-    axes[0].bar(["all", *by_scorer], [100 * st["masked_share"], *(100 * v for v in by_scorer.values())],
-                color="#c44e52")
-    axes[0].set_ylabel("tokens masked (%)")
-    axes[0].tick_params(axis="x", rotation=45)
-    axes[0].set_title("by scorer")
-    axes[1].bar(list(by_lang), [100 * v for v in by_lang.values()], color="#c44e52")
-    axes[1].tick_params(axis="x", rotation=90)
-    axes[1].set_title("by language")
-    fig.suptitle(f"{s['stage']}: share of tokens masked from the loss", y=1.04)
-    return fig
-
-
-def _packing(plt: Any, s: dict[str, Any]) -> Any:
-    st = s.get("stats", {})
-    if not st.get("sequences"):
-        return None
-    real, pad = st.get("tokens", 0), st.get("padding_tokens", 0)
-    fig, ax = plt.subplots(figsize=(6, 2.4))
-    ax.barh(["slots"], [real], color="#4c72b0", label=f"tokens ({real:,})")
-    ax.barh(["slots"], [pad], left=[real], color="#c44e52", label=f"padding ({pad:,})")
-    ax.legend(loc="lower right", fontsize=8)
-    fill = 100 * (1 - st.get("padding_share", 0))
-    ax.set_title(f"{s['stage']}: {st.get('method', '')} @ {st.get('seq_len', '?')}: fill {fill:.2f}%, "
-                 f"{st.get('avg_documents_per_sequence', 0):.2f} docs/sequence")
-    return fig
-
-
 _STAGE_CHARTS: dict[str, list[tuple[str, Any]]] = {
     "balance": [("languages", _languages)],
     "dedup": [("clusters", _clusters)],
     "train_tokenizer": [("premiums", _premiums), ("bytes_per_token", _bytes_per_token)],
-    "clean": [("masked", _masked)],
-    "pack": [("packing", _packing)],
 }
 
 
@@ -363,9 +319,8 @@ def expected_charts(data: dict[str, Any]) -> set[str]:
         st = s.get("stats", {})
         if s.get("length_histogram", {}).get("documents"):
             names.add("lengths")
-        want = {"balance": st.get("languages"), "dedup": st.get("cluster_size_histogram"),
-                "clean": "masked_share" in st, "pack": st.get("sequences")}
-        key = {"balance": "languages", "dedup": "clusters", "clean": "masked", "pack": "packing"}.get(s["type"])
+        want = {"balance": st.get("languages"), "dedup": st.get("cluster_size_histogram")}
+        key = {"balance": "languages", "dedup": "clusters"}.get(s["type"])
         if key and want.get(s["type"]):
             names.add(f"{key}:{s['stage']}")
         if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
@@ -398,8 +353,6 @@ _CAPTIONS = {
     "languages": "{}: language shares before, target and after balancing",
     "premiums": "{}: token premiums on parallel text",
     "bytes_per_token": "{}: bytes per token per language (held-out documents)",
-    "masked": "{}: share of tokens masked from the loss, by scorer and by language",
-    "packing": "{}: packing fill and padding",
 }
 
 
@@ -498,12 +451,10 @@ def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
         sections.append(f'<figure id="{esc(key)}"><img alt="{cap}" data-chart="{esc(key)}" src="{uri}">'
                         f"<figcaption>{cap}</figcaption></figure>")
     for s in data["stages"]:
-        samples = s.get("stats", {}).get("masked_samples") or []
-        if samples:
-            items = "".join(f"<li><code>{esc(str(x.get('context') or x.get('text', ''))[:300])}</code> "
-                            f"<small>{esc(', '.join(x.get('rules', [])))}</small></li>" for x in samples[:12])
-            sections.append(f'<h3 id="masked-spans:{esc(s["stage"])}">{esc(s["stage"])}: example masked spans</h3>'
-                            f"<ul>{items}</ul>")
+        part = s.get("report_part")
+        for sec in part.sections if part is not None else []:
+            items = "".join(f"<li><code>{esc(text)}</code> <small>{esc(note)}</small></li>" for text, note in sec.items)
+            sections.append(f'<h3 id="{esc(sec.key)}:{esc(s["stage"])}">{esc(sec.title)}</h3><ul>{items}</ul>')
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tokenmill run report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}

@@ -36,7 +36,16 @@ from pipeline.parquet_io import (
 )
 from pipeline.registry import register_stage
 from pipeline.retries import RetryConfig
-from pipeline.stage_api import BatchResult, MapStage, RefKind, ReportChart, ReportPart, Stage, StageConfig
+from pipeline.stage_api import (
+    BatchResult,
+    MapStage,
+    RefKind,
+    ReportChart,
+    ReportPart,
+    ReportSection,
+    Stage,
+    StageConfig,
+)
 
 __all__ = [
     "BatchResult",
@@ -49,6 +58,7 @@ __all__ = [
     "RefKind",
     "ReportChart",
     "ReportPart",
+    "ReportSection",
     "RetryConfig",
     "ShardJob",
     "ShardOutput",

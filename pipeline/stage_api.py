@@ -119,6 +119,16 @@ class ReportChart:
 
 
 @dataclass
+class ReportSection:
+    """A list of examples in the run report (masked spans, removed duplicates): ``items`` are
+    (text shown as code, note) pairs, escaped by the report."""
+
+    key: str
+    title: str
+    items: list[tuple[str, str]]
+
+
+@dataclass
 class ReportPart:
     """What a stage adds to the run report, computed from its manifest and its output folder."""
 
@@ -127,6 +137,7 @@ class ReportPart:
     #: extra "where rows went" entries of the funnel (label -> count)
     notes: dict[str, int] = field(default_factory=dict)
     charts: list[ReportChart] = field(default_factory=list)
+    sections: list[ReportSection] = field(default_factory=list)
     #: extra data kept in report.json under the stage (e.g. a tokenizer's quality report)
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -37,8 +37,9 @@ from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
-from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
 from stages.clean.core import NGramCounts, NGramLM, line_spans, repetition_mask
+from stages.clean.report import report_part
 
 SCORE_RANGE = (-30.0, 30.0)
 SCORE_BINS = 6000
@@ -383,6 +384,10 @@ class CleanStage(Stage[CleanConfig]):
 
     config_model = CleanConfig
     code_version: ClassVar[str] = "2"
+
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        return report_part(manifest, stage_dir)
 
     def run(self, ctx: StageContext) -> None:
 

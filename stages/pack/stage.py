@@ -29,7 +29,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.manifest import read_manifest, write_json_atomic
 from pipeline.parquet_io import iter_batches, read_schema
-from pipeline.stage_api import Stage, StageConfig, register_stage
+from pipeline.stage_api import ReportPart, Stage, StageConfig, register_stage
 from stages.pack.formats import (
     MEGATRON_MASK_DIR,
     OLMO_MASK_DIR,
@@ -40,6 +40,7 @@ from stages.pack.formats import (
     megatron_dtype,
 )
 from stages.pack.packing import Segment, best_fit_decreasing, concat_chunk, split_long
+from stages.pack.report import report_part
 
 DATASET_CARD = """---
 configs:
@@ -209,6 +210,10 @@ class PackStage(Stage[PackConfig]):
         ds = MegatronDataset(str(path.local_file())[: -len(".idx")])
         return "Megatron index", {"megatron": {"documents": len(ds), "dtype": str(ds.dtype),
                                                "tokens": int(ds.lengths.sum())}}
+
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        return report_part(manifest, stage_dir)
 
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
