@@ -41,7 +41,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
@@ -50,6 +50,7 @@ from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.sampling import salted_uniform
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+from stages.langcodes import LabelNormaliser, normalise_lang
 
 
 class LangIdConfig(BaseModel):
@@ -87,6 +88,24 @@ class BalanceConfig(StageConfig):
     min_size: dict[str, float] = Field(default_factory=dict, description="Per-language minimum target (unit).")
     max_size: dict[str, float] = Field(default_factory=dict, description="Per-language maximum target (unit).")
     drop_langs: list[str] = Field(default_factory=list, description="Languages removed entirely.")
+
+    @field_validator("weights", "budgets", "min_size", "max_size", "drop_langs", mode="before")
+    @classmethod
+    def _codes(cls, v: Any) -> Any:
+        """Language keys in the labels' normal form ('EN_us' -> 'en'), so they match the data's labels."""
+        if not isinstance(v, dict | list):
+            return v
+        keys = list(v)
+        norm = [normalise_lang(k) if isinstance(k, str) else k for k in keys]
+        bad = [k for k, c in zip(keys, norm, strict=True)
+               if c is None or (c == "und" and str(k).strip().lower() != "und")]
+        if bad:
+            raise ValueError(f"not a language code: {', '.join(map(repr, bad))} (use ISO 639-1/639-3 codes like 'en')")
+        if len(set(norm)) < len(norm):
+            raise ValueError(f"two keys name the same language: {keys} normalise to {norm}")
+        if isinstance(v, list):
+            return norm
+        return dict(zip(norm, v.values(), strict=True))
 
     @model_validator(mode="after")
     def _check(self) -> BalanceConfig:
@@ -268,6 +287,7 @@ class LabelJob:
         from pipeline.parquet_io import PartWriter
 
         writer = PartWriter(self.work / "_labelled", task.key)
+        normalise = LabelNormaliser()
         counts: dict[str, Counter[str]] = {}
         hists: dict[str, np.ndarray] = {}
         n = 0
@@ -277,16 +297,18 @@ class LabelJob:
         batches = itertools.chain([first], batches) if first is not None else iter(
             [read_schema(task.payload).empty_table()])
         for batch in batches:
-            labels = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            raw = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            # 'EN_us' -> 'en'; a label that is no language code ('../../etc') counts as missing
+            labels, invalid = normalise(raw)
             scores: list[float | None] = [None] * batch.num_rows
             if self.cfg.mode != "off":
-                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang]
+                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang or invalid[i]]
                 if idx:
                     texts = batch.column("text").to_pylist()
                     found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars, self.cfg.model)
                     new = list(labels)
                     for i, lang, p in zip(idx, found, probs, strict=True):
-                        new[i] = lang if p >= self.cfg.min_score else "und"
+                        new[i] = (normalise_lang(lang) or "und") if p >= self.cfg.min_score else "und"
                         scores[i] = p
                     labels = new
             original = batch.column("lang") if "lang" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
@@ -328,7 +350,8 @@ class LabelJob:
         buf = io.BytesIO()
         np.savez(buf, **hists)
         (self.work / "_hist" / f"{task.key}.npz").write_bytes(buf.getvalue())
-        return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()}}, "docs": n}
+        return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()},
+                          "labels": {**normalise.counts, "examples": normalise.examples}}, "docs": n}
 
 
 class SampleJob:
@@ -386,7 +409,12 @@ class BalanceStage(Stage[BalanceConfig]):
         label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name))
         results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
+        relabelled: Counter[str] = Counter()
+        examples: list[str] = []
         for r in results:
+            lab = dict(r["stats"].get("labels", {}))
+            examples += [e for e in lab.pop("examples", []) if e not in examples][: 10 - len(examples)]
+            relabelled.update(lab)
             for lang, c in r["stats"]["per_lang"].items():
                 per_lang.setdefault(lang, Counter()).update(c)
         sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
@@ -425,6 +453,11 @@ class BalanceStage(Stage[BalanceConfig]):
                 "share_target": round(targets.get(lang, 0.0) / total_after, 6),
                 "rate": round(r, 6), "epochs": round(targets.get(lang, 0.0) / c[cfg.unit], 4) if c[cfg.unit] else 0.0,
             }
+        ctx.manifest.stats["labels"] = {  # source labels changed by stages.langcodes (rows)
+            "normalised": relabelled["normalised"], "blank": relabelled["blank"],
+            "not_a_language_code": relabelled["not_a_language_code"],
+            "not_a_language_code_became": "und" if cfg.langid.mode == "off" else "language ID",
+            "examples": sorted(examples)}
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
                                    "languages": table})
 
