@@ -4,8 +4,13 @@ A sampler keeps a document when a hash of its id falls under a threshold, which 
 deterministic and independent of workers and block layout. Two samplers that hash the id the same way
 are *nested*: the one with the lower threshold keeps a subset of the other. That silently broke the
 tokenizer sample, which was the low-hash tail of balance's sample (its language mix lost, its budget
-exceeded). Salting the hash with the stage name and the sampler's role makes every sample independent
-of every other one, while each stays reproducible from (spec, seed).
+exceeded). Salting the hash with the stage and the sampler's role makes samples of different purposes
+independent, while each stays reproducible from (spec, seed).
+
+``stage`` is the stage *type* (``balance``, ``train_tokenizer``, ``clean``), not its name in the spec:
+sibling stages of one type on the same input (a BPE and a SuperBPE tokenizer, UniMax and temperature
+balances side by side) then draw the same sample and held-out set, so their figures compare like for
+like, and renaming a stage does not change its output.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ TWO_64 = 2.0**64
 
 
 def salted_hashes(ids: Sequence[str], seed: int, stage: str, role: str) -> np.ndarray:
-    """uint64 hash per id, salted with the sampler's purpose (``stage`` name and ``role``)."""
+    """uint64 hash per id, salted with the sampler's purpose (``stage`` type and ``role``)."""
     salt = f"{stage}:{role}:".encode()
     return np.fromiter((xxhash.xxh64_intdigest(salt + i.encode(), seed=seed) for i in ids),
                        dtype=np.uint64, count=len(ids))

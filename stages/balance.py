@@ -15,7 +15,7 @@ Sizes and budgets count documents, bytes, characters or (with a ``tokenizer`` ar
 
 The sampler is stateless: a document's number of copies is ``⌊r_l⌋ + [u < r_l − ⌊r_l⌋]`` with
 ``u = xxh64(f"{stage}:copies:{id}", seed) / 2^64`` (:mod:`pipeline.sampling`: salted with the stage
-name, so no later sampler's sample is nested in this one) and ``r_l`` its language's rate, so down-
+type, so no later sampler's sample is nested in this one) and ``r_l`` its language's rate, so down-
 and up-sampling give the same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
 ``copy = k`` (0 for the first) so later stages can spread repeats apart.
 
@@ -237,7 +237,7 @@ HASH_BINS = 4096
 
 
 def hash_u(ids: list[str], seed: int, stage: str = "balance") -> np.ndarray:
-    """The sampler's uniform draw per document, salted with the stage name and the role "copies"."""
+    """The sampler's uniform draw per document, salted with the stage type and the role "copies"."""
     return salted_uniform(ids, seed, stage, "copies")
 
 
@@ -406,7 +406,7 @@ class BalanceStage(Stage[BalanceConfig]):
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
-        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name))
+        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, cfg.type))
         results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
         relabelled: Counter[str] = Counter()
@@ -425,7 +425,7 @@ class BalanceStage(Stage[BalanceConfig]):
                 for lang in z.files:
                     hists[lang] = hists.get(lang, 0) + z[lang]
         rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
+        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, cfg.type), tasks)
         after: dict[str, Counter[str]] = {}
         for r in sampled:
             for lang, c in r.get("stats", {}).get("after", {}).items():

@@ -424,7 +424,7 @@ class CleanStage(Stage[CleanConfig]):
             tokens = sum(int(r["stats"]["tokens"]) for r in res)
             keep = 1 - (1 - cfg.influence.keep_ratio) * tokens / maskable if maskable else 1.0
             threshold = threshold_for(hist, max(0.0, keep))
-        results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False, ctx.name, ctx.seed), tasks)
+        results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False, cfg.type, ctx.seed), tasks)
         merged: Counter[str] = Counter()
         per_lang: dict[str, Counter[str]] = {}
         samples: list[dict[str, Any]] = []

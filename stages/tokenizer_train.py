@@ -2,7 +2,7 @@
 
 Models: byte-level BPE (pre-tokenization presets: GPT-2, the cl100k/Llama-3 pattern, and a variant
 that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training text is a
-deterministic sample of the input: the documents with the lowest hash of (stage name, id, seed) whose
+deterministic sample of the input: the documents with the lowest hash of (stage type, role, id, seed) whose
 UTF-8 text fits the byte budget (:mod:`stages.tokenizer_sample`; the hash is salted, so the sample is
 independent of balance's and keeps the input's balanced language mix), whatever the block layout.
 The text streams from Parquet into ``train_from_iterator``: the trainer's memory is its word-count
@@ -157,7 +157,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         total = sum(ds.manifest.get("bytes_out", 0) for ds in ctx.datasets) or 1
-        sample, eligible = calibrate(files, HashSample(ctx.name, "sample", ctx.seed), cfg.sample_mb * 1e6,
+        sample, eligible = calibrate(files, HashSample(cfg.type, "sample", ctx.seed), cfg.sample_mb * 1e6,
                                      cfg.max_doc_chars)
         stage1_vocab = cfg.superbpe.transition(cfg.vocab_size) if cfg.superbpe.enabled else None
         tok, trainer = build_tokenizer(cfg, stage1_vocab)
@@ -219,7 +219,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         cfg = self.config
         sb = cfg.superbpe
         # a subset of the sample, ranked by its own salted hash (independent of the sample's threshold)
-        sample2, size2 = calibrate(files, HashSample(ctx.name, "superbpe-stage2", ctx.seed, within=sample),
+        sample2, size2 = calibrate(files, HashSample(cfg.type, "superbpe-stage2", ctx.seed, within=sample),
                                sb.sample_mb * 1e6, cfg.max_doc_chars)
         job = ChunkCountJob(sample2, cfg.max_doc_chars)
         if size2["sample_bytes"] > sb.parallel_count_mb * 1e6 and len(files) > 1:

@@ -153,7 +153,7 @@ def test_tokenizer_sample_keeps_the_balanced_mix_and_budget(run_spec, tmp_path):
     table = read_table(sorted((out / "balance" / "data").glob("*.parquet")))
     ids = table.column("id").to_pylist()
     files = [Location.parse(str(p), tmp_path) for p in sorted((out / "balance" / "data").glob("*.parquet"))]
-    sample, _ = calibrate(files, HashSample("tok", "sample", 11), 300_000, 100_000)
+    sample, _ = calibrate(files, HashSample("train_tokenizer", "sample", 11), 300_000, 100_000)
     trained = {r["id"] for r in iter_sample(files, sample, 100_000)}
     assert len(trained) < len(set(ids))
     held = heldout_docs(files, sample, 400, 100_000)
