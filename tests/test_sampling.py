@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import numpy as np
 import orjson
@@ -57,18 +58,18 @@ def test_sample_meets_the_text_byte_budget_within_one_document(tmp_path):
     got = list(iter_sample(files, sample, max_chars))
     size = sum(len(r["text"].encode()) for r in got)
     assert size == fig["sample_bytes"] <= budget
-    # brute force: groups (one per id, copies together) by hash; the next group would cross the budget
-    groups: dict[int, int] = {}
-    h = salted_hashes([r["id"] for r in rows], 7, "tok", "sample")
-    for hv, r in zip(h.tolist(), rows, strict=True):
-        groups[hv] = groups.get(hv, 0) + len(r["text"][:max_chars].encode())
-    order = sorted(groups)
-    inside = [g for g in order if g < sample.threshold]
-    assert sum(groups[g] for g in inside) == size
-    assert size + groups[order[len(inside)]] > budget
-    # copies of a document are all in or all out
-    ids_in = {r["id"] for r in got}
-    assert sum(1 for r in rows if r["id"] in ids_in) == len(got)
+    # brute force: rows by hash of their key (the id; id and k for copy k > 0); the next row would cross
+    keys = [r["id"] if not r["copy"] else f"{r['id']}\x1f{r['copy']}" for r in rows]
+    h = salted_hashes(keys, 7, "tok", "sample").tolist()
+    order = sorted(range(len(rows)), key=lambda i: h[i])
+    limit = dict(sample.per_lang)["xx"]
+    inside = [i for i in order if h[i] < limit]
+    assert sum(len(rows[i]["text"][:max_chars].encode()) for i in inside) == size
+    assert size + len(rows[order[len(inside)]]["text"][:max_chars].encode()) > budget
+    # copies are sampled one by one: some documents have only some of their copies in the sample
+    per_id = Counter(r["id"] for r in got)
+    copies = Counter(r["id"] for r in rows)
+    assert any(0 < per_id[i] < copies[i] for i in per_id)
     # the budget counts text bytes, not all columns: the whole table is far larger than the sample
     assert fig["eligible_bytes"] == sum(len(r["text"][:max_chars].encode()) for r in rows)
     # a budget below the first document still trains on one document; a huge one on everything
@@ -82,7 +83,7 @@ def test_heldout_is_never_trained_on_and_one_row_per_document(tmp_path):
     rows = corpus(1500)
     files = write_parts(tmp_path, rows)
     sample, _ = calibrate(files, HashSample("tok", "sample", 7), 100_000, 400)
-    trained = {r["id"] for r in iter_sample(files, sample, 400)}
+    trained = {r["id"] for r in iter_sample(files, sample, 400)}  # ids with any row (copy) trained on
     held = heldout_docs(files, sample, 200, 400)
     ids = [r["id"] for r in held]
     assert len(ids) == 200 == len(set(ids)) and not set(ids) & trained
@@ -143,10 +144,10 @@ def test_tokenizer_sample_keeps_the_balanced_mix_and_budget(run_spec, tmp_path):
     tok = json.loads((out / "tok" / "manifest.json").read_text())["stats"]
     per = tok["training_bytes_per_language"]
     assert sum(per.values()) == tok["training_bytes"] <= 300_000
-    assert tok["training_bytes"] > 300_000 - 1000  # within one document of the budget
+    assert tok["training_bytes"] > 300_000 - 4 * 1000  # within one document (of ~500 bytes) per language
     for lang, v in bal.items():
         share = per.get(lang, 0) / tok["training_bytes"]
-        assert abs(share - v["byte_share_after"]) < 0.03, (lang, share, v["byte_share_after"])
+        assert abs(share - v["byte_share_after"]) < 0.005, (lang, share, v["byte_share_after"])
     report = json.loads((out / "tok" / "report.json").read_text())
     assert set(report["per_language"]) == set(sizes)  # down-sampled languages get held-out text too
     # held out by id: no held-out document (nor a copy of one) was trained on
