@@ -11,7 +11,8 @@ language is not sampled in lumps of all its copies. A plain hash sample keeps th
 expectation; on the quickstart a language of a few large, 4x-copied documents landed 3.5 points off its
 share. Two streaming passes: language totals, then per language the lowest-hash candidates, dropping
 every one past its share, so the sample never exceeds the budget and misses each share by less than
-one row. The candidates held are bounded by the sample, not by the corpus. The sample is never empty:
+one row (the budget the shares leave unspent then goes to the next row of the languages furthest under
+theirs, where it fits). The candidates held are bounded by the sample, not by the corpus. The sample is never empty:
 when every share is below its first row, the lowest-hash row is the sample.
 
 Held out means not in the sample by document id before copies: no row with that id (no copy of the
@@ -156,13 +157,22 @@ def calibrate(files: list[Location], sampler: HashSample, budget_bytes: float, m
             m = sel & (lang_arr == lang)
             cands[lang].add(h[m], nb[m])
     limits: dict[str, int] = {}
-    size = 0
+    got: dict[str, int] = {}
     for lang in sorted(cands):
         c = cands[lang]
         c.prune()
         limits[lang] = ALL if c.cutoff is None else c.cutoff[0]
-        size += int(c.b.sum())
-    if size == 0:  # every share is below its first document: the lowest-hash document is the sample
+        got[lang] = int(c.b.sum())
+    # what the shares left unspent goes to the next row of the languages furthest under their share,
+    # where it fits and brings the language closer to its share (large rows would leave a language far
+    # under it otherwise)
+    left = budget_bytes - sum(got.values())
+    for _, lang in sorted((got[lang] - c.budget, lang) for lang, c in cands.items() if c.cutoff is not None):
+        h_next, b_next = cands[lang].cutoff  # type: ignore[misc]
+        if b_next <= left and b_next < 2 * (cands[lang].budget - got[lang]):
+            limits[lang], got[lang], left = h_next + 1, got[lang] + b_next, left - b_next
+    size = sum(got.values())
+    if size == 0:  # every share is below its first row: the lowest-hash row is the sample
         lang = min((c.cutoff[0], lang) for lang, c in cands.items() if c.cutoff is not None)[1]
         limits[lang] = cands[lang].cutoff[0] + 1  # type: ignore[index]
         size = cands[lang].cutoff[1]  # type: ignore[index]

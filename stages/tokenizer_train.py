@@ -191,6 +191,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         parallel = ctx.artifact("parallel_text").local_file() if cfg.parallel_text else None
         report = quality_report(tok, heldout, parallel=parallel, reference_lang=cfg.report.reference_lang,
                                 no_heldout=note)
+        if heldout:  # languages every document of which has a row (a copy) in the sample: no figure for them
+            report["heldout"]["languages_without"] = sorted(set(per_lang) - set(report["per_language"]))
         from pipeline.manifest import write_json_atomic
 
         write_json_atomic(ctx.work_dir / "report.json", report)
