@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.executor import ShardJob, ShardOutput, ShardTask, WorkerError, run_shards
+from pipeline.executor import SCRATCH_DIR, ShardJob, ShardOutput, ShardTask, SidePass, WorkerError, run_shards
+from pipeline.layout import DATA_DIR, REJECTS_DIR, side_dir_name
 from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
 from pipeline.parquet_io import iter_batches, parquet_rows, read_schema
@@ -31,7 +34,7 @@ class DatasetInput:
 
     @property
     def files(self) -> list[Location]:
-        return (self.dir / "data").glob("part-*.parquet")
+        return (self.dir / DATA_DIR).glob("part-*.parquet")
 
     def num_rows(self) -> int:
         return sum(parquet_rows(p) for p in self.files)
@@ -44,6 +47,12 @@ class RawInput:
     name: str
     spec: FilesInput
     base_dir: Path
+
+    def files(self) -> list[Location]:
+        """The input's files, sorted; a path or glob that matches nothing is a LocationError."""
+        from pipeline.locations import expand_paths
+
+        return expand_paths(self.spec.paths, self.base_dir, allow_empty=self.spec.allow_empty)
 
 
 @dataclass
@@ -61,11 +70,27 @@ class StageContext:
 
     @property
     def data_dir(self) -> Location:
-        return self.work_dir / "data"
+        return self.work_dir / DATA_DIR
 
     @property
     def rejects_dir(self) -> Location:
-        return self.work_dir / "rejects"
+        return self.work_dir / REJECTS_DIR
+
+    def side_dir(self, name: str) -> Location:
+        """The folder of side table ``name`` (dedup's clusters, ...): ``__<name>/``, which readers
+        pointed at the stage folder skip (see :mod:`pipeline.layout`); ``pipeline inspect`` lists it."""
+        return self.work_dir / side_dir_name(name)
+
+    def warn(self, text: str) -> None:
+        """A warning the user must see: printed now and kept in the manifest (``stats.warnings``)."""
+        self.manifest.stats.setdefault("warnings", []).append(text)
+        if self.reporter:
+            self.reporter.message(f"warning: {text}")
+
+    @property
+    def scratch_dir(self) -> Location:
+        """Working files of this run's passes; the engine removes the folder when the stage commits."""
+        return self.work_dir / SCRATCH_DIR
 
     def artifact(self, field_name: str) -> Location:
         """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
@@ -85,15 +110,18 @@ class StageContext:
         worker_cpus: float = 1.0,
         max_workers: int | None = None,
         count_rows: bool = True,
+        pass_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest."""
         if self.reporter:
-            self.reporter.stage_total(self.name, len(tasks))
+            self.reporter.stage_total(self.name, len(tasks), pass_name if pass_name is not None
+                                      else _pass_name(job, tasks, self.config.type))
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
             if self.reporter:
-                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed)
+                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed,
+                                         rows_out=stats.get("rows_out"))
 
         try:
             results = run_shards(
@@ -103,6 +131,9 @@ class StageContext:
         except WorkerError as exc:
             from pipeline.errors import StageFailed, TokenmillError
 
+            if exc.environment:  # one line naming the stage; TOKENMILL_DEBUG=1 adds the worker's traceback
+                debug = os.environ.get("TOKENMILL_DEBUG") and exc.traceback
+                raise StageFailed(self.name, str(exc) + (f"\n{exc.traceback}" if debug else "")) from None
             if exc.user_error:
                 raise TokenmillError(str(exc)) from None
             raise StageFailed(self.name, str(exc)) from None
@@ -110,6 +141,37 @@ class StageContext:
             for stats in results:
                 self.manifest.add_shard(stats)
         return results
+
+    def run_pass(
+        self,
+        name: str,
+        job: ShardJob,
+        tasks: Sequence[ShardTask],
+        *,
+        use_actors: bool = False,
+        worker_cpus: float = 1.0,
+        max_workers: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """An extra named pass of this stage that writes side files, not dataset parts.
+
+        Each task runs once per key with its own commit marker (``<name>-<key>``), so the pass
+        resumes, retries and shows progress like the stage's main pass; rows are not counted.
+        """
+        side = SidePass(name, job)
+        return self.map_shards(side, side.tasks(tasks), use_actors=use_actors, worker_cpus=worker_cpus,
+                               max_workers=max_workers, count_rows=False)
+
+    def map_function(self, name: str, fn: Callable[[Any], Any], payloads: Sequence[Any]) -> list[Any]:
+        """``[fn(p) for p in payloads]`` as a pass on Ray workers, results in payload order.
+
+        For small results only (a file's plan, a partition's frequent hashes): each result is
+        pickled to the scratch folder under its task's key and read back on the driver, so a
+        resumed run reads the results of committed tasks instead of computing them again.
+        """
+        folder = self.scratch_dir / name
+        tasks = [ShardTask(f"{i:05d}", p) for i, p in enumerate(payloads)]
+        self.run_pass(name, FunctionJob(fn, folder), tasks)
+        return [pickle.loads((folder / f"{t.key}.pkl").read_bytes()) for t in tasks]
 
     def map_stage(self, stage: MapStage) -> None:
         """Stream every input part through ``stage.process`` (one output part per input part)."""
@@ -120,12 +182,48 @@ class StageContext:
             key = path.stem.removeprefix("part-")
             tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
         job = MapStageJob(type(stage), stage.config, state)
-        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus)
+        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus,
+                                  pass_name="")
         merged: dict[str, Any] = {}
         for stats in results:
             merge_stats(merged, stats.get("stats", {}))
         self.manifest.stats.update(merged)
         stage.finish(self, [s.get("stats", {}) for s in results])
+
+
+def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
+    """A pass's name for progress: a side pass's name, else the job class's (``CountJob`` -> ``count``);
+    empty for a stage's own pass (``IngestJob`` of ``ingest``)."""
+    import re
+
+    prefix = getattr(job, "prefix", "")
+    if prefix:
+        return prefix.rstrip("-")
+    heads = {m.group(1) if (m := re.match(r"([a-z_]+)-", t.key)) else None for t in tasks}
+    if len(heads) == 1 and None not in heads:  # task keys name the pass ("hist-00001", "count-00002")
+        return heads.pop()
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(job).__name__.removesuffix("Job")).lower()
+    return "" if name in ("", stage_type, "map_stage") else name
+
+
+class FunctionJob:
+    """A shard job calling ``fn(payload)`` and pickling the result to ``folder/<key>.pkl``."""
+
+    def __init__(self, fn: Callable[[Any], Any], folder: Location):
+        self.fn, self.folder = fn, folder
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        from pipeline.memory import release_memory
+
+        try:
+            result = self.fn(task.payload)
+        finally:
+            release_memory()  # reused workers should not keep one call's peak
+        (self.folder / f"{task.key}.pkl").write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        return {}
 
 
 class MapStageJob:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline.errors import SpecError
-from pipeline.spec import ArtifactInput, FilesInput
-from pipeline.stage_api import Stage, StageConfig, iter_ref_fields, stage_class
+from pipeline.registry import stage_class
+from pipeline.stage_api import Stage, StageConfig, iter_ref_fields
 
 if TYPE_CHECKING:
-    from pipeline.spec import LoadedSpec
+    from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
 
 
 @dataclass
@@ -76,9 +76,9 @@ def build_dag(spec: LoadedSpec) -> Dag:
                         f"{where}: '{ref}' is a raw input; only ingest-type stages read inputs "
                         f"(add an ingest stage and read that)"
                     )
-                elif kind == "dataset" and not isinstance(inp, FilesInput):
+                elif kind == "dataset" and inp.kind != "files":
                     problems.append(f"{where}: '{ref}' is an artifact input, not files")
-                elif kind == "artifact" and not isinstance(inp, ArtifactInput):
+                elif kind == "artifact" and inp.kind != "artifact":
                     problems.append(f"{where}: '{ref}' is a files input; an artifact (kind: artifact) is needed")
             elif ref in by_name:
                 ucls = stage_class(by_name[ref][1].type)

@@ -1,6 +1,7 @@
 """Read what the pack stage wrote, without PyTorch; a ``torch.utils.data.Dataset`` adaptor if torch is there.
 
-* :class:`MegatronDataset` -- ``.bin``/``.idx`` (Megatron-LM ``IndexedDataset`` layout), documents.
+* :class:`MegatronDataset` -- ``.bin``/``.idx`` (Megatron-LM ``IndexedDataset`` layout), documents;
+  the loss-mask companion ``megatron_masks/tokens`` is the same layout in uint8, read with the same class.
 * :class:`TokenStreamDataset` -- OLMo-core style headerless memmaps, as fixed-length samples
   (concatenate and chunk, like OLMo-core's ``NumpyFSLDataset``), with the loss mask.
 * :class:`PackedDataset` -- the packed numpy layout: ``tokens[N, L]``, ``loss_mask[N, L]``, ragged
@@ -52,10 +53,10 @@ class TokenStreamDataset:
 
     def __init__(self, directory: str | Path, seq_len: int, dtype: str | np.dtype = "uint16"):
         d = Path(directory)
-        files = sorted(p for p in d.glob("part-*.npy") if not p.name.endswith(".mask.npy"))
+        files = sorted(d.glob("part-*.npy"))  # token files only: the masks live in the sibling olmo_masks/
         self.tokens = [np.memmap(f, dtype=np.dtype(dtype), mode="r") for f in files]
-        self.masks = [np.memmap(f.with_name(f.name.replace(".npy", ".mask.npy")), dtype=np.uint8, mode="r")
-                      for f in files]
+        masks = d.parent / f"{d.name}_masks"
+        self.masks = [np.memmap(masks / f.name, dtype=np.uint8, mode="r") for f in files]
         self.seq_len = seq_len
         self.counts = [len(t) // seq_len for t in self.tokens]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)

@@ -11,6 +11,7 @@ scheduling: task or actor pools, retries of failed workers, backpressure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import traceback
@@ -22,13 +23,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.layout import REJECTS_DIR
 from pipeline.locations import Location
 from pipeline.manifest import read_json
 from pipeline.memory import release_memory
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
-from pipeline.stage_api import RetryConfig
+from pipeline.retries import RetryConfig
 
 SHARDS_DIR = "_shards"
+#: a stage's scratch folder (pass results, partitions): removed when the stage commits
+SCRATCH_DIR = "_scratch"
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class ShardOutput:
         work_dir = Location.of(work_dir)
         self.key = key
         self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema)
-        self.rejects = PartWriter(work_dir / "rejects", f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
+        self.rejects = PartWriter(work_dir / REJECTS_DIR, f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
 
     def commit(self) -> tuple[int, int]:
         return self.data.commit(), self.rejects.commit()
@@ -86,11 +90,13 @@ class SidePass:
 
 
 class WorkerError(Exception):
-    """A shard raised: ``user_error`` marks input errors (one line), others carry a traceback."""
+    """A shard raised: ``user_error`` marks input and environment errors (one line), others carry a
+    traceback. ``environment`` marks an OSError (denied, EIO, disk full), whose worker traceback is
+    kept in ``traceback`` for ``TOKENMILL_DEBUG=1``."""
 
-    def __init__(self, message: str, user_error: bool):
+    def __init__(self, message: str, user_error: bool, environment: bool = False, traceback: str = ""):
         super().__init__(message)
-        self.user_error = user_error
+        self.user_error, self.environment, self.traceback = user_error, environment, traceback
 
 
 def shard_done(work_dir: Location, key: str) -> dict[str, Any] | None:
@@ -108,12 +114,22 @@ def _run_one(job: ShardJob, work_dir: Location, task: ShardTask) -> dict[str, An
     except TokenmillError as exc:
         out.abort()
         return {"__error__": str(exc), "__user__": True}
+    except OSError as exc:  # the environment, not the code: a denied or failing read, a full disk
+        tb = traceback.format_exc()
+        with contextlib.suppress(OSError):  # taking back a part may fail on the same disk
+            out.abort()
+        return {"__error__": _os_error_line(exc, task.key), "__user__": True, "__env__": True, "__tb__": tb}
     except Exception:
         out.abort()
         return {"__error__": traceback.format_exc(), "__user__": False}
     # the shard's commit point (written whole: renamed into place, or one upload)
     (work_dir / SHARDS_DIR / f"{task.key}.json").write_text(json.dumps(stats, sort_keys=True, default=str))
     return stats
+
+
+def _os_error_line(exc: OSError, key: str) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"shard {key}: {type(exc).__name__}: {text}"
 
 
 def _actor_class(job: ShardJob, work_dir: Location, tasks: list[ShardTask]) -> type:
@@ -208,7 +224,8 @@ def run_shards(
                 task = pending[int(row["i"])]
                 stats = json.loads(row["result"])
                 if "__error__" in stats:
-                    raise WorkerError(stats["__error__"], bool(stats["__user__"]))
+                    raise WorkerError(stats["__error__"], bool(stats["__user__"]), bool(stats.get("__env__")),
+                                      stats.get("__tb__", ""))
                 results[task.key] = stats
                 if on_result:
                     on_result(task, stats, False)

@@ -21,7 +21,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -330,13 +330,13 @@ class Location:
             with suppress(OSError):
                 self.fs.delete_dir(self.path)
 
-    def copy_tree(self, dest: Location, skip: str | None = None) -> None:
-        """Copy every file below this folder to ``dest`` (but those below the subfolder ``skip``);
+    def copy_tree(self, dest: Location, skip: Sequence[str] = ()) -> None:
+        """Copy every file below this folder to ``dest`` (but those below the subfolders ``skip``);
         in parallel, since on an object store each copy is one server-side request."""
         pairs = []
         for f in self.files():
             rel = f.relpath(self)
-            if skip is None or not rel.startswith(skip + "/"):
+            if not any(rel.startswith(s + "/") for s in skip):
                 pairs.append((f, dest / rel))
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda pair: pair[0].copy_to(pair[1]), pairs))
@@ -439,3 +439,26 @@ def expand(pattern: str, base_dir: Path) -> list[Location]:
     resolved = str(p if p.is_absolute() else base_dir / p)
     matches = sorted(glob.glob(resolved, recursive=True)) if glob.has_magic(resolved) else [resolved]
     return [Location(m) for m in matches if Path(m).is_file()]
+
+
+def expand_paths(patterns: Sequence[str], base_dir: Path, *, allow_empty: bool = False) -> list[Location]:
+    """Sorted, de-duplicated files matching an input's paths, globs and URIs.
+
+    A path or glob that matches no file (a typo) is an error naming it, unless the input says
+    ``allow_empty``; so is a directory: a silently skipped input would be data lost without a word.
+    """
+    files: dict[str, Location] = {}
+    for pattern in patterns:
+        try:
+            found = expand(pattern, base_dir)
+            is_dir = not found and Location.parse(pattern, base_dir).is_dir()
+        except (LocationError, OSError) as exc:
+            raise LocationError(f"cannot list {pattern!r}: {exc}") from None
+        if is_dir:
+            glob_hint = f"{pattern.rstrip('/')}/*.jsonl"
+            raise LocationError(f"{pattern!r} is a directory, not a file (a glob such as '{glob_hint}' reads it)")
+        if not found and not allow_empty:
+            raise LocationError(f"{pattern!r} matches no file (allow_empty: true lets it match nothing)")
+        for f in found:
+            files.setdefault(f.uri, f)
+    return [files[k] for k in sorted(files)]

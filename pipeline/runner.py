@@ -23,8 +23,8 @@ from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.dag import Dag, build_dag
 from pipeline.errors import SpecError, StageFailed, TokenmillError
-from pipeline.executor import SHARDS_DIR
-from pipeline.locations import Location, LocationError, expand
+from pipeline.executor import SCRATCH_DIR, SHARDS_DIR
+from pipeline.locations import Location, LocationError, expand_paths
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
 from pipeline.progress import Reporter
@@ -54,19 +54,6 @@ class Plan:
         return {s.name: s for s in self.stages}
 
 
-def expand_paths(base_dir: Path, inp: FilesInput) -> list[Location]:
-    """Sorted, de-duplicated files matching an input's paths, globs and URIs."""
-    files: dict[str, Location] = {}
-    for pattern in inp.paths:
-        try:
-            found = expand(pattern, base_dir)
-        except (LocationError, OSError) as exc:
-            raise LocationError(f"cannot list {pattern!r}: {exc}") from None
-        for f in found:
-            files.setdefault(f.uri, f)
-    return [files[k] for k in sorted(files)]
-
-
 def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInput) -> str:
     if isinstance(inp, ArtifactInput):
         key = f"inputs.{name}.path"
@@ -80,10 +67,10 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         except OSError as exc:
             raise SpecError(spec.source, [f"{key}: cannot read {loc.uri}: {exc}"]) from None
     try:
-        files = expand_paths(spec.base_dir, inp)
+        files = expand_paths(inp.paths, spec.base_dir, allow_empty=inp.allow_empty)
     except LocationError as exc:
         raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
-    if not files:
+    if not files and not inp.allow_empty:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
     listing = [(f.uri, *f.info()) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
@@ -243,6 +230,7 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     """Put the finished work folder in place of ``final``; writing the manifest last commits it."""
     if work.is_local:
         (work / SHARDS_DIR).rmtree()
+        (work / SCRATCH_DIR).rmtree()
         trash = None
         if final.exists():
             trash = out / TMP_DIR / f"trash-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -253,7 +241,7 @@ def _commit(work: Location, final: Location, out: Location, manifest: dict[str, 
     else:  # no folder renames on object stores: uncommit, replace the objects, commit
         (final / MANIFEST_NAME).unlink()
         final.rmtree()
-        work.copy_tree(final, skip=SHARDS_DIR)
+        work.copy_tree(final, skip=(SHARDS_DIR, SCRATCH_DIR))
     write_json_atomic(final / MANIFEST_NAME, manifest)  # last: marks the stage complete
     if not work.is_local:
         work.rmtree()  # after the commit: until then its shard markers let a re-run resume

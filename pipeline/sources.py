@@ -9,13 +9,13 @@ shards per compressed file is capped to bound that waste.
 
 from __future__ import annotations
 
-import gzip
 import io
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -25,10 +25,35 @@ Source = Location | Path | str
 
 CHUNK = 4 << 20
 MAX_COMPRESSED_SHARDS = 16
+_NONZERO = re.compile(b"[^\\0]")
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 
-class TruncatedInput(Exception):
+class InputFailure(Exception):
+    """A file that stops being readable part-way (or at once): every byte before it is still handed out.
+
+    ``reason`` is the reject reason ingest records for the file (a file-level reject).
+    """
+
+    reason = "unreadable_file"
+
+
+class TruncatedInput(InputFailure):
     """A compressed stream ended before its end-of-frame marker."""
+
+    reason = "truncated_file"
+
+
+class CorruptInput(InputFailure):
+    """A compressed stream (or a Parquet file) that cannot be decoded."""
+
+    reason = "corrupt_file"
+
+
+class UnreadableInput(InputFailure):
+    """The operating system refused or failed a read (permission denied, EIO, a directory, ...)."""
+
+    reason = "unreadable_file"
 
 
 def compression_of(path: Source) -> str | None:
@@ -49,65 +74,72 @@ def format_of(path: Source, declared: str) -> str:
     return "text"
 
 
-class _ZstdReader(io.RawIOBase):
-    """Decompresses concatenated zstd frames; raises :class:`TruncatedInput` if the last one is cut."""
+class _FrameReader(io.RawIOBase):
+    """Decompresses concatenated zstd frames or gzip members, streaming.
 
-    def __init__(self, raw: BinaryIO):
-        self.raw = raw
-        self.dctx = zstandard.ZstdDecompressor()
-        self.dobj = self.dctx.decompressobj()
-        self.in_frame = False
-        self.truncated = False
-        self.buffer = b""
+    Every byte decoded before a cut, a corrupt frame or a failed read is handed out first; the
+    next read raises the :class:`InputFailure` (``TruncatedInput`` when the file ends inside a
+    frame). Input is fed to the decoder in small slices so that a corrupt frame costs at most one
+    slice of what was decoded before it (a raising ``decompress`` call returns nothing).
+    """
+
+    FEED = 64 << 10
+
+    def __init__(self, raw: BinaryIO, kind: str):
+        self.raw, self.kind = raw, kind
+        self.dobj: Any = None  # the decoder of the frame/member being read; None between frames
+        self.failure: InputFailure | None = None
+        self.buffer = bytearray()
+        self.dctx = zstandard.ZstdDecompressor() if kind == "zstd" else None
+
+    def _decoder(self) -> Any:
+        if self.dctx is not None:
+            return self.dctx.decompressobj()
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # a gzip member
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self.buffer) < size:
-            data = b"" if self.truncated else self.raw.read(CHUNK)
-            if not data:
-                if self.in_frame or self.truncated:
-                    self.truncated = True
-                    if not self.buffer:  # hand out what was decoded first, then report the cut
-                        raise TruncatedInput("compressed stream ends inside a zstd frame")
+        while self.failure is None and (size < 0 or len(self.buffer) < size):
+            try:
+                data = self.raw.read(CHUNK)
+            except OSError as exc:
+                self.failure = UnreadableInput(f"read failed: {exc}")
                 break
-            while data:
-                self.in_frame = True
-                self.buffer += self.dobj.decompress(data)
-                if self.dobj.eof:
-                    data = self.dobj.unused_data
-                    self.dobj = self.dctx.decompressobj()
-                    self.in_frame = False
-                else:
-                    data = b""
-        if size < 0:
-            out, self.buffer = self.buffer, b""
-        else:
-            out, self.buffer = self.buffer[:size], self.buffer[size:]
+            if not data:
+                if self.dobj is not None:
+                    self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
+                break
+            try:
+                self._feed(data)
+            except (zstandard.ZstdError, zlib.error) as exc:
+                self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
+        if not self.buffer and self.failure is not None:
+            raise self.failure
+        n = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
         return out
 
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
-class _GzipReader(io.RawIOBase):
-    def __init__(self, raw: BinaryIO):
-        self.raw = raw
-        self.f = gzip.GzipFile(fileobj=raw, mode="rb")
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self.f.read(size)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise TruncatedInput(f"gzip stream is truncated or corrupt: {exc}") from None
+    def _feed(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            if self.dobj is None:
+                if self.kind == "gzip":  # gzip files may be padded with zeros after the last member
+                    nonzero = _NONZERO.search(data, pos)
+                    if nonzero is None:
+                        return
+                    pos = nonzero.start()
+                self.dobj = self._decoder()
+            piece = data[pos: pos + self.FEED]
+            self.buffer += self.dobj.decompress(piece)
+            pos += len(piece)
+            if self.dobj.eof:  # the next frame starts in what this one did not use
+                pos -= len(self.dobj.unused_data)
+                self.dobj = None
 
     def close(self) -> None:
-        self.f.close()
         self.raw.close()
         super().close()
 
@@ -116,10 +148,8 @@ def open_uncompressed(path: Source) -> BinaryIO:
     """The file's uncompressed bytes as a stream (seekable only when the file is not compressed)."""
     src = Location.of(path)
     comp = compression_of(src)
-    if comp == "zstd":
-        return _ZstdReader(src.open())  # type: ignore[return-value]
-    if comp == "gzip":
-        return _GzipReader(src.open())  # type: ignore[return-value]
+    if comp is not None:
+        return _FrameReader(src.open(), comp)  # type: ignore[return-value]
     return src.open()
 
 
@@ -133,24 +163,31 @@ class LineRange:
 
 
 def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
-    """Split a line-based file into ranges of about ``target_bytes``, aligned to line starts."""
+    """Split a line-based file into ranges of about ``target_bytes``, aligned to line starts.
+
+    A file that fails part-way (cut, corrupt, unreadable) is planned up to the failure; its last
+    range runs to the end, so the shard that reads it meets the failure and reports it.
+    """
     path = Location.of(path)
     comp = compression_of(path)
-    if comp is None:
-        size = path.size()
-        if size <= target_bytes:
-            return [LineRange(0, -1, 1)]
-    else:
-        target_bytes = max(target_bytes, path.size() * 8 // MAX_COMPRESSED_SHARDS)
+    try:
+        if comp is None:
+            size = path.size()
+            if size <= target_bytes:
+                return [LineRange(0, -1, 1)]
+        else:
+            target_bytes = max(target_bytes, path.size() * 8 // MAX_COMPRESSED_SHARDS)
+        stream = open_uncompressed(path)
+    except OSError:
+        return [LineRange(0, -1, 1)]
     ranges: list[LineRange] = []
     start, start_line = 0, 1
     offset, line = 0, 1  # position of the chunk being scanned, and its first line number
-    stream = open_uncompressed(path)
     try:
         while True:
             try:
                 chunk = stream.read(CHUNK)
-            except TruncatedInput:
+            except (InputFailure, OSError):
                 break
             if not chunk:
                 break
@@ -172,40 +209,55 @@ def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
     return ranges
 
 
-def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int, bool]]:
-    """Yield (lines, first line number, truncated) batches of a range, without line terminators.
+def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int, InputFailure | None]]:
+    """Yield (lines, first line number, failure) batches of a range, without line terminators.
 
-    ``truncated`` is true on the last batch when the compressed stream ended early; that batch's
-    last line is then the partial one.
+    ``failure`` is set on the last batch when the file could not be read to its end (a cut or
+    corrupt compressed stream, a failed read or open); that batch's last line is then the partial
+    line the failure left (possibly empty), and every complete line before it has been yielded.
+    A UTF-8 byte order mark at the start of the file is not part of its first line.
     """
-    stream = open_uncompressed(path)
+    line_no = rng.first_line
     try:
-        if rng.start:
-            if compression_of(path) is None:
-                stream.seek(rng.start)
-            else:
-                remaining = rng.start
-                while remaining:
-                    skipped = stream.read(min(remaining, CHUNK))
-                    if not skipped:
-                        return
-                    remaining -= len(skipped)
+        stream = open_uncompressed(path)
+    except OSError as exc:
+        yield [b""], line_no, UnreadableInput(f"cannot open: {exc}")
+        return
+    try:
+        failure: InputFailure | None = None
         pos = rng.start
-        line_no = rng.first_line
+        if rng.start:
+            try:
+                if compression_of(path) is None:
+                    stream.seek(rng.start)
+                else:
+                    remaining = rng.start
+                    while remaining:
+                        skipped = stream.read(min(remaining, CHUNK))
+                        if not skipped:  # shorter than when it was planned
+                            raise TruncatedInput("stream ends before this shard's start (did the file change?)")
+                        remaining -= len(skipped)
+            except InputFailure as exc:
+                failure = exc
+            except OSError as exc:
+                failure = UnreadableInput(f"read failed: {exc}")
         rest = b""
-        truncated = False
-        while True:
+        while failure is None:
             want = CHUNK if rng.end < 0 else min(CHUNK, rng.end - pos)
             if want <= 0:
                 break
             try:
                 chunk = stream.read(want)
-            except TruncatedInput:
-                truncated = True
-                chunk = b""
+            except InputFailure as exc:
+                failure, chunk = exc, b""
+            except OSError as exc:
+                failure, chunk = UnreadableInput(f"read failed: {exc}"), b""
             if not chunk:
                 break
-            pos += len(chunk)
+            if pos == 0 and chunk.startswith(BOM):  # pos counts the file's bytes, BOM included
+                pos, chunk = len(chunk), chunk[len(BOM):]
+            else:
+                pos += len(chunk)
             data = rest + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -213,9 +265,9 @@ def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int,
                 continue
             lines = data[:cut].split(b"\n")
             rest = data[cut + 1:]
-            yield [ln.removesuffix(b"\r") for ln in lines], line_no, False
+            yield [ln.removesuffix(b"\r") for ln in lines], line_no, None
             line_no += len(lines)
-        if rest or truncated:
-            yield ([rest.removesuffix(b"\r")] if rest or truncated else []), line_no, truncated
+        if rest or failure is not None:
+            yield [rest.removesuffix(b"\r")], line_no, failure
     finally:
         stream.close()

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.errors import SpecError
 from pipeline.locations import Location, LocationError
-from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig, discover_stages
+from pipeline.registry import discover_stages
+from pipeline.stage_api import STAGE_NAME_PATTERN, StageConfig
 
 
 class _Strict(BaseModel):
@@ -35,6 +36,10 @@ class RayOptions(_Strict):
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded local Ray (default: all).")
     object_store_memory_mb: int | None = Field(default=None, ge=64, description="Embedded Ray's object store.")
+
+
+#: the columns ingest writes for every document
+NORMALISED_COLUMNS = ("id", "text", "lang", "source")
 
 
 class FieldMap(_Strict):
@@ -59,12 +64,33 @@ class FilesInput(_Strict):
         default="auto", description="auto: from the extension (.jsonl/.json/.ndjson[.zst|.gz], .parquet, .txt)."
     )
     fields: FieldMap = Field(default_factory=FieldMap)
-    keep_fields: list[str] = Field(default_factory=list, description="Extra source fields kept as string columns.")
+    keep_fields: list[str] = Field(
+        default_factory=list,
+        description="Extra source fields kept as string columns (not id, text, lang or source: those are the "
+        "normalised columns, mapped by `fields`).",
+    )
     text_unit: Literal["file", "line"] = Field(
         default="file", description="For plain text: one document per file or per line."
     )
     lang: str | None = Field(default=None, description="Language label for every document (overrides the field).")
     source: str | None = Field(default=None, description="Source label for every document (default: input name).")
+    allow_empty: bool = Field(
+        default=False,
+        description="Let a path or glob match no file (by default that is an error naming it, as is a directory).",
+    )
+
+    @field_validator("keep_fields")
+    @classmethod
+    def _keep_fields_are_not_normalised_columns(cls, value: list[str]) -> list[str]:
+        # ingest writes id/text/lang/source itself: a kept field of that name would be a second column
+        clash = [k for k in value if k in NORMALISED_COLUMNS]
+        if clash:
+            raise ValueError(f"{clash[0]!r} is a normalised column (id, text, lang, source); map a source field "
+                             "to it with `fields` instead")
+        dup = sorted({k for k in value if value.count(k) > 1})
+        if dup:
+            raise ValueError(f"{dup[0]!r} is listed twice")
+        return value
 
 
 class ArtifactInput(_Strict):
@@ -182,7 +208,7 @@ def parse_spec(text: str, *, source: str = "spec.yaml", base_dir: Path | None = 
     except ValidationError as exc:
         raise SpecError(source, format_validation_errors(exc, data, model_cls)) from None
     loaded = LoadedSpec(model, source, base_dir or Path.cwd())
-    from pipeline.dag import build_dag  # local import: dag imports spec types
+    from pipeline.dag import build_dag  # dag names spec types only for type checking
 
     build_dag(loaded)  # references, kinds and cycles; raises SpecError
     return loaded
@@ -350,7 +376,43 @@ def _has(node: Any, elem: Any) -> bool:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the spec, for editors (``pipeline schema``)."""
+    """JSON Schema of the spec, for editors (``pipeline schema``).
+
+    Pydantic writes the tagged unions as ``oneOf`` + an OpenAPI ``discriminator``, which generic JSON
+    Schema validators and editors ignore: a typo inside one stage then fails every branch, and the
+    error points at the whole stage ("not valid under any of the given schemas"). Each union becomes
+    an ``if``/``then`` per tag (``type`` of a stage, ``kind`` of an input), which every draft-7+
+    tool understands, so an error is reported inside the one branch the tag selects.
+    """
     schema = spec_model().model_json_schema()
     schema["title"] = "tokenmill pipeline spec"
+    props = schema.get("properties", {})
+    stages = props.get("stages", {}).get("items", {})
+    if "discriminator" in stages:
+        props["stages"]["items"] = _tagged_union(stages["discriminator"]["propertyName"],
+                                                 stages["discriminator"]["mapping"], default=None)
+    inputs = props.get("inputs", {}).get("additionalProperties", {})
+    if "oneOf" in inputs:
+        props["inputs"]["additionalProperties"] = _tagged_union(
+            "kind", {"files": "#/$defs/FilesInput", "artifact": "#/$defs/ArtifactInput"}, default="files")
     return schema
+
+
+def _tagged_union(tag: str, mapping: dict[str, str], default: str | None) -> dict[str, Any]:
+    """``{tag: enum}`` plus ``if tag == value then $ref`` for each value (``default`` when the tag is absent)."""
+    branches: list[dict[str, Any]] = []
+    for value, ref in mapping.items():
+        cond: dict[str, Any] = {"properties": {tag: {"const": value}}}
+        if value != default:
+            cond["required"] = [tag]
+        branches.append({"if": cond, "then": {"$ref": ref}})
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {tag: {"enum": list(mapping)}},
+        "allOf": branches,
+        # kept for OpenAPI-style tools; ignored by JSON Schema validators
+        "discriminator": {"propertyName": tag, "mapping": mapping},
+    }
+    if default is None:
+        out["required"] = [tag]
+    return out

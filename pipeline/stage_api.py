@@ -17,19 +17,20 @@ Two shapes cover the stage families:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.registry import register_stage as register_stage  # stage modules import it from here
+from pipeline.retries import RetryConfig
+
 if TYPE_CHECKING:
     from pipeline.context import StageContext
+    from pipeline.locations import Location
 
 
 class RefKind:
@@ -43,21 +44,6 @@ class RefKind:
 
 
 STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class RetryConfig(BaseModel):
-    """How hard Ray tries when a worker process or node dies under a shard (not a Python error in it:
-    those fail the stage at once, since re-running bad input gives the same error)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_task_retries: int = Field(
-        default=3, ge=-1, description="Re-runs of a shard whose worker died (-1: without limit; 0: fail at once)."
-    )
-    max_actor_restarts: int = Field(
-        default=-1, ge=-1, description="Restarts of a dead actor (stages that hold a tokenizer or model): the "
-        "new actor loads it again (-1: without limit; 0: fail at once)."
-    )
 
 
 class StageConfig(BaseModel):
@@ -99,7 +85,7 @@ class BatchResult:
 
     Accounting rule, checked per shard: rows in + sum(added) == rows kept + sum(dropped) + rejected rows.
     ``dropped`` are rows removed on purpose (a filter, down-sampling); ``rejected`` are bad rows,
-    with ``reason`` and ``detail`` columns, written to the stage's ``rejects/``.
+    with ``reason`` and ``detail`` columns, written to the stage's ``__rejects/``.
     """
 
     kept: pa.Table
@@ -107,6 +93,28 @@ class BatchResult:
     dropped: Counter[str] = field(default_factory=Counter)
     added: Counter[str] = field(default_factory=Counter)
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportChart:
+    """One chart of the run report: ``draw(plt)`` returns a matplotlib figure (or None to skip)."""
+
+    key: str
+    caption: str
+    draw: Callable[[Any], Any]
+
+
+@dataclass
+class ReportPart:
+    """What a stage adds to the run report, computed from its manifest and its output folder."""
+
+    #: tokens the stage's output holds (token stages), for the funnel's tokens column
+    tokens_out: int | None = None
+    #: extra "where rows went" entries of the funnel (label -> count)
+    notes: dict[str, int] = field(default_factory=dict)
+    charts: list[ReportChart] = field(default_factory=list)
+    #: extra data kept in report.json under the stage (e.g. a tokenizer's quality report)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Stage(Generic[C]):
@@ -130,6 +138,11 @@ class Stage(Generic[C]):
 
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        """This stage's part of the run report (charts, funnel notes, tokens out); none by default."""
+        return ReportPart()
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         """Rows for ``pipeline inspect``: (label, value) pairs from this stage's manifest stats."""
@@ -178,46 +191,6 @@ def _short(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
-
-
-# --------------------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type[Stage]] = {}
-_DISCOVERED = False
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage available under its config's ``type`` literal."""
-    type_field = cls.config_model.model_fields["type"]
-    literal_args = getattr(type_field.annotation, "__args__", ())
-    if len(literal_args) != 1 or not isinstance(literal_args[0], str):
-        raise TypeError(f"{cls.__name__}.config_model must declare type: Literal['<name>']")
-    name = literal_args[0]
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-        raise TypeError(f"stage type {name!r} registered twice ({existing.__name__}, {cls.__name__})")
-    cls.type_name = name
-    _REGISTRY[name] = cls
-    return cls
-
-
-def discover_stages() -> dict[str, type[Stage]]:
-    """Import every module of the ``stages`` package and ``tokenmill.stages`` entry points, once."""
-    global _DISCOVERED
-    if not _DISCOVERED:
-        import stages
-
-        for mod in pkgutil.iter_modules(stages.__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"stages.{mod.name}")
-        for ep in entry_points(group="tokenmill.stages"):
-            ep.load()
-        _DISCOVERED = True
-    return dict(sorted(_REGISTRY.items()))
-
-
-def stage_class(type_name: str) -> type[Stage]:
-    return discover_stages()[type_name]
 
 
 def iter_ref_fields(config: StageConfig) -> Iterator[tuple[str, str, str]]:

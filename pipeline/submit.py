@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipeline.cli import register_command
+from pipeline.commands import register_command
 from pipeline.errors import TokenmillError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -1,1 +1,1 @@
-"""Stage modules. Every public module here is imported by :func:`pipeline.stage_api.discover_stages`."""
+"""Stage modules. Every public module here is imported by :func:`pipeline.registry.discover_stages`."""

@@ -36,7 +36,6 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.memory import releasing
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.sampling import salted_hash
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
@@ -203,8 +202,9 @@ class CountJob:
         return {}
 
 
-def _frequent_lines(files: list[Location], min_docs: int) -> np.ndarray:
+def _frequent_lines(partition: tuple[list[Location], int]) -> np.ndarray:
     """One partition's line hashes that occur in at least ``min_docs`` documents."""
+    files, min_docs = partition
     keys, counts = [], []
     for f in files:
         with np.load(io.BytesIO(f.read_bytes())) as z:
@@ -313,8 +313,10 @@ class MaskJob:
                 if cfg.samples and (m == 0).any():
                     rank = salted_hash(doc_id or f"{task.key}:{rows_in + len(masks)}", self.seed, self.stage,
                                        "masked-samples")
-                    if len(samples) < cfg.samples or rank < samples[-1]["rank"]:
-                        samples.append(_masked_sample(tables.tok, ids, m, rules, rank, lang))
+                    # up-sampled copies share an id, hence a rank: one example per document
+                    fresh = all(x["rank"] != rank for x in samples)
+                    if fresh and (len(samples) < cfg.samples or rank < samples[-1]["rank"]):
+                        samples.append(_masked_sample(tables.tok, ids, m, rules, rank, lang, doc_id))
                         samples.sort(key=lambda x: x["rank"])
                         del samples[cfg.samples:]
                 masks.append(m)
@@ -330,9 +332,12 @@ class MaskJob:
 
 
 def _masked_sample(tok: Any, ids: np.ndarray, m: np.ndarray, rules: dict[str, np.ndarray], rank: int,
-                   lang: str | None) -> dict[str, Any]:
+                   lang: str | None, doc_id: str | None = None) -> dict[str, Any]:
     """The document's longest masked run (at most 40 tokens) decoded, with 12 tokens of context on each
-    side, so a reader sees what was removed and where: ``context`` marks the span with ⟦ ⟧."""
+    side, so a reader sees what was removed and where: ``context`` marks the span with ⟦ ⟧.
+
+    A byte-level token may hold part of a UTF-8 character (CJK text often): each cut is moved, by at
+    most a few tokens, to where both sides decode without U+FFFD, so no character is shown broken."""
     zero = (m == 0).astype(np.int8)
     edges = np.diff(np.r_[0, zero, 0])
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -342,8 +347,26 @@ def _masked_sample(tok: Any, ids: np.ndarray, m: np.ndarray, rules: dict[str, np
     def dec(x: np.ndarray) -> str:
         return tok.decode(x.tolist(), skip_special_tokens=False)
 
-    return {"text": dec(ids[a:b]), "context": f"{dec(ids[max(0, a - 12):a])}⟦{dec(ids[a:b])}⟧{dec(ids[b:b + 12])}",
-            "rules": [n for n, r in rules.items() if r[a] == 0], "lang": lang, "rank": rank}
+    bad = "\ufffd"
+    rule_names = [n for n, r in rules.items() if r[a] == 0]
+    lo, hi = max(0, a - 12), min(len(ids), b + 12)
+    # widen the span over a split character, narrow the outer context off partial characters, and
+    # drop what is left of a character no token boundary completes (merges may cross characters)
+    for _ in range(16):
+        moved = False
+        if b < hi and (dec(ids[a:b]).endswith(bad) or dec(ids[b:hi]).startswith(bad)):
+            b, moved = b + 1, True
+        if a > lo and (dec(ids[a:b]).startswith(bad) or dec(ids[lo:a]).endswith(bad)):
+            a, moved = a - 1, True
+        if not moved:
+            break
+    while lo < a and dec(ids[lo:a]).startswith(bad):
+        lo += 1
+    while hi > b and dec(ids[b:hi]).endswith(bad):
+        hi -= 1
+    left, span, right = (dec(ids[lo:a]).rstrip(bad), dec(ids[a:b]).strip(bad), dec(ids[b:hi]).lstrip(bad))
+    return {"text": span, "context": f"{left.lstrip(bad)}⟦{span}⟧{right.rstrip(bad)}",
+            "rules": rule_names, "lang": lang, "rank": rank, "id": doc_id}
 
 
 def threshold_for(hist: np.ndarray, keep_ratio: float) -> float:
@@ -365,7 +388,6 @@ class CleanStage(Stage[CleanConfig]):
     code_version: ClassVar[str] = "3"
 
     def run(self, ctx: StageContext) -> None:
-        import ray
 
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
@@ -379,10 +401,8 @@ class CleanStage(Stage[CleanConfig]):
             ctx.map_shards(CountJob(cfg, tok, ctx.work_dir), [ShardTask(f"count-{t.key}", t.payload)
                                                                      for t in tasks], count_rows=False)
         if cfg.boilerplate.enabled:
-            freq = ray.remote(releasing(_frequent_lines))
-            parts = [freq.remote(d.glob("*.npz"), cfg.boilerplate.min_docs)
-                     for d in (ctx.work_dir / "_lines").glob("p*")]
-            found = ray.get(parts)
+            partitions = [(d.glob("*.npz"), cfg.boilerplate.min_docs) for d in (ctx.work_dir / "_lines").glob("p*")]
+            found = ctx.map_function("boilerplate", _frequent_lines, partitions)
             boiler = np.sort(np.concatenate(found)) if found else boiler
         if cfg.influence.enabled and cfg.influence.model == "hf":
             inf = cfg.influence
@@ -435,6 +455,7 @@ class CleanStage(Stage[CleanConfig]):
                 per_lang.setdefault(lang, Counter()).update(c)
             samples.extend(st["samples"])
         samples.sort(key=lambda x: x["rank"])  # the documents with the smallest id hashes: spread over the corpus
+        samples = [x for i, x in enumerate(samples) if i == 0 or x["rank"] != samples[i - 1]["rank"]]  # copies
         total = merged["tokens"] or 1
         for side in ("_lines", "_ngrams", "_models"):
             (ctx.work_dir / side).rmtree()

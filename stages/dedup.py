@@ -612,7 +612,7 @@ class DedupStage(Stage[DedupConfig]):
         t2 = time.perf_counter()
         # the clusters table and the drop set
         drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
-        w = PartWriter(ctx.work_dir / "clusters", "part-00000")
+        w = PartWriter(ctx.side_dir("clusters"), "part-00000")
         w.write(clusters)
         w.commit()
         # pass 4: filter

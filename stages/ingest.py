@@ -1,17 +1,26 @@
 """Ingest: raw files (JSON Lines, .zst/.gz, Parquet, plain text) to the normalised schema.
 
 Output columns: ``id``, ``text``, ``lang``, ``source`` (strings) plus any ``keep_fields``.
-Every input row is accounted for: kept, or rejected into ``rejects/`` with its file, line and
+Every input row is accounted for: kept, or rejected into ``__rejects/`` with its file, line and
 reason (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``missing_text``,
-``non_string_text``, ``empty_text``, ``blank_line``, ``truncated_file``). ``on_error: fail``
-stops at the first bad row with a message naming file and line.
+``non_string_text``, ``empty_text``, ``blank_line``). ``on_error: fail`` stops at the first bad
+row with a message naming file and line.
+
+A file that cannot be read to its end is a *file-level reject*: ``truncated_file`` (a compressed
+stream cut short), ``corrupt_file`` (a stream or Parquet file that does not decode),
+``unreadable_file`` (the OS refused or failed the read: permissions, EIO) or ``empty_file`` (no
+bytes). Every complete row before the failure is kept; the reject names the file, the line where
+reading stopped and how many rows were read before it, and counts as one row in and one rejected
+(so counts reconcile); the manifest lists such files under ``stats.file_rejects``. A UTF-8 byte
+order mark at the start of a file is dropped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 import pyarrow as pa
@@ -23,10 +32,11 @@ from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import make_rejects
-from pipeline.runner import expand_paths
-from pipeline.sources import LineRange, compression_of, format_of, iter_lines, plan_line_ranges
-from pipeline.spec import FilesInput
+from pipeline.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 from pipeline.stage_api import Stage, StageConfig, register_stage
+
+if TYPE_CHECKING:
+    from pipeline.spec import FilesInput
 
 BATCH_ROWS = 4096
 
@@ -34,7 +44,7 @@ BATCH_ROWS = 4096
 class IngestConfig(StageConfig):
     type: Literal["ingest"]
     on_error: Literal["quarantine", "fail"] = Field(
-        default="quarantine", description="quarantine: bad rows go to rejects/ and the run goes on; fail: stop."
+        default="quarantine", description="quarantine: bad rows go to __rejects/ and the run goes on; fail: stop."
     )
     shard_mb: float = Field(default=32, gt=0, description="Target uncompressed MB per shard (one task each).")
     min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
@@ -99,19 +109,25 @@ class IngestJob:
         self.bytes_in = self.bytes_out = 0
         self.rows = _Rows(inp.keep_fields)
         self.rejects: list[dict] = []
+        self.file_rejects: dict[str, dict[str, Any]] = {}
         out.data.schema = self.rows.schema
         if p["kind"] == "lines":
             self._lines(p, inp, out)
         elif p["kind"] == "parquet":
             self._parquet(p, inp, out)
+        elif p["kind"] == "file_error":  # the file could not even be planned (opened, its footer read)
+            self._file_failure(p["rel"], None, p["reason"], p["detail"], 0)
         else:
             self._text_files(p, inp, out)
         self._flush(out, final=True)
+        stats: dict[str, Any] = {"files": {p["rel"]: self.counts["in"]}}
+        if self.file_rejects:
+            stats["file_rejects"] = self.file_rejects
         return {
             "rows_in": self.counts["in"], "rows_out": self.counts["out"], "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out, "rejected": dict(self.rejected),
             "dropped": {"too_short": self.counts["too_short"]} if self.counts["too_short"] else {},
-            "stats": {"files": {p["rel"]: self.counts["in"]}},
+            "stats": stats,
         }
 
     # -- helpers ------------------------------------------------------------------------------
@@ -122,6 +138,13 @@ class IngestJob:
             raw = raw[:4096].decode("utf-8", errors="backslashreplace")
         self.rejects.append({"file": rel, "line": line, "reason": reason, "detail": detail, "raw": raw})
         self.rejected[reason] += 1
+
+    def _file_failure(self, rel: str, line: int | None, reason: str, detail: str, rows_read: int,
+                      raw: bytes | None = None) -> None:
+        """A file that could not be read (to its end): one reject for the file, counted as one row in."""
+        self.counts["in"] += 1
+        self.file_rejects[rel] = {"reason": reason, "line": line, "rows_read": rows_read, "detail": detail}
+        self._reject(rel, line, reason, f"{detail}; {rows_read} row(s) read before it", raw or None)
 
     def _accept(self, rel: str, line: int, inp: FilesInput, name: str, id_: Any, text: Any,
                 lang: Any, source: Any, extras: list[Any], raw: Any) -> None:
@@ -154,14 +177,16 @@ class IngestJob:
         path, rel = p["file"], p["rel"]
         rng = LineRange(*p["range"])
         is_json = p["format"] == "jsonl"
-        for lines, first, truncated in iter_lines(path, rng):
+        empty = rng.start == 0  # the first range of a file yields nothing only when the file is empty
+        for lines, first, failure in iter_lines(path, rng):
+            empty = False
             for k, raw in enumerate(lines):
                 line = first + k
-                self.counts["in"] += 1
                 self.bytes_in += len(raw) + 1
-                if truncated and k == len(lines) - 1:
-                    self._reject(rel, line, "truncated_file", f"{compression_of(path)} stream ends early", raw)
+                if failure is not None and k == len(lines) - 1:  # the partial line where reading stopped
+                    self._file_failure(rel, line, failure.reason, str(failure), line - 1, raw)
                     continue
+                self.counts["in"] += 1
                 if is_json:
                     self._json_line(rel, line, raw, inp, p["input"])
                 else:
@@ -173,6 +198,8 @@ class IngestJob:
                     self._accept(rel, line, inp, p["input"], None, text, None, None,
                                  [None] * len(inp.keep_fields), raw)
             self._flush(out)
+        if empty:
+            self._file_failure(rel, None, "empty_file", "the file holds no data", 0)
 
     def _json_line(self, rel: str, line: int, raw: bytes, inp: FilesInput, name: str) -> None:
         if not raw.strip():
@@ -200,7 +227,11 @@ class IngestJob:
 
     def _text_files(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
         for src, rel in p["files"]:
-            data = src.read_bytes()
+            try:
+                data = src.read_bytes().removeprefix(BOM)
+            except OSError as exc:
+                self._file_failure(rel, None, "unreadable_file", f"cannot read: {_one_line(exc)}", 0)
+                continue
             self.counts["in"] += 1
             self.bytes_in += len(data)
             try:
@@ -213,13 +244,23 @@ class IngestJob:
             self._flush(out)
 
     def _parquet(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
-        f = inp.fields
-        pf = _parquet_file(p["file"])
-        names = set(pf.schema_arrow.names)
-        wanted = [c for c in {f.id, f.text, f.lang, f.source, *inp.keep_fields} if c and c in names]
+        f, rel = inp.fields, p["rel"]
         row = p["first_row"]
-        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=p["row_groups"], columns=wanted,
-                                  use_threads=False):
+        try:
+            pf = _parquet_file(p["file"])
+            names = set(pf.schema_arrow.names)
+            wanted = [c for c in {f.id, f.text, f.lang, f.source, *inp.keep_fields} if c and c in names]
+            batches = _parquet_batches(pf, p["row_groups"], wanted)
+        except (OSError, pa.ArrowException) as exc:
+            return self._file_failure(rel, row + 1, *_failure_of(exc), row)
+        while True:
+            try:
+                rb = next(batches)
+            except StopIteration:
+                break
+            except (OSError, pa.ArrowException) as exc:  # a corrupt page or row group part-way
+                self._file_failure(rel, row + 1, *_failure_of(exc), row)
+                break
             cols = {c: rb.column(c).to_pylist() for c in wanted}
             n = rb.num_rows
             self.bytes_in += rb.nbytes
@@ -233,6 +274,49 @@ class IngestJob:
                              [e[i] for e in extras], None)
             row += n
             self._flush(out)
+        return None
+
+
+def _parquet_batches(pf: pq.ParquetFile, groups: list[int], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Batches of some row groups. A batch may span row groups, so when a read fails the groups not
+    yet read are read again one at a time: every group before a damaged one is still handed out,
+    then the damaged group's error is raised."""
+    done = 0
+    try:
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=columns, use_threads=False):
+            done += rb.num_rows
+            yield rb
+        return
+    except (OSError, pa.ArrowException):
+        pass
+    skip = done  # rows already handed out
+    for g in groups:
+        n = pf.metadata.row_group(g).num_rows
+        if skip >= n:
+            skip -= n
+            continue
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=columns, use_threads=False):
+            if skip >= rb.num_rows:
+                skip -= rb.num_rows
+                continue
+            yield rb.slice(skip) if skip else rb
+            skip = 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _failure_of(exc: BaseException) -> tuple[str, str]:
+    """(reason, detail) of a file that failed to open or decode: the OS's refusal, or bad content.
+
+    pyarrow raises OSError for undecodable pages too ("Couldn't deserialize thrift"); only an
+    error the operating system numbered (EACCES, EIO, ...) is a refusal to read.
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "unreadable_file", _one_line(exc)
+    return "corrupt_file", _one_line(exc)
 
 
 def _parquet_file(src: Location) -> pq.ParquetFile:
@@ -242,7 +326,12 @@ def _parquet_file(src: Location) -> pq.ParquetFile:
 def _plan_file(name: str, inp: FilesInput, path: Location, rel: str, target: int) -> list[dict]:
     fmt = format_of(path, inp.format)
     if fmt == "parquet":
-        meta = _parquet_file(path).metadata
+        try:
+            meta = _parquet_file(path).metadata
+        except (OSError, pa.ArrowException) as exc:  # a file-level reject, reported by its shard
+            reason, detail = _failure_of(exc)
+            return [{"kind": "file_error", "input": name, "file": path, "rel": rel, "reason": reason,
+                     "detail": detail}]
         shards, group, size, first, row = [], [], 0, 0, 0
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
@@ -279,7 +368,7 @@ class IngestStage(Stage[IngestConfig]):
         files: list[tuple[str, FilesInput, Location, str]] = []
         base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
         for raw in ctx.raw_inputs:
-            for src in expand_paths(raw.base_dir, raw.spec):
+            for src in raw.files():
                 files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
         plan_remote = ray.remote(num_cpus=1)(_plan_file)
         planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
@@ -297,10 +386,13 @@ class IngestStage(Stage[IngestConfig]):
         job = IngestJob({r.name: r.spec for r in ctx.raw_inputs}, str(base), cfg.on_error, cfg.min_chars)
         results = ctx.map_shards(job, tasks)
         per_file: dict[str, int] = {}
+        file_rejects: dict[str, dict[str, Any]] = {}
         for r in results:
             for k, v in r.get("stats", {}).get("files", {}).items():
                 per_file[k] = per_file.get(k, 0) + v
-        ctx.manifest.stats.update({"files": len(files), "shards": len(tasks), "rows_per_file": per_file})
+            file_rejects.update(r.get("stats", {}).get("file_rejects", {}))
+        ctx.manifest.stats.update({"files": len(files), "shards": len(tasks), "rows_per_file": per_file,
+                                   "file_rejects": dict(sorted(file_rejects.items()))})
 
 
 def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from pipeline.cli import register_command
+from pipeline.commands import register_command
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

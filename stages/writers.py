@@ -3,9 +3,13 @@
 * Megatron-LM / NeMo indexed dataset (``megatron/core/datasets/indexed_dataset.py``): ``.bin`` raw
   little-endian tokens; ``.idx`` = magic ``MMIDIDX\\x00\\x00``, u64 version 1, u8 dtype code,
   u64 sequence count S, u64 document count D, int32[S] lengths, int64[S] byte pointers,
-  int64[D] document indices (``[0, 1, ..., S]``: one document per sequence).
-* OLMo-core / dolma: headerless ``np.memmap`` token files (EOS after each document), a parallel
-  one-byte-per-token loss-mask memmap, and a ``.csv.gz`` of ``start,end,id,src,loc`` per document.
+  int64[D] document indices (``[0, 1, ..., S]``: one document per sequence). The loss mask, when
+  the input has one, is a *companion* indexed dataset ``megatron_masks/tokens.bin/.idx`` (uint8, dtype
+  code 1, the same lengths and document index), beside ``megatron/`` so that no glob of it finds masks.
+* OLMo-core / dolma: headerless ``np.memmap`` token files ``part-N.npy`` (EOS after each document),
+  the parallel one-byte-per-token loss masks in ``olmo_masks/part-N.npy`` (a sibling folder: OLMo-core's
+  documented ``olmo/*.npy`` glob, and the recursive ``olmo/**/*.npy`` one, must select token files
+  only), and a ``part-N.csv.gz`` of ``start,end,id,src,loc`` per document.
 * Packed numpy: ``tokens.npy [N, L]``, ``loss_mask.npy [N, L]`` and ragged ``doc_lens``
   (``doc_lens.npy`` + ``doc_lens_offsets.npy``), all loadable with ``np.load(..., mmap_mode="r")``.
 """
@@ -21,6 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+OLMO_MASK_DIR = "olmo_masks"  # <pack>/olmo_masks/part-N.npy: outside olmo/*.npy and olmo/**/*.npy
+MEGATRON_MASK_DIR = "megatron_masks"  # <pack>/megatron_masks/tokens.bin/.idx: outside any megatron/ glob
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6,
                         np.float32: 7, np.uint16: 8}
@@ -31,54 +37,84 @@ def megatron_dtype(vocab_size: int) -> type[np.generic]:
     return np.uint16 if vocab_size is not None and vocab_size < 65500 else np.int32
 
 
-class MegatronWriter:
-    """One ``.bin``/``.idx`` pair; documents are written as they come (bounded memory but lengths)."""
+def write_megatron_index(path: str | Path, lengths: np.ndarray, dtype: type[np.generic]) -> None:
+    """The ``.idx`` of an indexed dataset whose ``.bin`` holds ``lengths`` items of ``dtype`` each."""
+    lengths = np.asarray(lengths, dtype="<i4")
+    itemsize = np.dtype(dtype).itemsize
+    pointers = np.zeros(len(lengths), dtype="<i8")
+    if len(lengths) > 1:
+        np.cumsum(lengths[:-1].astype("<i8") * itemsize, out=pointers[1:])
+    doc_idx = np.arange(len(lengths) + 1, dtype="<i8")
+    with open(path, "wb") as f:
+        f.write(MEGATRON_MAGIC)
+        f.write(struct.pack("<Q", 1))
+        f.write(struct.pack("<B", MEGATRON_DTYPE_CODES[np.dtype(dtype).type]))
+        f.write(struct.pack("<Q", len(lengths)))
+        f.write(struct.pack("<Q", len(doc_idx)))
+        f.write(lengths.tobytes())
+        f.write(pointers.tobytes())
+        f.write(doc_idx.tobytes())
 
-    def __init__(self, prefix: Path, dtype: type[np.generic]):
-        self.prefix, self.dtype = prefix, np.dtype(dtype).type
+
+class MegatronWriter:
+    """One ``.bin``/``.idx`` pair; documents are written as they come (bounded memory but lengths).
+
+    With ``mask_prefix`` the loss mask goes to a companion uint8 indexed dataset with the same
+    document layout, so ``IndexedDataset(mask_prefix)[i]`` is document ``i``'s mask: Megatron's
+    ``GPTDataset`` itself reads tokens only, and the mask must not vanish silently.
+    """
+
+    def __init__(self, prefix: Path, dtype: type[np.generic], mask_prefix: Path | None = None):
+        self.prefix, self.dtype, self.mask_prefix = prefix, np.dtype(dtype).type, mask_prefix
         prefix.parent.mkdir(parents=True, exist_ok=True)
         self.bin: BinaryIO = open(f"{prefix}.bin", "wb")  # noqa: SIM115 - closed in close()
+        self.mask_bin: BinaryIO | None = None
+        if mask_prefix is not None:
+            mask_prefix.parent.mkdir(parents=True, exist_ok=True)
+            self.mask_bin = open(f"{mask_prefix}.bin", "wb")  # noqa: SIM115 - closed in close()
         self.lengths: list[int] = []
 
-    def add_document(self, tokens: np.ndarray) -> None:
+    def add_document(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> None:
         arr = np.asarray(tokens).astype(np.dtype(self.dtype).newbyteorder("<"), copy=False)
         self.bin.write(arr.tobytes(order="C"))
+        self._write_mask(len(arr), mask)
         self.lengths.append(len(arr))
 
-    def add_documents(self, values: np.ndarray, offsets: np.ndarray) -> None:
+    def add_documents(self, values: np.ndarray, offsets: np.ndarray, masks: np.ndarray | None = None) -> None:
         """A whole batch at once: ``values`` flat tokens, ``offsets`` [n + 1] document boundaries.
 
-        One ``write`` per batch instead of one per document (the Python loop dominated otherwise).
+        One ``write`` per batch instead of one per document (the Python loop dominated otherwise);
+        ``masks`` are the flat loss masks aligned with ``values`` (all ones when absent).
         """
         self.bin.write(np.asarray(values).astype(np.dtype(self.dtype).newbyteorder("<"), copy=False).tobytes())
+        self._write_mask(len(values), masks)
         self.lengths.extend(np.diff(offsets).tolist())
+
+    def _write_mask(self, n: int, mask: np.ndarray | None) -> None:
+        if self.mask_bin is not None:
+            m = np.ones(n, np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
+            if len(m) != n:
+                raise ValueError(f"loss mask of {len(m)} values for {n} tokens")
+            self.mask_bin.write(m.tobytes())
 
     def close(self) -> dict[str, int]:
         self.bin.close()
-        lengths = np.array(self.lengths, dtype="<i4")
-        itemsize = np.dtype(self.dtype).itemsize
-        pointers = np.zeros(len(lengths), dtype="<i8")
-        if len(lengths) > 1:
-            np.cumsum(lengths[:-1].astype("<i8") * itemsize, out=pointers[1:])
-        doc_idx = np.arange(len(lengths) + 1, dtype="<i8")
-        with open(f"{self.prefix}.idx", "wb") as f:
-            f.write(MEGATRON_MAGIC)
-            f.write(struct.pack("<Q", 1))
-            f.write(struct.pack("<B", MEGATRON_DTYPE_CODES[self.dtype]))
-            f.write(struct.pack("<Q", len(lengths)))
-            f.write(struct.pack("<Q", len(doc_idx)))
-            f.write(lengths.tobytes())
-            f.write(pointers.tobytes())
-            f.write(doc_idx.tobytes())
-        return {"sequences": len(lengths), "tokens": int(lengths.sum())}
+        write_megatron_index(f"{self.prefix}.idx", np.array(self.lengths, dtype="<i4"), self.dtype)
+        if self.mask_bin is not None:
+            self.mask_bin.close()
+            write_megatron_index(f"{self.mask_prefix}.idx", np.array(self.lengths, dtype="<i4"), np.uint8)
+        return {"sequences": len(self.lengths), "tokens": int(sum(self.lengths))}
 
 
 class OlmoWriter:
     """Headerless token memmaps + one-byte loss masks + per-document offsets, split by token count."""
 
-    def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int):
+    def __init__(self, directory: Path, dtype: type[np.generic], max_tokens_per_file: int,
+                 mask_directory: Path | None = None):
         self.dir, self.dtype, self.max_tokens = directory, np.dtype(dtype).newbyteorder("<"), max_tokens_per_file
+        self.mask_dir = mask_directory or directory.parent / f"{directory.name}_masks"  # olmo -> olmo_masks
         directory.mkdir(parents=True, exist_ok=True)
+        self.mask_dir.mkdir(parents=True, exist_ok=True)
         self.file_index = -1
         self.files: list[str] = []
         self._open_next()
@@ -89,7 +125,7 @@ class OlmoWriter:
         self.file_index += 1
         stem = f"part-{self.file_index:05d}"
         self.tokens = open(self.dir / f"{stem}.npy", "wb")  # noqa: SIM115 - closed in _close_current()
-        self.mask = open(self.dir / f"{stem}.mask.npy", "wb")  # noqa: SIM115
+        self.mask = open(self.mask_dir / f"{stem}.npy", "wb")  # noqa: SIM115
         # mtime=0: the gzip header would otherwise carry the time, and the bytes would differ per run
         raw = gzip.GzipFile(self.dir / f"{stem}.csv.gz", mode="wb", compresslevel=6, mtime=0)
         self.csv_file = io.TextIOWrapper(raw, encoding="utf-8", newline="")

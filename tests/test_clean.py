@@ -103,7 +103,7 @@ def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
         assert len(ids) == len(mask) and mask[-1] == 1  # EOS stays trainable
     # OLMo mask memmap = the cleaning masks, document after document
     stream = np.concatenate([np.asarray(x, np.uint8) for x in cleaned.column("loss_mask").to_pylist()])
-    olmo = np.memmap(out / "pack" / "olmo" / "part-00000.mask.npy", dtype=np.uint8, mode="r")
+    olmo = np.memmap(out / "pack" / "olmo_masks" / "part-00000.npy", dtype=np.uint8, mode="r")
     assert np.array_equal(olmo, stream)
     # packed Parquet: mask = cleaning mask on document tokens, 0 on padding
     packed = read_table(sorted((out / "pack" / "data").glob("*.parquet")))

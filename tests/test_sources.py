@@ -34,8 +34,8 @@ def test_ranges_cover_every_line_once_with_line_numbers(tmp_path, kind):
     assert len(ranges) > 1
     seen: list[tuple[int, bytes]] = []
     for rng in ranges:
-        for lines, first, truncated in iter_lines(path, rng):
-            assert not truncated
+        for lines, first, failure in iter_lines(path, rng):
+            assert failure is None
             seen += [(first + k, ln) for k, ln in enumerate(lines)]
     assert [n for n, _ in seen] == list(range(1, len(LINES) + 1))
     assert [ln.decode() for _, ln in seen] == LINES
@@ -55,7 +55,7 @@ def test_truncated_zstd_is_detected(tmp_path):
     with pytest.raises(TruncatedInput):
         open_uncompressed(path).read()
     batches = list(iter_lines(path, LineRange(0, -1, 1)))
-    assert batches[-1][2] is True  # the last batch is flagged truncated
+    assert isinstance(batches[-1][2], TruncatedInput)  # the last batch carries the cut
 
 
 def test_truncated_gzip_is_detected(tmp_path):
@@ -63,4 +63,4 @@ def test_truncated_gzip_is_detected(tmp_path):
     path = tmp_path / "t.jsonl.gz"
     path.write_bytes(full[: len(full) // 2])
     batches = list(iter_lines(path, LineRange(0, -1, 1)))
-    assert batches and batches[-1][2] is True
+    assert batches and isinstance(batches[-1][2], TruncatedInput)
