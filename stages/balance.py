@@ -259,7 +259,10 @@ def calibrated_rate(target: float, hist: np.ndarray) -> float:
     if b == 0:
         return float(whole)
     lo, hi = cum[b - 1], cum[b]
-    within = (rest - lo) / (hi - lo) if hi > lo else 1.0
+    # the nearer edge of the boundary bin, not a linear guess inside it: a language's bins hold one
+    # document or none at this resolution, so this is the nearest document (a large document in the
+    # boundary bin cost a share several points with interpolation)
+    within = 1.0 if hi - rest <= rest - lo else 0.0
     return whole + min(1.0, (b - 1 + within) / HASH_BINS)
 
 
