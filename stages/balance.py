@@ -14,8 +14,9 @@ Mixing strategies over per-language sizes ``n_l`` (documents, bytes, characters 
 Sizes and budgets count documents, bytes, characters or (with a ``tokenizer`` artifact) tokens.
 
 The sampler is stateless: a document's number of copies is ``⌊r_l⌋ + [u < r_l − ⌊r_l⌋]`` with
-``u = xxh64(id, seed) / 2^64`` and ``r_l`` its language's rate, so down- and up-sampling give the
-same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
+``u = xxh64(f"{stage}:copies:{id}", seed) / 2^64`` (:mod:`pipeline.sampling`: salted with the stage
+type, so no later sampler's sample is nested in this one) and ``r_l`` its language's rate, so down-
+and up-sampling give the same rows whatever the workers, the block layout or retries. Copy ``k`` of a document has
 ``copy = k`` (0 for the first) so later stages can spread repeats apart.
 
 Language ID is offline, on the first ``langid_chars`` characters, with one of three models whose
@@ -40,15 +41,16 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask, SidePass
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
+from pipeline.sampling import salted_uniform
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+from stages.langcodes import LabelNormaliser, normalise_lang
 
 
 class LangIdConfig(BaseModel):
@@ -86,6 +88,24 @@ class BalanceConfig(StageConfig):
     min_size: dict[str, float] = Field(default_factory=dict, description="Per-language minimum target (unit).")
     max_size: dict[str, float] = Field(default_factory=dict, description="Per-language maximum target (unit).")
     drop_langs: list[str] = Field(default_factory=list, description="Languages removed entirely.")
+
+    @field_validator("weights", "budgets", "min_size", "max_size", "drop_langs", mode="before")
+    @classmethod
+    def _codes(cls, v: Any) -> Any:
+        """Language keys in the labels' normal form ('EN_us' -> 'en'), so they match the data's labels."""
+        if not isinstance(v, dict | list):
+            return v
+        keys = list(v)
+        norm = [normalise_lang(k) if isinstance(k, str) else k for k in keys]
+        bad = [k for k, c in zip(keys, norm, strict=True)
+               if c is None or (c == "und" and str(k).strip().lower() != "und")]
+        if bad:
+            raise ValueError(f"not a language code: {', '.join(map(repr, bad))} (use ISO 639-1/639-3 codes like 'en')")
+        if len(set(norm)) < len(norm):
+            raise ValueError(f"two keys name the same language: {keys} normalise to {norm}")
+        if isinstance(v, list):
+            return norm
+        return dict(zip(norm, v.values(), strict=True))
 
     @model_validator(mode="after")
     def _check(self) -> BalanceConfig:
@@ -132,9 +152,9 @@ def clamp_targets(targets: dict[str, float], lo: dict[str, float], hi: dict[str,
     return {lang: min(max(t, lo.get(lang, 0.0)), hi.get(lang, float("inf"))) for lang, t in targets.items()}
 
 
-def copies_for(ids: list[str], rates: np.ndarray, seed: int) -> np.ndarray:
-    """Copies per document: ⌊r⌋ + [u < frac(r)], u from a hash of (id, seed)."""
-    u = hash_u(ids, seed)
+def copies_for(ids: list[str], rates: np.ndarray, seed: int, stage: str = "balance") -> np.ndarray:
+    """Copies per document: ⌊r⌋ + [u < frac(r)], u from a hash of (stage, id, seed)."""
+    u = hash_u(ids, seed, stage)
     base = np.floor(rates)
     return (base + (u < rates - base)).astype(np.int64)
 
@@ -216,9 +236,9 @@ def size_of(batch: pa.Table, unit: str) -> np.ndarray:
 HASH_BINS = 4096
 
 
-def hash_u(ids: list[str], seed: int) -> np.ndarray:
-    """The sampler's uniform draw per document: xxh64(id, seed) / 2^64."""
-    return np.array([xxhash.xxh64_intdigest(i.encode(), seed=seed) for i in ids], dtype=np.float64) / 2.0**64
+def hash_u(ids: list[str], seed: int, stage: str = "balance") -> np.ndarray:
+    """The sampler's uniform draw per document, salted with the stage name and the role "copies"."""
+    return salted_uniform(ids, seed, stage, "copies")
 
 
 def calibrated_rate(target: float, hist: np.ndarray) -> float:
@@ -239,7 +259,10 @@ def calibrated_rate(target: float, hist: np.ndarray) -> float:
     if b == 0:
         return float(whole)
     lo, hi = cum[b - 1], cum[b]
-    within = (rest - lo) / (hi - lo) if hi > lo else 1.0
+    # the nearer edge of the boundary bin, not a linear guess inside it: a language's bins hold one
+    # document or none at this resolution, so this is the nearest document (a large document in the
+    # boundary bin cost a share several points with interpolation)
+    within = 1.0 if hi - rest <= rest - lo else 0.0
     return whole + min(1.0, (b - 1 + within) / HASH_BINS)
 
 
@@ -247,8 +270,8 @@ class LabelJob:
     """Pass 1: language ID where asked; counts per language (documents, bytes, chars) and size histograms."""
 
     def __init__(self, cfg: LangIdConfig, work: Location, seed: int = 0, unit: str = "bytes",
-                 tokenizer: Location | None = None):
-        self.cfg, self.work, self.seed, self.unit = cfg, work, seed, unit
+                 tokenizer: Location | None = None, stage: str = "balance"):
+        self.cfg, self.work, self.seed, self.unit, self.stage = cfg, work, seed, unit, stage
         self.tokenizer_path = tokenizer
         self.tokenizer: Any = None
 
@@ -267,6 +290,7 @@ class LabelJob:
         from pipeline.parquet_io import PartWriter
 
         writer = PartWriter(self.work / "_labelled", task.key)
+        normalise = LabelNormaliser()
         counts: dict[str, Counter[str]] = {}
         hists: dict[str, np.ndarray] = {}
         n = 0
@@ -276,16 +300,18 @@ class LabelJob:
         batches = itertools.chain([first], batches) if first is not None else iter(
             [read_schema(task.payload).empty_table()])
         for batch in batches:
-            labels = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            raw = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
+            # 'EN_us' -> 'en'; a label that is no language code ('../../etc') counts as missing
+            labels, invalid = normalise(raw)
             scores: list[float | None] = [None] * batch.num_rows
             if self.cfg.mode != "off":
-                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang]
+                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang or invalid[i]]
                 if idx:
                     texts = batch.column("text").to_pylist()
                     found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars, self.cfg.model)
                     new = list(labels)
                     for i, lang, p in zip(idx, found, probs, strict=True):
-                        new[i] = lang if p >= self.cfg.min_score else "und"
+                        new[i] = (normalise_lang(lang) or "und") if p >= self.cfg.min_score else "und"
                         scores[i] = p
                     labels = new
             original = batch.column("lang") if "lang" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
@@ -304,8 +330,8 @@ class LabelJob:
             c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
             tok = self.count_tokens(batch.column("text").to_pylist()) if self.tokenizer else None
             unit = tok if self.unit == "tokens" else {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
-            bins = np.minimum((hash_u(batch.column("id").to_pylist(), self.seed) * HASH_BINS).astype(np.int64),
-                              HASH_BINS - 1)
+            u = hash_u(batch.column("id").to_pylist(), self.seed, self.stage)
+            bins = np.minimum((u * HASH_BINS).astype(np.int64), HASH_BINS - 1)
             langs_now = t.column("lang").to_pylist()
             mism = t.column("lang_mismatch").to_pylist() if self.cfg.mark_mismatch else [False] * t.num_rows
             for j, (lang, nb, nc) in enumerate(zip(langs_now, b, c, strict=True)):
@@ -327,14 +353,15 @@ class LabelJob:
         buf = io.BytesIO()
         np.savez(buf, **hists)
         (self.work / "_hist" / f"{task.key}.npz").write_bytes(buf.getvalue())
-        return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()}}, "docs": n}
+        return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()},
+                          "labels": {**normalise.counts, "examples": normalise.examples}}, "docs": n}
 
 
 class SampleJob:
     """Pass 2: copies per document from its language's rate (hash-based, stateless)."""
 
-    def __init__(self, rates: dict[str, float], seed: int, work: Location):
-        self.rates, self.seed, self.work = rates, seed, work
+    def __init__(self, rates: dict[str, float], seed: int, work: Location, stage: str = "balance"):
+        self.rates, self.seed, self.work, self.stage = rates, seed, work, stage
 
     def setup(self) -> None:
         return None
@@ -347,7 +374,7 @@ class SampleJob:
         for batch in iter_batches(path, 4096):
             langs = batch.column("lang").to_pylist()
             rates = np.array([self.rates.get(lang, 0.0) for lang in langs])
-            copies = copies_for(batch.column("id").to_pylist(), rates, self.seed)
+            copies = copies_for(batch.column("id").to_pylist(), rates, self.seed, self.stage)
             take = np.repeat(np.arange(batch.num_rows), copies)
             copy_idx = np.concatenate([np.arange(c) for c in copies]) if len(take) else np.zeros(0, np.int64)
             src = batch.drop_columns(["copy"]) if "copy" in batch.column_names else batch
@@ -375,17 +402,22 @@ class BalanceStage(Stage[BalanceConfig]):
     """Language ID, a counting pass, a mixing strategy, and a deterministic hash-based sampler."""
 
     config_model = BalanceConfig
-    code_version: ClassVar[str] = "2"
+    code_version: ClassVar[str] = "3"
 
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
-        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok))
+        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name))
         results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
         per_lang: dict[str, Counter[str]] = {}
+        relabelled: Counter[str] = Counter()
+        examples: list[str] = []
         for r in results:
+            lab = dict(r["stats"].get("labels", {}))
+            examples += [e for e in lab.pop("examples", []) if e not in examples][: 10 - len(examples)]
+            relabelled.update(lab)
             for lang, c in r["stats"]["per_lang"].items():
                 per_lang.setdefault(lang, Counter()).update(c)
         sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
@@ -396,7 +428,7 @@ class BalanceStage(Stage[BalanceConfig]):
                 for lang in z.files:
                     hists[lang] = hists.get(lang, 0) + z[lang]
         rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir), tasks)
+        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
         after: dict[str, Counter[str]] = {}
         for r in sampled:
             for lang, c in r.get("stats", {}).get("after", {}).items():
@@ -424,6 +456,11 @@ class BalanceStage(Stage[BalanceConfig]):
                 "share_target": round(targets.get(lang, 0.0) / total_after, 6),
                 "rate": round(r, 6), "epochs": round(targets.get(lang, 0.0) / c[cfg.unit], 4) if c[cfg.unit] else 0.0,
             }
+        ctx.manifest.stats["labels"] = {  # source labels changed by stages.langcodes (rows)
+            "normalised": relabelled["normalised"], "blank": relabelled["blank"],
+            "not_a_language_code": relabelled["not_a_language_code"],
+            "not_a_language_code_became": "und" if cfg.langid.mode == "off" else "language ID",
+            "examples": sorted(examples)}
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
                                    "languages": table})
 

@@ -117,18 +117,22 @@ def utilisation(tok: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         seen.update(enc.ids)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     return {"vocab_size": vocab, "ids_seen": len(seen), "ids_seen_5x": sum(1 for c in seen.values() if c >= 5),
-            "never_produced_share": round(1 - len(seen) / vocab, 4)}
+            "never_produced_share": round(1 - len(seen) / vocab, 4) if rows else None}
 
 
 def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | None = None,
-                   reference_lang: str = "eng") -> dict[str, Any]:
+                   reference_lang: str = "eng", no_heldout: str | None = None) -> dict[str, Any]:
+    """The report; with no held-out documents its held-out figures are None and ``heldout.none`` says
+    why (``no_heldout``), rather than figures measured on text the tokenizer was trained on."""
     per_lang = compression_by_language(tok, heldout)
     total = Counter()
     for c in per_lang.values():
         total.update({k: c[k] for k in ("documents", "bytes", "chars", "tokens", "words")})
+    none = None if heldout else f"no held-out text: {no_heldout or 'no documents given'}"
     report: dict[str, Any] = {
-        "heldout": {**total, "bytes_per_token": round(total["bytes"] / max(total["tokens"], 1), 4),
-                    "chars_per_token": round(total["chars"] / max(total["tokens"], 1), 4)},
+        "heldout": {**total, "bytes_per_token": round(total["bytes"] / max(total["tokens"], 1), 4) if heldout else None,
+                    "chars_per_token": round(total["chars"] / max(total["tokens"], 1), 4) if heldout else None,
+                    **({"none": none} if none else {})},
         "per_language": per_lang,
         "utilisation": utilisation(tok, heldout),
         "vocabulary": unreachable_tokens(tok),
@@ -144,14 +148,17 @@ def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | Non
         "context_only": report["vocabulary"]["context_only"], "partial_utf8": report["vocabulary"]["partial_utf8"],
         "premium_max_over_min": tp.get("max_over_min"), "premium_cv": tp.get("cv"),
         "premium_languages": tp.get("languages"),
+        **({"heldout_none": none} if none else {}),
     }
     return report
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("bytes / token (held out)", str(summary.get("bytes_per_token"))),
-            ("chars / token (held out)", str(summary.get("chars_per_token"))),
-            ("ids never produced", f"{100 * (summary.get('never_produced_share') or 0):.1f}%"),
+    held = [("held out", summary["heldout_none"])] if summary.get("heldout_none") else [
+        ("bytes / token (held out)", str(summary.get("bytes_per_token"))),
+        ("chars / token (held out)", str(summary.get("chars_per_token"))),
+        ("ids never produced", f"{100 * (summary.get('never_produced_share') or 0):.1f}%")]
+    rows = [*held,
             ("unreachable ids", str(summary.get("unreachable"))),
             ("context-only ids (end in a space)", str(summary.get("context_only"))),
             ("partial UTF-8 byte ids", str(summary.get("partial_utf8")))]

@@ -2,11 +2,12 @@
 
 Models: byte-level BPE (pre-tokenization presets: GPT-2, the cl100k/Llama-3 pattern, and a variant
 that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training text is a
-deterministic sample of the input: a document is in the sample when ``xxh64(seed, id)`` falls under
-the rate that meets the byte budget, so the sample keeps the input's (balanced) language mix and
-does not depend on block layout. The text streams from Parquet into ``train_from_iterator``: the
-trainer's memory is its word-count and pair tables (growing with distinct pre-tokens in the sample
-and with the vocabulary size), never the corpus.
+deterministic sample of the input: the documents with the lowest hash of (stage name, role, id, seed) whose
+UTF-8 text fits the byte budget (:mod:`stages.tokenizer_sample`; the hash is salted, so the sample is
+independent of balance's and keeps the input's balanced language mix), whatever the block layout.
+The text streams from Parquet into ``train_from_iterator``: the trainer's memory is its word-count
+and pair tables (growing with distinct pre-tokens in the sample and with the vocabulary size), never
+the corpus.
 
 Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 ``PreTrainedTokenizerFast(tokenizer_file=...)``), ``tokenizer_config.json`` and ``special_tokens_map.json``
@@ -16,22 +17,21 @@ Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
-import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_table
+from pipeline.parquet_io import read_table
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
 from stages.tokenizer_files import write_hf_tokenizer_files
+from stages.tokenizer_sample import HashSample, calibrate, heldout_docs, iter_sample
 
 PRETOKENIZER_PATTERNS = {
     # GPT-2 (Radford et al. 2019)
@@ -48,7 +48,8 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     reference_lang: str = Field(default="eng", description="Language the premiums are relative to (parallel set).")
-    heldout_docs: int = Field(default=2000, ge=0, description="Input documents outside the sample to measure on.")
+    heldout_docs: int = Field(default=2000, ge=0, description="Input documents outside the sample to measure on "
+                              "(by id: never a copy of a trained document).")
 
 
 class SuperBPEConfig(BaseModel):
@@ -60,7 +61,8 @@ class SuperBPEConfig(BaseModel):
         default=None, ge=300, description="Stage-1 vocabulary size; default transition_share x vocab_size.")
     transition_share: float = Field(default=0.5, gt=0, lt=1, description="Stage-1 share of the vocabulary.")
     max_words: int = Field(default=4, ge=1, le=64, description="Most words one superword token may hold.")
-    sample_mb: float = Field(default=16, gt=0, description="Stage-2 text budget (MB): a hash subset of the sample.")
+    sample_mb: float = Field(default=16, gt=0, description="Stage-2 text budget (MB of UTF-8 text): a hash subset "
+                             "of the sample, with its own salt.")
     parallel_count_mb: float = Field(
         default=8, ge=0, description="Count stage-2 pre-tokens on Ray workers above this many MB of input.")
 
@@ -79,7 +81,8 @@ class TrainTokenizerConfig(StageConfig):
     normalization: Literal["none", "nfc", "nfkc"] = Field(
         default="none", description="none keeps decode(encode(x)) == x for byte-level BPE on any input."
     )
-    sample_mb: float = Field(default=256, gt=0, description="Training text budget (MB), sampled by hash.")
+    sample_mb: float = Field(default=256, gt=0, description="Training text budget (MB of UTF-8 text, as cut to "
+                             "max_doc_chars), sampled by a salted hash; exceeded never, missed by under one document.")
     max_doc_chars: int = Field(default=100_000, ge=100, description="Documents are cut to this for training.")
     parallel_text: Annotated[str | None, RefKind("artifact")] = Field(
         default=None, description="An input (kind: artifact) of parallel JSONL[.zst] text with lang, article, "
@@ -143,20 +146,6 @@ def build_tokenizer(cfg: TrainTokenizerConfig, vocab_size: int | None = None) ->
     return tok, trainer
 
 
-def in_sample(seed: int, doc_id: str, rate: float) -> bool:
-    """Deterministic, layout-independent membership: a hash of (seed, id) under the rate."""
-    return xxhash.xxh64_intdigest(doc_id.encode(), seed=seed) < rate * 2.0**64
-
-
-def iter_sample(files: list[Location], seed: int, rate: float, max_chars: int, heldout: bool = False) -> Iterator[dict]:
-    """Stream the documents in (or, with ``heldout``, outside) the sample, in part order."""
-    for f in files:
-        for batch in iter_batches(f, 2048, columns=["id", "text", "lang"]):
-            for row in batch.to_pylist():
-                if in_sample(seed, row["id"], rate) != heldout:
-                    yield {**row, "text": row["text"][:max_chars]}
-
-
 @register_stage
 class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
     """Train a tokenizer on a hash-sampled budget of the input; write tokenizer.json and report.json."""
@@ -171,15 +160,19 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         total = sum(ds.manifest.get("bytes_out", 0) for ds in ctx.datasets) or 1
-        rate = min(1.0, cfg.sample_mb * 1e6 / total)
+        sample, eligible = calibrate(files, HashSample(ctx.name, "sample", ctx.seed), cfg.sample_mb * 1e6,
+                                     cfg.max_doc_chars)
         stage1_vocab = cfg.superbpe.transition(cfg.vocab_size) if cfg.superbpe.enabled else None
         tok, trainer = build_tokenizer(cfg, stage1_vocab)
         counts = {"documents": 0, "bytes": 0}
+        per_lang: Counter[str] = Counter()
 
         def texts() -> Iterator[str]:
-            for row in iter_sample(files, ctx.seed, rate, cfg.max_doc_chars):
+            for row in iter_sample(files, sample, cfg.max_doc_chars):
+                nb = len(row["text"].encode("utf-8"))
                 counts["documents"] += 1
-                counts["bytes"] += len(row["text"].encode("utf-8"))
+                counts["bytes"] += nb
+                per_lang[row.get("lang") or "und"] += nb
                 yield row["text"]
 
         t0 = time.perf_counter()
@@ -190,24 +183,30 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         superbpe_stats: dict[str, Any] = {}
         if cfg.superbpe.enabled:
             t1 = time.perf_counter()
-            tok, superbpe_stats = self._superbpe_stage2(ctx, tok, files, rate, total)
+            tok, superbpe_stats = self._superbpe_stage2(ctx, tok, files, sample)
             superbpe_stats["seconds"] = round(time.perf_counter() - t1, 3)
         with (ctx.work_dir / "tokenizer.json").writing() as path:
             tok.save(str(path))
         write_hf_tokenizer_files(ctx.work_dir, cfg.special_tokens)  # AutoTokenizer.from_pretrained(folder)
         n = cfg.report.heldout_docs
-        heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars, heldout=True), n))
-        if not heldout:  # everything was sampled: measure on the first sampled documents instead
-            heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars), n))
+        heldout = heldout_docs(files, sample, n, cfg.max_doc_chars)  # by id: never a trained document or copy
+        note = None if heldout else ("report.heldout_docs is 0" if n == 0 else
+                                     "every document of the input is in the training sample")
         parallel = ctx.artifact("parallel_text").local_file() if cfg.parallel_text else None
-        report = quality_report(tok, heldout, parallel=parallel, reference_lang=cfg.report.reference_lang)
+        report = quality_report(tok, heldout, parallel=parallel, reference_lang=cfg.report.reference_lang,
+                                no_heldout=note)
+        if heldout:  # languages every document of which has a row (a copy) in the sample: no figure for them
+            report["heldout"]["languages_without"] = sorted(set(per_lang) - set(report["per_language"]))
         from pipeline.manifest import write_json_atomic
 
         write_json_atomic(ctx.work_dir / "report.json", report)
         ctx.manifest.stats.update({
             "model": cfg.model, "vocab_size": tok.get_vocab_size(with_added_tokens=True),
             "training_documents": counts["documents"], "training_bytes": counts["bytes"],
-            "sample_rate": round(rate, 6), "train_seconds": round(train_s, 3),
+            "training_bytes_per_language": dict(sorted(per_lang.items())),
+            "sample_budget_bytes": round(cfg.sample_mb * 1e6), "input_text_bytes": eligible["eligible_bytes"],
+            "sample_rate": round(counts["bytes"] / max(eligible["eligible_bytes"], 1), 6),
+            "train_seconds": round(train_s, 3),
             "training_mb_per_s": round(counts["bytes"] / 1e6 / max(train_s, 1e-9), 3),
             "report": report["summary"],
             "config": cfg.model_dump(mode="json", exclude={"name", "description"}),
@@ -218,28 +217,30 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         ctx.manifest.rows_out = ctx.manifest.rows_in
         ctx.manifest.bytes_in = total
 
-    def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location], rate: float,
-                         total: int) -> tuple[Any, dict[str, Any]]:
+    def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location],
+                         sample: HashSample) -> tuple[Any, dict[str, Any]]:
         """Count stage-2 pre-tokens of a hash subset of the sample (on Ray when large), then extend."""
         from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
 
         cfg = self.config
         sb = cfg.superbpe
-        rate2 = min(rate, sb.sample_mb * 1e6 / total)  # same hash, lower threshold: a subset of the sample
-        job = ChunkCountJob(ctx.seed, rate2, cfg.max_doc_chars)
-        if rate2 * total > sb.parallel_count_mb * 1e6 and len(files) > 1:
+        # a subset of the sample, ranked by its own salted hash (independent of the sample's threshold)
+        sample2, size2 = calibrate(files, HashSample(ctx.name, "superbpe-stage2", ctx.seed, within=sample),
+                               sb.sample_mb * 1e6, cfg.max_doc_chars)
+        job = ChunkCountJob(sample2, cfg.max_doc_chars)
+        if size2["sample_bytes"] > sb.parallel_count_mb * 1e6 and len(files) > 1:
             tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", f) for i, f in enumerate(files)]
             ctx.map_shards(job, tasks, count_rows=False)
             chunks = read_chunk_counts(ctx.data_dir.glob("part-*.parquet"))
             ctx.data_dir.move_to(ctx.side_dir("chunk_counts"))  # keep the counts; this stage has no dataset
             where = "ray"
         else:
-            chunks = count_chunks(row["text"] for row in iter_sample(files, ctx.seed, rate2, cfg.max_doc_chars))
+            chunks = count_chunks(row["text"] for row in iter_sample(files, sample2, cfg.max_doc_chars))
             where = "driver"
         if not chunks:
             raise TokenmillError(f"stage '{ctx.name}': superbpe stage 2 has no text (raise superbpe.sample_mb)")
         tok, stats = extend_tokenizer(stage1, chunks, cfg.vocab_size, cfg.min_frequency, sb.max_words)
-        return tok, {**stats, "counted_on": where, "sample_rate": round(rate2, 6)}
+        return tok, {**stats, "counted_on": where, "stage2_bytes": size2["sample_bytes"]}
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         from stages.tokenizer_report import summary_rows
@@ -259,8 +260,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
 class ChunkCountJob:
     """Ray shard job: the stage-2 pre-tokens of the sampled documents of one part, with counts."""
 
-    def __init__(self, seed: int, rate: float, max_chars: int):
-        self.seed, self.rate, self.max_chars = seed, rate, max_chars
+    def __init__(self, sample: HashSample, max_chars: int):
+        self.sample, self.max_chars = sample, max_chars
 
     def setup(self) -> None:
         return None
@@ -270,7 +271,7 @@ class ChunkCountJob:
 
         from stages.tokenizer_superbpe import count_chunks
 
-        docs = list(iter_sample([task.payload], self.seed, self.rate, self.max_chars))
+        docs = list(iter_sample([task.payload], self.sample, self.max_chars))
         counts = count_chunks(d["text"] for d in docs)
         keys = sorted(counts)
         out.data.write(pa.table({"chunk": pa.array(keys, pa.string()),

@@ -43,6 +43,7 @@ stages:
     type: train_tokenizer
     inputs: [balance]
     vocab_size: 1000
+    sample_mb: 0.15             # leaves held-out documents for the bytes-per-token chart
     parallel_text: udhr
     report: {reference_lang: eng, heldout_docs: 100}
   - {name: encode, type: encode, inputs: [balance], tokenizer: tok, add_eos: true}

@@ -39,6 +39,7 @@ stages:
     type: train_tokenizer
     inputs: [ingest]
     vocab_size: 2000
+    sample_mb: 1                # leaves held-out documents for the report's per-language chart
     parallel_text: udhr
     report: {reference_lang: eng, heldout_docs: 300}
   - {name: encode, type: encode, inputs: [ingest], tokenizer: tok}

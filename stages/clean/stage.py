@@ -37,6 +37,7 @@ from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
+from pipeline.sampling import salted_hash
 from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
 from stages.clean.core import NGramCounts, NGramLM, line_spans, repetition_mask
 from stages.clean.report import report_part
@@ -222,9 +223,10 @@ class MaskJob:
     """Scores and masks per document; in ``histogram`` mode only the influence-score histogram."""
 
     def __init__(self, cfg: CleanConfig, tokenizer: Location, boiler: np.ndarray, models: Any, threshold: float | None,
-                 histogram: bool):
+                 histogram: bool, stage: str = "clean", seed: int = 0):
         self.cfg, self.tokenizer, self.boiler = cfg, tokenizer, boiler
         self.models, self.threshold, self.histogram = models, threshold, histogram
+        self.stage, self.seed = stage, seed  # salt of the span-sample ranking (pipeline.sampling)
         self.tables: _Tables | None = None
 
     def setup(self) -> None:
@@ -310,7 +312,8 @@ class MaskJob:
                 masked["tokens"] += len(ids)
                 masked["masked"] += int((m == 0).sum())
                 if cfg.samples and (m == 0).any():
-                    rank = xxhash.xxh64_intdigest((doc_id or f"{task.key}:{rows_in + len(masks)}").encode())
+                    rank = salted_hash(doc_id or f"{task.key}:{rows_in + len(masks)}", self.seed, self.stage,
+                                       "masked-samples")
                     # up-sampled copies share an id, hence a rank: one example per document
                     fresh = all(x["rank"] != rank for x in samples)
                     if fresh and (len(samples) < cfg.samples or rank < samples[-1]["rank"]):
@@ -383,7 +386,7 @@ class CleanStage(Stage[CleanConfig]):
     """Per-token loss masks from the configured scorers."""
 
     config_model = CleanConfig
-    code_version: ClassVar[str] = "2"
+    code_version: ClassVar[str] = "3"
 
     @classmethod
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
@@ -446,7 +449,7 @@ class CleanStage(Stage[CleanConfig]):
             tokens = sum(int(r["stats"]["tokens"]) for r in res)
             keep = 1 - (1 - cfg.influence.keep_ratio) * tokens / maskable if maskable else 1.0
             threshold = threshold_for(hist, max(0.0, keep))
-        results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False), tasks)
+        results = ctx.map_shards(MaskJob(cfg, tok, boiler, models, threshold, False, ctx.name, ctx.seed), tasks)
         merged: Counter[str] = Counter()
         per_lang: dict[str, Counter[str]] = {}
         samples: list[dict[str, Any]] = []

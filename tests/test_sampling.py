@@ -1,0 +1,161 @@
+"""Samplers are independent (each hash salted with its stage and role), the tokenizer sample keeps the
+balanced mix and its text-byte budget, and "held out" means not trained on."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.locations import Location
+from pipeline.parquet_io import read_table
+from pipeline.sampling import salted_hashes, salted_uniform
+from stages.tokenizer_report import quality_report, summary_rows
+from stages.tokenizer_sample import HashSample, calibrate, heldout_docs, iter_sample
+
+WORDS = [f"w{i}" for i in range(400)]
+
+
+def test_salted_hashes_differ_by_stage_and_role_and_are_uncorrelated():
+    ids = [f"doc-{i}" for i in range(20000)]
+    a = salted_uniform(ids, 3, "balance", "copies")
+    b = salted_uniform(ids, 3, "tokenizer", "sample")
+    assert not np.array_equal(salted_hashes(ids, 3, "balance", "copies"), salted_hashes(ids, 3, "balance", "x"))
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.03
+    # the nesting bug: of balance's 25 % sample, a 10 % tokenizer sample must be ~10 %, not all of it
+    assert abs((b[a < 0.25] < 0.1).mean() - 0.1) < 0.02
+
+
+def write_parts(tmp_path, rows: list[dict], per_part: int = 700) -> list[Location]:
+    files = []
+    for k in range(0, len(rows), per_part):
+        p = tmp_path / f"part-{k:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[k:k + per_part]), p)
+        files.append(Location.parse(str(p), tmp_path))
+    return files
+
+
+def corpus(n: int, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 200)))
+        for c in range(rng.choice([1, 1, 1, 3])):  # some documents up-sampled: copies share the id
+            rows.append({"id": f"d{i}", "text": text, "lang": "xx", "copy": c})
+    return rows
+
+
+def test_sample_meets_the_text_byte_budget_within_one_document(tmp_path):
+    rows = corpus(3000)
+    files = write_parts(tmp_path, rows)
+    budget, max_chars = 150_000, 400
+    sample, fig = calibrate(files, HashSample("tok", "sample", 7), budget, max_chars)
+    got = list(iter_sample(files, sample, max_chars))
+    size = sum(len(r["text"].encode()) for r in got)
+    assert size == fig["sample_bytes"] <= budget
+    # brute force: rows by hash of their key (the id; id and k for copy k > 0); the next row would cross
+    keys = [r["id"] if not r["copy"] else f"{r['id']}\x1f{r['copy']}" for r in rows]
+    h = salted_hashes(keys, 7, "tok", "sample").tolist()
+    order = sorted(range(len(rows)), key=lambda i: h[i])
+    limit = dict(sample.per_lang)["xx"]
+    inside = [i for i in order if h[i] < limit]
+    assert sum(len(rows[i]["text"][:max_chars].encode()) for i in inside) == size
+    assert size + len(rows[order[len(inside)]]["text"][:max_chars].encode()) > budget
+    # copies are sampled one by one: some documents have only some of their copies in the sample
+    per_id = Counter(r["id"] for r in got)
+    copies = Counter(r["id"] for r in rows)
+    assert any(0 < per_id[i] < copies[i] for i in per_id)
+    # the budget counts text bytes, not all columns: the whole table is far larger than the sample
+    assert fig["eligible_bytes"] == sum(len(r["text"][:max_chars].encode()) for r in rows)
+    # a budget below the first document still trains on one document; a huge one on everything
+    one, _ = calibrate(files, HashSample("tok", "sample", 7), 1, max_chars)
+    assert len({r["id"] for r in iter_sample(files, one, max_chars)}) == 1
+    every, fig = calibrate(files, HashSample("tok", "sample", 7), 1e12, max_chars)
+    assert len(list(iter_sample(files, every, max_chars))) == len(rows)
+
+
+def test_heldout_is_never_trained_on_and_one_row_per_document(tmp_path):
+    rows = corpus(1500)
+    files = write_parts(tmp_path, rows)
+    sample, _ = calibrate(files, HashSample("tok", "sample", 7), 100_000, 400)
+    trained = {r["id"] for r in iter_sample(files, sample, 400)}  # ids with any row (copy) trained on
+    held = heldout_docs(files, sample, 200, 400)
+    ids = [r["id"] for r in held]
+    assert len(ids) == 200 == len(set(ids)) and not set(ids) & trained
+    # everything sampled: no held-out text, and the report says so instead of a figure
+    every, _ = calibrate(files, HashSample("tok", "sample", 7), 1e12, 400)
+    assert heldout_docs(files, every, 200, 400) == []
+
+
+def test_report_without_heldout_says_so():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))},
+                               merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    rep = quality_report(tok, [], no_heldout="every document of the input is in the training sample")
+    assert rep["summary"]["bytes_per_token"] is None and rep["summary"]["never_produced_share"] is None
+    assert "every document" in rep["heldout"]["none"]
+    assert dict(summary_rows(rep["summary"]))["held out"].startswith("no held-out text")
+
+
+SPEC = """
+name: mix
+seed: 11
+output: out
+inputs:
+  docs: {paths: [docs.jsonl]}
+stages:
+  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 0.2}
+  - name: balance
+    type: balance
+    inputs: [ingest]
+    langid: {mode: "off"}
+    strategy: unimax
+    unit: bytes
+    budget: 1000000
+    max_epochs: 4
+  - name: tok
+    type: train_tokenizer
+    inputs: [balance]
+    vocab_size: 300
+    sample_mb: 0.3
+    report: {heldout_docs: 400}
+"""
+
+
+def test_tokenizer_sample_keeps_the_balanced_mix_and_budget(run_spec, tmp_path):
+    """UniMax down-samples the large languages and up-samples the small one 4x; the tokenizer's
+    smaller sample has the balanced shares (not the nested low-hash tail), fits sample_mb, and holds
+    out text of every language, none of it trained on."""
+    rng = random.Random(2)
+    sizes = {"en": 2400, "de": 900, "fr": 300, "eo": 60}
+    docs = [{"id": f"{lang}-{i}", "lang": lang, "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 90)))}
+            for lang, n in sizes.items() for i in range(n)]
+    (tmp_path / "docs.jsonl").write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
+    _, out = run_spec(SPEC)
+    bal = json.loads((out / "balance" / "manifest.json").read_text())["stats"]["languages"]
+    assert bal["eo"]["epochs_after"] > 3 and bal["en"]["epochs_after"] < 0.6  # both directions exercised
+    tok = json.loads((out / "tok" / "manifest.json").read_text())["stats"]
+    per = tok["training_bytes_per_language"]
+    assert sum(per.values()) == tok["training_bytes"] <= 300_000
+    assert tok["training_bytes"] > 300_000 - 4 * 1000  # within one document (of ~500 bytes) per language
+    for lang, v in bal.items():
+        share = per.get(lang, 0) / tok["training_bytes"]
+        assert abs(share - v["byte_share_after"]) < 0.005, (lang, share, v["byte_share_after"])
+    report = json.loads((out / "tok" / "report.json").read_text())
+    assert set(report["per_language"]) == set(sizes)  # down-sampled languages get held-out text too
+    # held out by id: no held-out document (nor a copy of one) was trained on
+    table = read_table(sorted((out / "balance" / "data").glob("*.parquet")))
+    ids = table.column("id").to_pylist()
+    files = [Location.parse(str(p), tmp_path) for p in sorted((out / "balance" / "data").glob("*.parquet"))]
+    sample, _ = calibrate(files, HashSample("tok", "sample", 11), 300_000, 100_000)
+    trained = {r["id"] for r in iter_sample(files, sample, 100_000)}
+    assert len(trained) < len(set(ids))
+    held = heldout_docs(files, sample, 400, 100_000)
+    assert not {r["id"] for r in held} & trained and report["heldout"]["documents"] == len(held)
