@@ -62,7 +62,9 @@ class _Strict(BaseModel):
 
 
 class Normalise(_Strict):
-    """How text is normalised before exact hashing (and before shingling, for near dedup)."""
+    """How text is normalised before exact hashing. Near dedup's shingles have their own fixed folding
+    (lower case, whitespace words, punctuation trimmed from each word's ends; see
+    :func:`batch_shingle_hashes`), so these switches change which documents are exact copies only."""
 
     nfkc: bool = True
     lower: bool = True
@@ -215,9 +217,14 @@ def batch_shingle_hashes(texts: list[str], shingle: ShingleConfig) -> list[np.nd
         return out
     # words: whitespace tokens of the lower-cased text, punctuation trimmed from both ends (pyarrow
     # kernels; 4x faster than a Unicode-aware regex split, which RE2 needs: its \\W is ASCII-only)
-    lists = pc.utf8_split_whitespace(pc.utf8_lower(pa.array(texts, pa.string())))
-    flat = pc.utf8_trim(pc.list_flatten(lists), characters=_PUNCTUATION)
-    offsets = lists.offsets.to_numpy()
+    # A sentinel document ("x") ends the array: pyarrow 26's utf8_split_whitespace scans past the end
+    # of the array's last string when it ends in whitespace and then sometimes keeps the trailing
+    # space on the last word (or adds a word of garbage), which made the same text give different
+    # shingles from run to run; inside the array the next string bounds the scan. The sentinel's
+    # word is dropped below (its list is never read).
+    lists = pc.utf8_split_whitespace(pc.utf8_lower(pa.array([*texts, "x"], pa.string())))
+    offsets = lists.offsets.to_numpy()[: len(texts) + 1]
+    flat = pc.utf8_trim(pc.list_flatten(lists).slice(0, int(offsets[-1])), characters=_PUNCTUATION)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
     doc_of = np.repeat(np.arange(len(texts)), np.diff(offsets))[keep]
     words = flat.filter(pa.array(keep))
@@ -615,12 +622,14 @@ class DedupStage(Stage[DedupConfig]):
         w = PartWriter(ctx.work_dir / "clusters", "part-00000")
         w.write(clusters)
         w.commit()
+        t3 = time.perf_counter()
         # pass 4: filter
         ctx.map_shards(FilterDuplicatesJob(drop, offsets), tasks)
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
-        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "clusters": round(t2 - t1, 3),
-                                         "filter": round(time.perf_counter() - t2, 3)}
+        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "components": round(t2 - t1, 3),
+                                         "clusters": round(t3 - t2, 3),
+                                         "filter": round(time.perf_counter() - t3, 3)}
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": cfg.partitions, "keep": cfg.keep}
@@ -663,7 +672,7 @@ class DedupStage(Stage[DedupConfig]):
         stats = {"clusters": len(sizes), "documents_in_clusters": len(nodes),
                  "removed_exact": sum(1 for r in drop.values() if r == "exact_duplicate"),
                  "removed_near": sum(1 for r in drop.values() if r == "near_duplicate"),
-                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: (len(kv[0]), kv[0])))}
+                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))}
         return drop, stats, clusters
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
@@ -675,6 +684,11 @@ class DedupStage(Stage[DedupConfig]):
                         f"threshold {p.get('threshold')}")]
         rows += [(f"clusters of size {k}", f"{v:,}") for k, v in s.get("cluster_size_histogram", {}).items()]
         return rows
+
+
+def _size_order(label: str) -> int:
+    """Histogram labels in size order: "2" ... "9", "10-99", "100+"."""
+    return int(label.split("-")[0].rstrip("+"))
 
 
 def _partition_forest(edges: pa.Table, threshold: float, *sig_parts: Signatures) -> tuple[pa.Table, pa.Table]:
