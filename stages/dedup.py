@@ -102,6 +102,17 @@ class NearConfig(_Strict):
         description="Verification keeps pairs with estimated Jaccard >= threshold - margin (estimates are noisy).",
     )
     seed: int = Field(default=1, ge=0, description="MinHash permutation seed (datasketch's `seed`).")
+    bucket_window: int = Field(
+        default=64, ge=1, le=4096,
+        description="Each member of an LSH bucket is paired with the next `bucket_window` members in keep "
+        "order and with the bucket's best member: every pair of a bucket of up to window + 1 documents, "
+        "O(bucket size × window) pairs for larger buckets.",
+    )
+    twin_margin: float = Field(
+        default=0.1, ge=0, le=0.5,
+        description="Every removed document has estimated similarity >= threshold - twin_margin with the "
+        "document kept for it; a component with no such kept twin for some member keeps more documents.",
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> NearConfig:
@@ -417,30 +428,59 @@ class SignatureJob:
         return {"docs": n, "stats": {}}
 
 
-def _edges_for_partition(files: list[Location]) -> pa.Table:
-    """Pass 2: star edges from the best member of each bucket (smallest keep key) to the others."""
+_EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),
+                          ("kuid", pa.string()), ("kv0", pa.float64()), ("kvid", pa.string())])
+
+
+def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
+    """Pass 2: candidate pairs of one partition's buckets.
+
+    Rows are sorted by (kind, key, keep key): each bucket is a run of rows, best document first.
+    Exact buckets (one normalised-text hash: a clique by definition) give star edges from the best
+    copy to the others. Near buckets pair every member with the bucket's best and with the next
+    ``window`` members in keep order: all pairs of a bucket of up to ``window + 1`` members (a star
+    alone missed pairs whose star edges verification dropped), O(size × window) pairs for a huge
+    bucket. Each pair appears once (smaller node first; an exact pair wins over a near one).
+    """
     tables = [read_one(f) for f in files]
-    empty = pa.table({"u": pa.array([], pa.int64()), "v": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
-                      "ku0": pa.array([], pa.float64()), "kuid": pa.array([], pa.string()),
-                      "kv0": pa.array([], pa.float64()), "kvid": pa.array([], pa.string())})
     if not tables:
-        return empty
+        return _EDGE_SCHEMA.empty_table()
     t = pa.concat_tables(tables)
-    # sort by (kind, key, k0, id): the first row of each bucket is its best document
     t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending")])
     key = t.column("key").to_numpy()
     kind = t.column("kind").to_numpy(zero_copy_only=False)
     node = t.column("node").to_numpy()
-    k0 = t.column("k0").to_numpy()
-    ids = t.column("id").to_pylist()
     new = np.r_[True, (key[1:] != key[:-1]) | (kind[1:] != kind[:-1])]
+    group = np.cumsum(new) - 1
+    size = np.bincount(group)[group]
+    rows = np.flatnonzero(size > 1)  # singleton buckets (almost all) pair with nothing
+    if not len(rows):
+        return _EDGE_SCHEMA.empty_table()
     head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))
-    sel = np.flatnonzero(~new & (node != node[head]))
-    if not len(sel):
-        return empty
-    hs = head[sel]
-    return pa.table({"u": node[hs], "v": node[sel], "kind": kind[sel], "ku0": k0[hs],
-                     "kuid": [ids[i] for i in hs], "kv0": k0[sel], "kvid": [ids[i] for i in sel]})
+    pairs = [np.c_[head[rows], rows]]  # stars from each bucket's best member
+    near_rows = rows[kind[rows] == "near"]
+    g = group[near_rows]
+    for d in range(1, window + 1):
+        same = g[d:] == g[:-d]
+        if not same.any():
+            break
+        pairs.append(np.c_[near_rows[:-d][same], near_rows[d:][same]])
+    ij = np.concatenate(pairs)
+    ij = ij[node[ij[:, 0]] != node[ij[:, 1]]]
+    if not len(ij):
+        return _EDGE_SCHEMA.empty_table()
+    i, j = ij[:, 0], ij[:, 1]
+    swap = node[i] > node[j]
+    i, j = np.where(swap, j, i), np.where(swap, i, j)
+    is_near = (kind[i] == "near").astype(np.int64)
+    order = np.lexsort((is_near, node[j], node[i]))  # per pair, the exact row first
+    i, j = i[order], j[order]
+    first = np.r_[True, (node[i][1:] != node[i][:-1]) | (node[j][1:] != node[j][:-1])]
+    i, j = i[first], j[first]
+    k0, ids = t.column("k0"), t.column("id")
+    ia, ja = pa.array(i), pa.array(j)
+    return pa.table({"u": node[i], "v": node[j], "kind": kind[i], "ku0": k0.take(ia), "kuid": ids.take(ia),
+                     "kv0": k0.take(ja), "kvid": ids.take(ja)}, schema=_EDGE_SCHEMA)
 
 
 Signatures = tuple[np.ndarray, np.ndarray]  # (sorted node ids, one signature row per node)
@@ -542,6 +582,60 @@ def _merge_forests(a: pa.Table, b: pa.Table) -> pa.Table:
                        both.column("root").to_numpy())
 
 
+def representatives(forest: pa.Table, edges: pa.Table, min_sim: float) -> pa.Table:
+    """Which documents of the clusters are kept, and the kept document of each removed one.
+
+    ``forest``: (node, k0, id, root) of every document in a cluster; ``edges``: verified pairs
+    (u, v, kind, sim). Exact copies collapse first onto their group's best copy (the exact bucket's
+    star centre): the others are removed as ``exact`` duplicates of it. Then greedy centres in keep
+    order (what a query-then-insert LSH loop does implicitly): a document is removed when a verified
+    edge with similarity >= ``min_sim`` joins it to a document already kept (the most similar such
+    one, ties by keep order), and is kept otherwise. The component's root (its best document by the
+    keep rule) is always kept, so the keep rule stays the primary rule; a chained component whose
+    members are not all near its root keeps more than one document instead of losing the far ones.
+
+    Returns (node, kept, kept_node, similarity, reason) sorted by node; ``similarity`` is the
+    estimate between the document and ``kept_node`` (1 for exact copies and for kept documents).
+    """
+    nodes = forest.column("node").to_numpy()
+    n = len(nodes)
+    ranked = pa.table({"k0": forest.column("k0"), "id": forest.column("id"), "i": np.arange(n)})
+    order = ranked.sort_by([("k0", "ascending"), ("id", "ascending"), ("i", "ascending")]).column("i").to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    iu = np.searchsorted(nodes, edges.column("u").to_numpy())
+    iv = np.searchsorted(nodes, edges.column("v").to_numpy())
+    sim = edges.column("sim").to_numpy()
+    exact = edges.column("kind").to_numpy(zero_copy_only=False) == "exact"
+    # exact groups: the star centre of an exact bucket is its best copy
+    ehead = np.arange(n)
+    a, b = iu[exact], iv[exact]
+    first_is_best = rank[a] < rank[b]
+    ehead[np.where(first_is_best, b, a)] = np.where(first_is_best, a, b)
+    # near edges between group heads, earlier (in keep order) endpoint first
+    hu, hv, hs = ehead[iu[~exact]], ehead[iv[~exact]], sim[~exact]
+    ok = (hu != hv) & (hs >= min_sim)
+    hu, hv, hs = hu[ok], hv[ok], hs[ok]
+    early = rank[hu] < rank[hv]
+    lo, hi = np.where(early, hu, hv), np.where(early, hv, hu)
+    by = np.lexsort((rank[lo], -hs, rank[hi]))  # per later document: most similar, then best-ranked, first
+    kept = np.ones(n, bool)
+    kept[ehead != np.arange(n)] = False
+    twin = np.arange(n)
+    twin_sim = np.ones(n)
+    decided = np.zeros(n, bool)
+    for x, c, sv in zip(hi[by].tolist(), lo[by].tolist(), hs[by].tolist(), strict=True):
+        if not decided[x] and kept[c]:  # c's own fate is settled: all its edges sort before x's
+            kept[x], twin[x], twin_sim[x], decided[x] = False, c, sv, True
+    members = np.flatnonzero(ehead != np.arange(n))
+    h = ehead[members]
+    twin[members] = np.where(kept[h], h, twin[h])
+    twin_sim[members] = np.where(kept[h], 1.0, twin_sim[h])
+    reason = np.where(kept, "", np.where(ehead != np.arange(n), "exact", "near"))
+    return pa.table({"node": pa.array(nodes, pa.int64()), "kept": pa.array(kept), "kept_node": pa.array(nodes[twin]),
+                     "similarity": pa.array(twin_sim), "reason": pa.array(reason.tolist(), pa.string())})
+
+
 class FilterDuplicatesJob:
     """Pass 4: keep a document unless it is a non-root member of a cluster."""
 
@@ -601,7 +695,8 @@ class DedupStage(Stage[DedupConfig]):
         # candidate edges per partition; the signatures they need, read once per signature file
         # (only documents that have a candidate: O(duplicates)); then verification and a forest
         edges_task = ray.remote(releasing(_edges_for_partition))
-        cand = [edges_task.remote(pdir.glob("*.parquet")) for pdir in (ctx.work_dir / "_buckets").glob("p*")]
+        cand = [edges_task.remote(pdir.glob("*.parquet"), cfg.near.bucket_window)
+                for pdir in (ctx.work_dir / "_buckets").glob("p*")]
         needed = ray.remote(releasing(_needed_signatures))
         sig_parts = [needed.remote(f, *cand) for f in sig_files] if cfg.near.verify else []
         verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
@@ -638,40 +733,32 @@ class DedupStage(Stage[DedupConfig]):
 
     def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Location], offsets: dict[str, int],
                   keys: list[str]) -> tuple[dict[int, str], dict[str, Any], pa.Table]:
+        near = self.config.near
+        if edges is None:
+            edges = _EDGE_SCHEMA.empty_table().append_column("sim", pa.array([], pa.float64()))
+        reps = representatives(forest, edges, near.threshold - near.twin_margin)
         nodes = forest.column("node").to_numpy()
         roots = forest.column("root").to_numpy()
-        ids = forest.column("id").to_pylist()
-        id_of = dict(zip(nodes.tolist(), ids, strict=True))
-        # how each member was linked: the best edge touching it (exact first, then highest similarity)
-        link: dict[int, tuple[str, float]] = {}
-        if edges is not None and edges.num_rows:
-            for u, v, k, s in zip(edges.column("u").to_pylist(), edges.column("v").to_pylist(),
-                                  edges.column("kind").to_pylist(), edges.column("sim").to_pylist(), strict=True):
-                for x in (u, v):
-                    cur = link.get(x)
-                    cand = (k, s)
-                    if cur is None or (cand[0] == "exact" and cur[0] != "exact") or (
-                            cand[0] == cur[0] and cand[1] > cur[1]):
-                        link[x] = cand
-        drop: dict[int, str] = {}
-        sizes: Counter[int] = Counter(roots.tolist())
-        kept_col, kind_col, sim_col = [], [], []
-        for n, r in zip(nodes.tolist(), roots.tolist(), strict=True):
-            kind, sim = link.get(n, ("near", 0.0))
-            kept_col.append(n == r)
-            kind_col.append(kind)
-            sim_col.append(sim)
-            if n != r:
-                drop[n] = f"{kind}_duplicate"
-        clusters = pa.table({"id": pa.array(ids, pa.string()), "cluster_id": [id_of[r] for r in roots.tolist()],
-                             "kept": pa.array(kept_col), "linked_by": kind_col, "similarity": sim_col})
+        ids = forest.column("id")
+        kept = reps.column("kept").to_numpy(zero_copy_only=False)
+        reason = reps.column("reason").to_numpy(zero_copy_only=False)
+        has_exact = np.zeros(len(nodes), bool)
+        has_exact[np.searchsorted(nodes, reps.column("kept_node").to_numpy()[reason == "exact"])] = True
+        linked = np.where(kept, np.where(has_exact, "exact", "near"), reason)
+        drop = {int(x): f"{r}_duplicate" for x, r in zip(nodes[~kept].tolist(), reason[~kept].tolist(), strict=True)}
+        clusters = pa.table({
+            "id": ids, "cluster_id": ids.take(pa.array(np.searchsorted(nodes, roots))), "kept": reps.column("kept"),
+            "kept_id": ids.take(pa.array(np.searchsorted(nodes, reps.column("kept_node").to_numpy()))),
+            "linked_by": pa.array(linked.tolist(), pa.string()), "similarity": reps.column("similarity"),
+        })
         clusters = clusters.sort_by([("cluster_id", "ascending"), ("id", "ascending")])
+        sizes = Counter(roots.tolist())
         hist: Counter[str] = Counter()
         for size in sizes.values():
             hist[str(size) if size < 10 else ("10-99" if size < 100 else "100+")] += 1
         stats = {"clusters": len(sizes), "documents_in_clusters": len(nodes),
-                 "removed_exact": sum(1 for r in drop.values() if r == "exact_duplicate"),
-                 "removed_near": sum(1 for r in drop.values() if r == "near_duplicate"),
+                 "kept_in_clusters": int(kept.sum()), "largest_cluster": max(sizes.values(), default=0),
+                 "removed_exact": int((reason == "exact").sum()), "removed_near": int((reason == "near").sum()),
                  "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))}
         return drop, stats, clusters
 
