@@ -132,6 +132,10 @@ class DedupConfig(StageConfig):
     )
     keep_column: str | None = Field(default=None, description="Numeric column for keep: column (highest wins).")
     partitions: int = Field(default=8, ge=1, le=4096, description="Hash partitions of the bucket shuffle.")
+    warn_cluster_size: int = Field(default=10_000, ge=1, description="Warn when one cluster holds more documents.")
+    warn_source_share: float = Field(
+        default=0.5, ge=0, le=1, description="Warn when dedup removes more than this share of one source's documents."
+    )
 
     @model_validator(mode="after")
     def _keep_column(self) -> DedupConfig:
@@ -637,10 +641,15 @@ def representatives(forest: pa.Table, edges: pa.Table, min_sim: float) -> pa.Tab
 
 
 class FilterDuplicatesJob:
-    """Pass 4: keep a document unless it is a non-root member of a cluster."""
+    """Pass 4: keep a document unless the drop table of its input part names it.
 
-    def __init__(self, drop: dict[int, str], offsets: dict[str, int]):
-        self.drop, self.offsets = drop, offsets
+    The drop set is data: one small Parquet file per input part (node, reason), so a worker holds
+    the drop rows of its own part only. Removal is also counted per ``source`` and per ``lang``
+    (when the rows have those columns), so a source that dedup wipes out shows in the manifest.
+    """
+
+    def __init__(self, drop_dir: Location, offsets: dict[str, int]):
+        self.drop_dir, self.offsets = drop_dir, offsets
 
     def setup(self) -> None:
         return None
@@ -648,21 +657,46 @@ class FilterDuplicatesJob:
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         path = task.payload
         base = self.offsets[task.key]
-        out.data.schema = read_schema(path)
+        schema = read_schema(path)
+        out.data.schema = schema
+        drop_file = self.drop_dir / f"{task.key}.parquet"
+        drop = read_one(drop_file) if drop_file.exists() else pa.table({"node": pa.array([], pa.int64()),
+                                                                         "reason": pa.array([], pa.string())})
+        drop_nodes = drop.column("node").to_numpy()
+        drop_reasons = drop.column("reason").to_numpy(zero_copy_only=False)
+        groups = [c for c in ("source", "lang") if c in schema.names]
         n_in = n_out = b_in = b_out = 0
         dropped: Counter[str] = Counter()
+        per: dict[str, dict[str, list[int]]] = {c: {} for c in groups}
         for batch in iter_batches(path, 4096):
             nodes = np.arange(base + n_in, base + n_in + batch.num_rows)
-            reasons = [self.drop.get(int(x)) for x in nodes]
-            keep = pa.array([r is None for r in reasons])
-            kept = batch.filter(keep)
-            dropped.update(r for r in reasons if r is not None)
+            pos = np.searchsorted(drop_nodes, nodes)
+            hit = (pos < len(drop_nodes)) & (drop_nodes[np.minimum(pos, len(drop_nodes) - 1)] == nodes) \
+                if len(drop_nodes) else np.zeros(len(nodes), bool)
+            dropped.update(drop_reasons[pos[hit]].tolist())
+            kept = batch.filter(pa.array(~hit))
+            for c in groups:
+                for value, removed in zip(batch.column(c).to_pylist(), hit.tolist(), strict=True):
+                    slot = per[c].setdefault(str(value), [0, 0])
+                    slot[0] += 1
+                    slot[1] += removed
             out.data.write(kept)
             n_in += batch.num_rows
             n_out += kept.num_rows
             b_in += batch.nbytes
             b_out += kept.nbytes
-        return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped)}
+        return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped),
+                "by_group": per}
+
+
+def _write_drop_tables(drop: pa.Table, folder: Location, offsets: dict[str, int], counts: list[int]) -> None:
+    """Split the (node, reason) drop table by input part: node ranges are the parts' row offsets."""
+    drop = drop.sort_by("node")
+    nodes = drop.column("node").to_numpy()
+    for (key, base), count in zip(offsets.items(), counts, strict=True):
+        lo, hi = np.searchsorted(nodes, [base, base + count])
+        if hi > lo:
+            write_one(drop.slice(int(lo), int(hi - lo)), folder / f"{key}.parquet")
 
 
 @register_stage
@@ -670,7 +704,7 @@ class DedupStage(Stage[DedupConfig]):
     """Exact + MinHash-LSH near-duplicate removal with a deterministic keep rule."""
 
     config_model = DedupConfig
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: kept twins, all-pairs buckets, clusters table kept_id
 
     def run(self, ctx: StageContext) -> None:
         import ray
@@ -717,9 +751,12 @@ class DedupStage(Stage[DedupConfig]):
         w = PartWriter(ctx.work_dir / "clusters", "part-00000")
         w.write(clusters)
         w.commit()
+        drop_dir = ctx.work_dir / "_drop"
+        _write_drop_tables(drop, drop_dir, offsets, counts)
         t3 = time.perf_counter()
         # pass 4: filter
-        ctx.map_shards(FilterDuplicatesJob(drop, offsets), tasks)
+        results = ctx.map_shards(FilterDuplicatesJob(drop_dir, offsets), tasks)
+        self._group_stats(ctx, results, cluster_stats)
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
         ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "components": round(t2 - t1, 3),
@@ -728,11 +765,11 @@ class DedupStage(Stage[DedupConfig]):
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": cfg.partitions, "keep": cfg.keep}
-        for side in ("_buckets", "_signatures"):
+        for side in ("_buckets", "_signatures", "_drop"):
             (ctx.work_dir / side).rmtree()
 
     def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Location], offsets: dict[str, int],
-                  keys: list[str]) -> tuple[dict[int, str], dict[str, Any], pa.Table]:
+                  keys: list[str]) -> tuple[pa.Table, dict[str, Any], pa.Table]:
         near = self.config.near
         if edges is None:
             edges = _EDGE_SCHEMA.empty_table().append_column("sim", pa.array([], pa.float64()))
@@ -745,7 +782,8 @@ class DedupStage(Stage[DedupConfig]):
         has_exact = np.zeros(len(nodes), bool)
         has_exact[np.searchsorted(nodes, reps.column("kept_node").to_numpy()[reason == "exact"])] = True
         linked = np.where(kept, np.where(has_exact, "exact", "near"), reason)
-        drop = {int(x): f"{r}_duplicate" for x, r in zip(nodes[~kept].tolist(), reason[~kept].tolist(), strict=True)}
+        drop = pa.table({"node": pa.array(nodes[~kept], pa.int64()),
+                         "reason": pa.array([f"{r}_duplicate" for r in reason[~kept].tolist()], pa.string())})
         clusters = pa.table({
             "id": ids, "cluster_id": ids.take(pa.array(np.searchsorted(nodes, roots))), "kept": reps.column("kept"),
             "kept_id": ids.take(pa.array(np.searchsorted(nodes, reps.column("kept_node").to_numpy()))),
@@ -762,6 +800,39 @@ class DedupStage(Stage[DedupConfig]):
                  "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))}
         return drop, stats, clusters
 
+    def _group_stats(self, ctx: StageContext, results: list[dict[str, Any]], cluster_stats: dict[str, Any]) -> None:
+        """Removed per source and per language into the manifest, and warnings past the thresholds."""
+        cfg = self.config
+        warnings: list[str] = []
+        for column in ("source", "lang"):
+            total: dict[str, list[int]] = {}
+            for r in results:
+                for value, (n, removed) in r.get("by_group", {}).get(column, {}).items():
+                    slot = total.setdefault(value, [0, 0])
+                    slot[0] += n
+                    slot[1] += removed
+            if not total:
+                continue
+            ctx.manifest.stats[f"removed_by_{column}"] = {
+                v: {"rows_in": n, "removed": d, "share": round(d / n, 4) if n else 0.0}
+                for v, (n, d) in sorted(total.items())}
+            if column == "source":
+                warnings += [f"dedup removed {d:,} of {n:,} documents ({d / n:.0%}) of source {v!r} "
+                             f"(warn_source_share {cfg.warn_source_share})"
+                             for v, (n, d) in sorted(total.items()) if n and d / n > cfg.warn_source_share]
+        largest = cluster_stats.get("largest_cluster", 0)
+        if largest > cfg.warn_cluster_size:
+            warnings.append(f"one dedup cluster holds {largest:,} documents "
+                            f"(warn_cluster_size {cfg.warn_cluster_size:,})")
+        for text in warnings:
+            warn = getattr(ctx, "warn", None)  # the engine's warning channel, where it has one
+            if warn is not None:
+                warn(text)
+            else:
+                ctx.manifest.stats.setdefault("warnings", []).append(text)
+                if ctx.reporter:
+                    ctx.reporter.message(f"warning: {text}")
+
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         s = manifest.get("stats", {})
         p = s.get("parameters", {})
@@ -770,6 +841,10 @@ class DedupStage(Stage[DedupConfig]):
                 ("LSH", f"{p.get('bands')} bands × {p.get('rows')} rows, {p.get('num_perm')} perms, "
                         f"threshold {p.get('threshold')}")]
         rows += [(f"clusters of size {k}", f"{v:,}") for k, v in s.get("cluster_size_histogram", {}).items()]
+        for column in ("source", "lang"):
+            rows += [(f"removed from {column} {v}", f"{g['removed']:,} of {g['rows_in']:,} ({g['share']:.1%})")
+                     for v, g in s.get(f"removed_by_{column}", {}).items()]
+        rows += [("warning", w) for w in s.get("warnings", [])]
         return rows
 
 

@@ -170,6 +170,10 @@ def test_stage_removes_exact_and_near_duplicates_and_keeps_longest(run_spec, tmp
     assert m["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
     assert m["rows_in"] == 42 and m["rows_out"] == 40
     assert m["stats"]["parameters"]["bands"] * m["stats"]["parameters"]["rows"] <= 128
+    assert (m["stats"]["removed_exact"], m["stats"]["removed_near"]) == (1, 1)
+    assert m["stats"]["removed_by_source"] == {"docs": {"rows_in": 42, "removed": 2, "share": round(2 / 42, 4)}}
+    assert by_id["orig-000"]["kept_id"] == "copy-000" and by_id["near-001"]["kept_id"] == "orig-001"
+    assert list(m["stats"]["cluster_size_histogram"]) == ["2"]
 
 
 def test_keep_first_by_id_and_by_column(run_spec, tmp_path):
@@ -306,3 +310,9 @@ def test_every_removed_document_keeps_a_near_twin():
     assert (by[4]["reason"], by[5]["reason"]) == ("near", "exact")
     assert by[4]["kept_node"] == by[5]["kept_node"] == 2 and by[5]["similarity"] == 0.75
     assert all(by[x["kept_node"]]["kept"] for x in r)
+
+
+def test_histogram_labels_in_size_order():
+    from stages.dedup import _size_order
+
+    assert sorted(["100+", "10-99", "3", "2"], key=_size_order) == ["2", "3", "10-99", "100+"]
