@@ -316,3 +316,18 @@ def test_histogram_labels_in_size_order():
     from stages.dedup import _size_order
 
     assert sorted(["100+", "10-99", "3", "2"], key=_size_order) == ["2", "3", "10-99", "100+"]
+
+
+def test_true_jaccard_verification_uses_the_shingle_sets():
+    import pyarrow as pa
+
+    from stages.dedup import _verify
+
+    a = np.arange(100, dtype=np.uint32)
+    b = np.arange(30, 130, dtype=np.uint32)  # J = 70 / 130
+    sig = np.zeros((2, 128), np.uint32)  # identical signatures: the estimate would say 1.0
+    edges = pa.table({"u": pa.array([0], pa.int64()), "v": pa.array([1], pa.int64()), "kind": ["near"]})
+    nodes = np.array([0, 1])
+    assert _verify(edges, (nodes, sig, None), 0.75).column("sim").to_pylist() == [1.0]
+    assert _verify(edges, (nodes, sig, [a, b]), 0.75).num_rows == 0
+    assert _verify(edges, (nodes, sig, [a, b]), 0.5).column("sim").to_pylist() == [70 / 130]
