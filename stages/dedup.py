@@ -13,20 +13,24 @@ fed the same shingle hashes. Shingle hashes are our own: words hashed once per b
 n-grams combined in numpy, which is several times faster than datasketch's per-shingle SHA-1 (see
 ``benchmarks/bench_dedup.py``).
 
-Execution, with no single-process bottleneck over documents or signatures:
+Execution, every step an engine pass (progress, resume markers, retries) writing Parquet:
 
-1. *signature pass* (one Ray task per input part): exact hash, signature, band keys; band keys are
-   written hash-partitioned into ``P`` buckets files (a shuffle write);
-2. *bucket pass* (one task per partition): documents sharing a band key (or an exact hash) become
-   star edges from the best document of the bucket (per the keep rule) to the others;
-3. *components* by sharded union-find: each partition's edges are reduced to a forest in its own
-   task, forests are merged pairwise in rounds (tree reduction), so a task holds at most the
-   documents that have a duplicate (memory O(duplicated documents), never O(corpus));
-4. *filter pass* (one task per input part): drop every document that is not its cluster's root.
+1. *signature pass* (one task per input part): exact hash, signature, band keys (and, for
+   true-Jaccard verification, each document's distinct shingle hashes); band keys are written
+   hash-partitioned into ``P`` bucket files (a shuffle write);
+2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
+   a window in keep order for big ones; stars for exact buckets), verified on the true Jaccard of
+   the shingle sets or on the signature estimate, reduced to a forest (connected components);
+3. *merge passes*: forests merged pairwise in rounds; a merge holds the documents that have a
+   duplicate (memory O(duplicated documents), never O(corpus));
+4. *kept twins* (driver, O(duplicated documents)): greedy centres in keep order inside each
+   component, so every removed document has a kept document with similarity >= threshold -
+   twin_margin; the clusters table; the drop set written as one (node, reason) file per input part;
+5. *filter pass* (one task per input part): drop the rows its part's drop file names.
 
 The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
 by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
-block order.
+block order. The root is always kept; other members are kept when no kept document is near them.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class NearConfig(_Strict):
     )
     verify_margin: float = Field(
         default=0.05, ge=0, le=0.5,
-        description="Verification keeps pairs with estimated Jaccard >= threshold - margin (estimates are noisy).",
+        description="Verification keeps pairs with Jaccard >= threshold - margin (estimates are noisy).",
     )
     seed: int = Field(default=1, ge=0, description="MinHash permutation seed (datasketch's `seed`).")
     bucket_window: int = Field(
