@@ -252,10 +252,13 @@ def batch_shingle_hashes(texts: list[str], shingle: ShingleConfig) -> list[np.nd
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
     doc_of = np.repeat(np.arange(len(texts)), np.diff(offsets))[keep]
     words = flat.filter(pa.array(keep))
-    uniq = pc.unique(words)
+    # one hash-table pass gives both the distinct words and each word's index (unique + index_in
+    # took two, about 30% of the shingling time)
+    encoded = pc.dictionary_encode(words) if len(words) else None
+    uniq = encoded.dictionary if encoded is not None else pa.array([], pa.string())
     uhash = np.fromiter((xxhash.xxh64_intdigest(w) for w in uniq.cast(pa.binary()).to_pylist()),
                         dtype=np.uint64, count=len(uniq))
-    units = uhash[pc.index_in(words, value_set=uniq).to_numpy()] if len(words) else np.empty(0, np.uint64)
+    units = uhash[encoded.indices.to_numpy()] if encoded is not None else np.empty(0, np.uint64)
     counts = np.bincount(doc_of, minlength=len(texts))
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     n = shingle.n
