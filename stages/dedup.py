@@ -782,7 +782,8 @@ class DedupStage(Stage[DedupConfig]):
         t2 = time.perf_counter()
         # the clusters table and the drop set
         drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
-        w = PartWriter(ctx.work_dir / "clusters", "part-00000")
+        side_dir = getattr(ctx, "side_dir", None)  # the engine's side-table folder, where it has one
+        w = PartWriter(side_dir("clusters") if side_dir else ctx.work_dir / "clusters", "part-00000")
         w.write(clusters)
         w.commit()
         drop_dir = ctx.work_dir / "_drop"
