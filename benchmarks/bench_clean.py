@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from benchmarks.common import DEBIAN, load_jsonl_zst, peak_rss_mb, print_table, save, timed
-from stages.clean_core import NGramCounts, NGramLM, repetition_mask
+from stages.clean.core import NGramCounts, NGramLM, repetition_mask
 
 
 def _row(name: str, wall: float, tokens: int, mb: float, base: float | None) -> dict:

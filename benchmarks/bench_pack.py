@@ -50,7 +50,7 @@ stages:
 
 
 def run(quick: bool) -> list[dict]:
-    from stages.packing import best_fit_decreasing, split_long
+    from stages.pack.packing import best_fit_decreasing, split_long
     from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
 
     docs = load_jsonl_zst(DEBIAN, 20000 if quick else None)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.executor import SCRATCH_DIR, ShardJob, ShardOutput, ShardTask, SidePass, WorkerError, run_shards
+from pipeline.layout import DATA_DIR, REJECTS_DIR, side_dir_name
 from pipeline.locations import Location
 from pipeline.manifest import ManifestBuilder, merge_stats
 from pipeline.parquet_io import iter_batches, parquet_rows, read_schema
@@ -33,7 +34,7 @@ class DatasetInput:
 
     @property
     def files(self) -> list[Location]:
-        return (self.dir / "data").glob("part-*.parquet")
+        return (self.dir / DATA_DIR).glob("part-*.parquet")
 
     def num_rows(self) -> int:
         return sum(parquet_rows(p) for p in self.files)
@@ -69,11 +70,22 @@ class StageContext:
 
     @property
     def data_dir(self) -> Location:
-        return self.work_dir / "data"
+        return self.work_dir / DATA_DIR
 
     @property
     def rejects_dir(self) -> Location:
-        return self.work_dir / "rejects"
+        return self.work_dir / REJECTS_DIR
+
+    def side_dir(self, name: str) -> Location:
+        """The folder of side table ``name`` (dedup's clusters, ...): ``__<name>/``, which readers
+        pointed at the stage folder skip (see :mod:`pipeline.layout`); ``pipeline inspect`` lists it."""
+        return self.work_dir / side_dir_name(name)
+
+    def warn(self, text: str) -> None:
+        """A warning the user must see: printed now and kept in the manifest (``stats.warnings``)."""
+        self.manifest.stats.setdefault("warnings", []).append(text)
+        if self.reporter:
+            self.reporter.message(f"warning: {text}")
 
     @property
     def scratch_dir(self) -> Location:
@@ -98,15 +110,18 @@ class StageContext:
         worker_cpus: float = 1.0,
         max_workers: int | None = None,
         count_rows: bool = True,
+        pass_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest."""
         if self.reporter:
-            self.reporter.stage_total(self.name, len(tasks))
+            self.reporter.stage_total(self.name, len(tasks), pass_name if pass_name is not None
+                                      else _pass_name(job, tasks, self.config.type))
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
             if self.reporter:
-                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed)
+                self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed,
+                                         rows_out=stats.get("rows_out"))
 
         try:
             results = run_shards(
@@ -167,12 +182,28 @@ class StageContext:
             key = path.stem.removeprefix("part-")
             tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
         job = MapStageJob(type(stage), stage.config, state)
-        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus)
+        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus,
+                                  pass_name="")
         merged: dict[str, Any] = {}
         for stats in results:
             merge_stats(merged, stats.get("stats", {}))
         self.manifest.stats.update(merged)
         stage.finish(self, [s.get("stats", {}) for s in results])
+
+
+def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
+    """A pass's name for progress: a side pass's name, else the job class's (``CountJob`` -> ``count``);
+    empty for a stage's own pass (``IngestJob`` of ``ingest``)."""
+    import re
+
+    prefix = getattr(job, "prefix", "")
+    if prefix:
+        return prefix.rstrip("-")
+    heads = {m.group(1) if (m := re.match(r"([a-z_]+)-", t.key)) else None for t in tasks}
+    if len(heads) == 1 and None not in heads:  # task keys name the pass ("hist-00001", "count-00002")
+        return heads.pop()
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(job).__name__.removesuffix("Job")).lower()
+    return "" if name in ("", stage_type, "map_stage") else name
 
 
 class FunctionJob:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.layout import REJECTS_DIR
 from pipeline.locations import Location
 from pipeline.manifest import read_json
 from pipeline.memory import release_memory
@@ -49,7 +50,7 @@ class ShardOutput:
         work_dir = Location.of(work_dir)
         self.key = key
         self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema)
-        self.rejects = PartWriter(work_dir / "rejects", f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
+        self.rejects = PartWriter(work_dir / REJECTS_DIR, f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
 
     def commit(self) -> tuple[int, int]:
         return self.data.commit(), self.rejects.commit()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 
+from pipeline.ray_watchdog import start_watchdog, stop_watchdog
 from pipeline.spec import RayOptions
 
 #: environment that keeps Ray quiet and avoids thread oversubscription in workers
@@ -29,6 +32,40 @@ def configure_data_context() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
+LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
+
+
+@contextlib.contextmanager
+def _without_log_level_notice() -> Iterator[None]:
+    """Run a block with the process's stderr (file descriptor 2, where Ray's C++ logger writes)
+    captured, then pass every captured line on except Ray's notice about ``RAY_BACKEND_LOG_LEVEL``.
+
+    No Ray setting silences that notice: it is printed whenever the variable is set, at any value.
+    Nothing else is hidden, and the lines come out in order once ``ray.init`` returns or fails.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (embedded use): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if LOG_LEVEL_NOTICE not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def ray_session(options: RayOptions, address: str | None = None) -> Iterator[None]:
     """Use the running Ray if this process already has one (tests), else connect or start one."""
@@ -38,6 +75,8 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Data's actor pools always keep constructor arguments in the object store, and the core
     # worker logs an error line about it for restartable actors (ray#53727); failures still raise.
+    # Ray's native logger announces this setting on stderr when it starts ("logging.cc: Set ray log
+    # level from environment variable ..."), so ray.init runs under _without_log_level_notice.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if ray.is_initialized():
         configure_data_context()
@@ -45,24 +84,29 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
         return
     target = address or options.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(WORKER_ENV)}
+    watchdog = None
     if target:
-        ray.init(address=target, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
+        with _without_log_level_notice():
+            ray.init(address=target, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=True)
     else:
         kwargs = {}
+        watchdog = start_watchdog()  # before ray.init: the embedded Ray dies with this driver
         if options.object_store_memory_mb:
             kwargs["object_store_memory"] = options.object_store_memory_mb << 20
-        ray.init(
-            address="local",
-            num_cpus=options.num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            configure_logging=True,
-            runtime_env=runtime_env,
-            **kwargs,
-        )
+        with _without_log_level_notice():
+            ray.init(
+                address="local",
+                num_cpus=options.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+                runtime_env=runtime_env,
+                **kwargs,
+            )
     configure_data_context()
     try:
         yield
     finally:
         ray.shutdown()
+        stop_watchdog(watchdog)

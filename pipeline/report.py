@@ -53,9 +53,16 @@ def collect(output: Location | Path) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if m["type"] == "train_tokenizer" and (tok_report := read_json(output / name / "report.json")):
             extra["tokenizer_report"] = tok_report
-        hist = length_histogram((output / name / "data").glob("*.parquet"))
+        parts = (output / name / "data").glob("*.parquet")
+        hist = length_histogram(parts)
         if hist is not None:
             extra["length_histogram"] = hist
+        text = text_bytes(parts)
+        if text is not None:
+            extra["text_bytes"] = text
+        part = _stage_part(m, output / name)
+        if part is not None:
+            extra["report_part"] = part
         stages.append({**m, **extra})
     return {"output": str(output), "spec": run_info.get("spec"), "stages": stages}
 
@@ -79,9 +86,45 @@ def length_histogram(parts: list[Location]) -> dict[str, Any] | None:
             "median_bytes": float(np.median(arr)) if arr.size else 0.0}
 
 
+def _stage_part(manifest: dict[str, Any], stage_dir: Location) -> Any:
+    """The stage type's own part of the report (``Stage.report``: charts, funnel notes, tokens), if any."""
+    from pipeline.registry import discover_stages
+
+    cls = discover_stages().get(manifest.get("type", ""))
+    if cls is None or not hasattr(cls, "report"):
+        return None
+    try:
+        part = cls.report(manifest, stage_dir)
+    except Exception:  # a stage's report hook must not take the whole report down
+        return None
+    return part if (part.charts or part.notes or part.tokens_out is not None or part.details) else None
+
+
+def text_bytes(parts: list[Location]) -> int | None:
+    """UTF-8 bytes of the ``text`` column over every part (one part, one column in memory at a time):
+    the one MB definition of the report for text stages. None when the dataset has no text."""
+    if not parts or "text" not in read_schema(parts[0]).names:
+        return None
+    import pyarrow.compute as pc
+
+    total = 0
+    for p in parts:
+        col = read_one(p, columns=["text"]).column("text")
+        total += int(pc.sum(pc.binary_length(col)).as_py() or 0)
+    return total
+
+
+def edges(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(upstream, stage) pairs from each manifest's ``inputs`` (stages and raw inputs), in run order."""
+    return [(up, s["stage"]) for s in data["stages"] for up in s.get("inputs", {})]
+
+
 def tokens_of(stage: dict[str, Any]) -> int | None:
     """Tokens a stage's output holds, where its manifest says so (encode, clean, pack)."""
     st = stage.get("stats", {})
+    part = stage.get("report_part")
+    if part is not None and part.tokens_out is not None:
+        return part.tokens_out
     if stage["type"] == "pack":
         return st.get("tokens")
     if stage["type"] in ("encode", "clean"):
@@ -92,7 +135,13 @@ def tokens_of(stage: dict[str, Any]) -> int | None:
 def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Documents, bytes and tokens after each stage, with every reason rows left (dropped or rejected)."""
     rows = []
+    by_name = {s["stage"]: s for s in data["stages"]}
     for s in data["stages"]:
+        ups = [by_name[u] for u in s.get("inputs", {}) if u in by_name]
+        up_text = [u["text_bytes"] for u in ups if u.get("text_bytes") is not None]
+        up_tokens = [t for u in ups if (t := tokens_of(u)) is not None]
+        text_in = sum(up_text) if up_text else None
+        text_out = s.get("text_bytes")
         reasons = {**{f"dropped: {k}": v for k, v in s.get("dropped", {}).items()},
                    **{f"rejected: {k}": v for k, v in s.get("rejected_by_reason", {}).items()},
                    **{f"added: {k}": v for k, v in s.get("added", {}).items()}}
@@ -102,12 +151,22 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
                                                "padding_tokens") if st.get(k)})
         if s["type"] == "clean" and st.get("masked_tokens"):
             reasons["masked tokens (kept as context)"] = st["masked_tokens"]
+        if s.get("report_part") is not None:
+            reasons.update(s["report_part"].notes)
         secs = s.get("wall_time_s") or 0.0
+        rate_mb = text_in if text_in is not None else text_out
+        tokens_in = sum(up_tokens) if up_tokens else None
         rows.append({"stage": s["stage"], "type": s["type"], "status": s.get("status"),
                      "documents_in": s.get("rows_in", 0), "documents_out": s.get("rows_out", 0),
+                     # engine figures (raw input bytes for ingest, Arrow sizes elsewhere): kept in the JSON
                      "bytes_in": s.get("bytes_in", 0), "bytes_out": s.get("bytes_out", 0),
-                     "tokens_out": tokens_of(s), "reasons": reasons, "wall_time_s": secs,
-                     "mb_per_s": round(s.get("bytes_in", 0) / 1e6 / secs, 3) if secs else None,
+                     # the report's one MB definition: UTF-8 bytes of the text column (10^6 bytes per MB)
+                     "text_mb_in": round(text_in / 1e6, 6) if text_in is not None else None,
+                     "text_mb_out": round(text_out / 1e6, 6) if text_out is not None else None,
+                     "tokens_in": tokens_in, "tokens_out": tokens_of(s), "reasons": reasons, "wall_time_s": secs,
+                     "mb_per_s": round(rate_mb / 1e6 / secs, 3) if secs and rate_mb is not None else None,
+                     "tokens_per_s": round((tokens_of(s) or tokens_in or 0) / secs, 1)
+                     if secs and (tokens_of(s) or tokens_in) else None,
                      "docs_per_s": round(s.get("rows_in", 0) / secs, 1) if secs else None})
     return rows
 
@@ -139,12 +198,17 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     has_data = {s["stage"] for s in stages if any(f["path"].startswith("data/") for f in s.get("files", []))}
     fun = [r for r in funnel(data) if r["stage"] in has_data] or funnel(data)
     names = [r["stage"] for r in fun]
-    panels = [("documents", [r["documents_out"] for r in fun]), ("MB", [r["bytes_out"] / 1e6 for r in fun])]
-    if any(r["tokens_out"] for r in fun):
-        panels.append(("tokens", [r["tokens_out"] or 0 for r in fun]))
+    panels = [("documents", names, [r["documents_out"] for r in fun])]
+    text_rows = [r for r in fun if r["text_mb_out"] is not None]
+    if text_rows:
+        panels.append(("text MB (UTF-8 bytes of text)", [r["stage"] for r in text_rows],
+                       [r["text_mb_out"] for r in text_rows]))
+    tok_rows = [r for r in fun if r["tokens_out"]]
+    if tok_rows:
+        panels.append(("tokens", [r["stage"] for r in tok_rows], [r["tokens_out"] for r in tok_rows]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (label, vals) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.bar(names, vals, color="#4c72b0")
+    for ax, (label, xs, vals) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.bar(xs, vals, color="#4c72b0")
         ax.set_title(f"funnel: {label} after each stage", fontsize=10)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
@@ -176,6 +240,13 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
             fig = draw(plt, s)
             if fig is not None:
                 out[f"{key}:{s['stage']}"] = _png(fig)
+        part = s.get("report_part")
+        for chart in part.charts if part is not None else []:
+            fig = chart.draw(plt)
+            if fig is not None:
+                key = f"{chart.key}:{s['stage']}"
+                out[key] = _png(fig)
+                data.setdefault("captions", {})[key] = chart.caption
     return out
 
 
@@ -299,6 +370,8 @@ def expected_charts(data: dict[str, Any]) -> set[str]:
             names.add(f"{key}:{s['stage']}")
         if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
             names.add(f"premiums:{s['stage']}")
+        part = s.get("report_part")
+        names.update(f"{c.key}:{s['stage']}" for c in (part.charts if part is not None else []))
     return names
 
 
@@ -313,21 +386,117 @@ def _num(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else html.escape(str(v))
 
 
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.2f}"
+
+
+_CAPTIONS = {
+    "funnel": "Documents, text MB and tokens after each stage",
+    "stage_time": "Wall time per stage",
+    "lengths": "Document lengths (UTF-8 bytes), per dataset stage",
+    "clusters": "{}: near-duplicate cluster sizes",
+    "languages": "{}: language shares before, target and after balancing",
+    "premiums": "{}: token premiums on parallel text",
+    "bytes_per_token": "{}: bytes per token per language (held-out documents)",
+    "masked": "{}: share of tokens masked from the loss, by scorer and by language",
+    "packing": "{}: packing fill and padding",
+}
+
+
+def caption(key: str) -> str:
+    """A chart's human-readable caption (``clusters:dedup`` -> ``dedup: near-duplicate cluster sizes``)."""
+    kind, _, stage = key.partition(":")
+    text = _CAPTIONS.get(kind)
+    return (text.format(stage) if stage else text) if text else key
+
+
+def dag_svg(data: dict[str, Any]) -> str:
+    """The run's DAG as a self-contained inline SVG (HTML5 inline SVG needs no namespace URL): one
+    column per depth, so parallel branches sit side by side; raw inputs are dashed boxes, artifact
+    edges (a tokenizer) dashed lines."""
+    esc = html.escape
+    stages = {s["stage"]: s for s in data["stages"]}
+    es = edges(data)
+    nodes: list[str] = []
+    for up, down in es:
+        for n in (up, down):
+            if n not in nodes:
+                nodes.append(n)
+    for n in stages:
+        if n not in nodes:
+            nodes.append(n)
+    depth: dict[str, int] = {}
+
+    def d(n: str, seen: frozenset[str] = frozenset()) -> int:
+        if n not in depth:
+            ups = [u for u, v in es if v == n and u not in seen]
+            depth[n] = 1 + max((d(u, seen | {n}) for u in ups), default=-1)
+        return depth[n]
+
+    for n in nodes:
+        d(n)
+    with_data = {n for n, s in stages.items() if any(f["path"].startswith("data/") for f in s.get("files", []))}
+    # rows: a stage stays on its first dataset parent's row (a chain is a straight line, and an edge
+    # that skips columns runs along an empty row); artifact stages (a tokenizer) drop one row below
+    row: dict[str, int] = {}
+    used: dict[int, set[int]] = {}
+    for n in sorted(nodes, key=lambda x: (depth[x], nodes.index(x))):
+        parents = [u for u, v in es if v == n]
+        data_parents = [u for u in parents if u in with_data or u not in stages]
+        first = (data_parents or parents or [None])[0]
+        r = row[first] if first is not None else 0
+        if n in stages and n not in with_data:
+            r += 1
+        while r in used.setdefault(depth[n], set()):
+            r += 1
+        row[n] = r
+        used[depth[n]].add(r)
+    w, h, gx, gy = 150, 40, 60, 18
+    pos = {n: (10 + depth[n] * (w + gx), 10 + row[n] * (h + gy)) for n in nodes}
+    width = 20 + (max(depth.values(), default=0) + 1) * (w + gx) - gx
+    height = 20 + (max(row.values(), default=0) + 1) * (h + gy) - gy
+    parts = [f'<svg id="dag" role="img" aria-label="pipeline DAG" '
+             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
+    for up, down in es:
+        (x1, y1), (x2, y2) = pos[up], pos[down]
+        sx, sy, tx, ty = x1 + w, y1 + h / 2, x2, y2 + h / 2
+        dash = ' stroke-dasharray="5,3"' if up in stages and up not in with_data else ""
+        parts.append(f'<path class="edge" data-from="{esc(up)}" data-to="{esc(down)}" d="M{sx},{sy} '
+                     f'C{sx + gx / 2},{sy} {tx - gx / 2},{ty} {tx},{ty}" fill="none" stroke="#555"{dash} '
+                     'marker-end="url(#arrow)"/>')
+    for n in nodes:
+        x, y = pos[n]
+        s = stages.get(n)
+        label = s["type"] if s else "input"
+        style = ('fill="#eef3fb" stroke="#4c72b0"' if s else 'fill="#fff" stroke="#999" stroke-dasharray="4,3"')
+        parts.append(f'<g class="node" data-stage="{esc(n)}"><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" '
+                     f'{style}/><text x="{x + w / 2}" y="{y + 17}" text-anchor="middle" font-size="13" '
+                     f'font-weight="bold">{esc(n)}</text><text x="{x + w / 2}" y="{y + 32}" text-anchor="middle" '
+                     f'font-size="10" fill="#555">{esc(label)}</text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
     esc = html.escape
     fun = funnel(data)
     rows = "".join(
         f"<tr><td>{esc(r['stage'])}</td><td>{esc(r['type'])}</td><td>{esc(str(r['status']))}</td>"
         f"<td>{_num(r['documents_in'])}</td><td>{_num(r['documents_out'])}</td>"
-        f"<td>{r['bytes_in'] / 1e6:,.1f}</td><td>{r['bytes_out'] / 1e6:,.1f}</td><td>{_num(r['tokens_out'])}</td>"
-        f"<td>{_num(r['wall_time_s'])}</td><td>{_num(r['mb_per_s'])}</td><td>{_num(r['docs_per_s'])}</td>"
+        f"<td>{_mb(r['text_mb_in'])}</td><td>{_mb(r['text_mb_out'])}</td>"
+        f"<td>{_num(r['tokens_in'])}</td><td>{_num(r['tokens_out'])}</td>"
+        f"<td>{_num(r['wall_time_s'])}</td><td>{_num(r['mb_per_s'])}</td><td>{_num(r['tokens_per_s'])}</td>"
+        f"<td>{_num(r['docs_per_s'])}</td>"
         f"<td class=l>{esc('; '.join(f'{k}: {v:,}' for k, v in r['reasons'].items()) or '-')}</td></tr>"
         for r in fun)
-    dag = " &rarr; ".join(esc(r["stage"]) for r in fun)
+    dag = dag_svg(data)
     sections = []
     for key, uri in images.items():
-        sections.append(f'<figure id="{esc(key)}"><img alt="{esc(key)}" data-chart="{esc(key)}" src="{uri}">'
-                        f"<figcaption>{esc(key)}</figcaption></figure>")
+        cap = esc(data.get("captions", {}).get(key) or caption(key))
+        sections.append(f'<figure id="{esc(key)}"><img alt="{cap}" data-chart="{esc(key)}" src="{uri}">'
+                        f"<figcaption>{cap}</figcaption></figure>")
     for s in data["stages"]:
         samples = s.get("stats", {}).get("masked_samples") or []
         if samples:
@@ -341,10 +510,13 @@ def render_html(data: dict[str, Any], images: dict[str, str]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,td:nth-child(2),td.l{{text-align:left}}
 figure{{margin:1.5em 0}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head>
 <body><h1>tokenmill run report</h1><p>{esc(data['output'])}</p>
-<h2>DAG</h2><p>{dag}</p>
+<h2>DAG</h2>{dag}
 <h2>Stages and funnel</h2><table><tr><th>stage</th><th>type</th><th>status</th><th>docs in</th><th>docs out</th>
-<th>MB in</th><th>MB out</th><th>tokens out</th><th>seconds</th><th>MB/s</th><th>docs/s</th>
-<th>where rows went</th></tr>{rows}</table>
+<th>text MB in (UTF-8)</th><th>text MB out (UTF-8)</th><th>tokens in</th><th>tokens out</th><th>seconds</th>
+<th>text MB/s (UTF-8)</th><th>tokens/s</th><th>docs/s</th><th>where rows went</th></tr>{rows}</table>
+<p><small>MB everywhere in this report: 10<sup>6</sup> UTF-8 bytes of the <code>text</code> column of a
+stage's dataset (text stages); token stages are measured in tokens. "-": the stage has no such figure (ingest
+reads raw files; a tokenizer or pack stage writes no text).</small></p>
 <h2>Charts</h2>{''.join(sections)}</body></html>
 """
 
@@ -357,7 +529,9 @@ def build_report(output: Location | Path) -> dict[str, Any]:
     summary = {"output": data["output"], "charts": sorted(images), "funnel": funnel(data), "stages": [
         {**{k: s.get(k) for k in ("stage", "type", "status", "rows_in", "rows_out", "rejected", "dropped",
                                   "bytes_in", "bytes_out", "wall_time_s", "stats")},
-         "length_histogram": s.get("length_histogram")} for s in data["stages"]]}
+         "length_histogram": s.get("length_histogram"),
+         **({"details": s["report_part"].details} if s.get("report_part") is not None and s["report_part"].details
+            else {})} for s in data["stages"]]}
     write_json_atomic(output / "report.json", summary)
     (output / "report.html").write_text(render_html(data, images))
     return summary

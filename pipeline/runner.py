@@ -11,13 +11,18 @@ fingerprint reuses every shard that was committed.
 
 from __future__ import annotations
 
-import inspect
+import ast
+import importlib.util
 import os
+import pkgutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from pipeline import __version__
 from pipeline.context import DatasetInput, RawInput, StageContext
@@ -27,11 +32,10 @@ from pipeline.executor import SCRATCH_DIR, SHARDS_DIR
 from pipeline.locations import Location, LocationError, expand_paths
 from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.memory import release_memory
+from pipeline.output_guard import TMP_DIR, OutputLock, claim_output, sweep_work_dirs
 from pipeline.progress import Reporter
 from pipeline.ray_session import ray_session
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
-
-TMP_DIR = ".tmp"
 
 
 @dataclass
@@ -72,8 +76,53 @@ def input_fingerprint(spec: LoadedSpec, name: str, inp: FilesInput | ArtifactInp
         raise SpecError(spec.source, [f"inputs.{name}.paths: {exc}"]) from None
     if not files and not inp.allow_empty:
         raise SpecError(spec.source, [f"inputs.{name}.paths: no file matches {inp.paths}"])
-    listing = [(f.uri, *f.info()) for f in files]
+    listing = [file_identity(f, spec.base_dir) for f in files]
     return sha256_text(canonical_json({"spec": inp.model_dump(mode="json"), "files": listing}))
+
+
+#: files up to this size are hashed whole; bigger ones by their first and last MB (and their size)
+FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def file_identity(f: Location, base_dir: Path) -> list[Any]:
+    """What a raw input file *is*, independent of where the spec's folder lives and of mtimes:
+    its path relative to the spec's folder (or its URI), its size and an xxh64 of its content.
+
+    Files up to 64 MB are hashed whole (xxh64 reads ~5 GB/s, so ~10 ms); bigger ones by size plus
+    their first and last MB, which catches appends, truncations and rewrites of either end but
+    not an edit of the same length in the middle -- ``--force ingest`` covers that case. Hashing
+    whole multi-GB corpora on every ``plan`` would cost minutes (and a full download from object
+    stores)."""
+    size = f.size()
+    h = xxhash.xxh64()
+    try:
+        with f.open() as fh:
+            if size <= FULL_HASH_BYTES:
+                while block := fh.read(8 << 20):
+                    h.update(block)
+                how = "xxh64"
+            else:
+                h.update(fh.read(_EDGE_BYTES))
+                fh.seek(size - _EDGE_BYTES)
+                h.update(fh.read(_EDGE_BYTES))
+                how = "xxh64-head-tail"
+    except OSError as exc:  # unreadable (denied, EIO): ingest rejects or names it; once readable, it re-runs
+        return [f.relative_to(base_dir), size, f"unreadable:{type(exc).__name__}"]
+    return [f.relative_to(base_dir), size, f"{how}:{h.hexdigest()}"]
+
+
+def check_embedded_ray(spec: LoadedSpec, address: str | None) -> None:
+    """``ray.num_cpus`` sizes the embedded Ray, which starts one worker process per CPU: more than
+    the host has only oversubscribes it (100,000 spawned 126 processes and a 10 GB raylet on 2 cores).
+    An error rather than a silent cap, so the spec says what really runs."""
+    opts = spec.model.ray
+    if address or opts.address or os.environ.get("RAY_ADDRESS") or not opts.num_cpus:
+        return  # a cluster sizes itself; the key is unused there
+    host = os.cpu_count() or 1
+    if opts.num_cpus > host:
+        raise SpecError(spec.source, [f"ray.num_cpus: {opts.num_cpus} is more than this host's {host} CPUs "
+                                      f"(allowed: 1 to {host}, or leave it out to use all)"])
 
 
 def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
@@ -82,13 +131,81 @@ def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
 
 
 def stage_code_hash(cls: type) -> str:
+    """A hash of the code a stage runs: its module and every module of tokenmill's own packages
+    (``stages``, ``pipeline``, or a plugin's top-level package) that it imports, transitively
+    (helpers such as ``stages/pack/packing.py``, ``clean/core.py``, and ``stages/ingest/sources.py`` for
+    ingest), read with :mod:`ast` from their source files and hashed in name order. Imports only
+    for type checking are not followed. Over-inclusive on purpose: an engine edit may re-run a
+    stage needlessly, but a changed helper never leaves stale output "up to date"."""
     try:
-        return sha256_text(inspect.getsource(inspect.getmodule(cls)))[:16]  # type: ignore[arg-type]
-    except (OSError, TypeError):
+        return sha256_text(canonical_json(_module_closure(cls.__module__, *_package_modules(cls.__module__))))[:16]
+    except (OSError, TypeError, SyntaxError):
         return "unknown"
 
 
-def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None) -> Plan:
+def _runtime_import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements of a module, but those under ``if TYPE_CHECKING:``."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _package_modules(module: str) -> list[str]:
+    """Every module of the stage package ``module`` belongs to (``stages.dedup.*`` for
+    ``stages.dedup.stage``): a stage package's code is all of it, imported or not."""
+    parts = module.split(".")
+    if parts[0] != "stages" or len(parts) < 3:
+        return []
+    spec = importlib.util.find_spec(".".join(parts[:2]))
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    prefix = ".".join(parts[:2]) + "."
+    return sorted(m.name for m in pkgutil.walk_packages(spec.submodule_search_locations, prefix))
+
+
+def _module_closure(*roots: str) -> list[tuple[str, str]]:
+    packages = {roots[0].split(".")[0], "stages", "pipeline"}
+    seen: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        seen[name] = source
+        is_pkg = spec.submodule_search_locations is not None
+        for node in _runtime_import_nodes(ast.parse(source)):
+            found: list[str] = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package this module is in
+                    parts = name.split(".") if is_pkg else name.split(".")[:-1]
+                    parts = parts[: len(parts) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                found = [base, *(f"{base}.{a.name}" for a in node.names)]  # names may be submodules
+            for mod in found:
+                if mod.split(".")[0] in packages and mod not in seen:
+                    try:
+                        if importlib.util.find_spec(mod) is not None:
+                            todo.append(mod)
+                    except (ImportError, ValueError):
+                        pass  # an attribute imported from a module, not a submodule
+    return sorted(seen.items())
+
+
+def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None = None,
+              input_fingerprints: dict[str, str] | None = None) -> Plan:
     output = Location.of(output)
     dag = build_dag(spec)
     force = force or []
@@ -97,7 +214,8 @@ def make_plan(spec: LoadedSpec, output: Location | Path, force: list[str] | None
         names = ", ".join(dag.order)
         raise SpecError(spec.source, [f"--force: unknown stage '{u}' (stages: {names})" for u in unknown])
     forced = dag.downstream_closure(force)
-    fps: dict[str, str] = {name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
+    fps: dict[str, str] = dict(input_fingerprints) if input_fingerprints is not None else {
+        name: input_fingerprint(spec, name, inp) for name, inp in dag.inputs.items()}
     try:
         output.exists()
     except OSError as exc:  # an unreachable endpoint, missing credentials, a denied bucket
@@ -136,26 +254,33 @@ def run_pipeline(
     force: list[str] | None = None,
     address: str | None = None,
     reporter: Reporter | None = None,
+    break_lock: bool = False,
 ) -> Plan:
-    """Run every stage that is not up to date; returns the plan that was carried out."""
-    out = spec.output_dir(output)
-    plan = make_plan(spec, out, force)
-    reporter = reporter or Reporter()
-    out.mkdir()
-    to_run = [s for s in plan.stages if s.action == "run"]
-    with reporter:
-        for sp in plan.stages:
-            if sp.action == "skip":
-                reporter.stage_skipped(sp.name)
-        if to_run:
-            with ray_session(spec.model.ray, address):
-                for sp in to_run:
-                    _run_stage(spec, plan, sp, reporter)
-                    release_memory()
-    _write_run_summary(out, spec, plan)
-    from pipeline.report import build_report
+    """Run every stage that is not up to date; returns the plan that was carried out.
 
-    build_report(out)
+    The output's lock is held for the whole run, and the plan is made under it (another run may
+    have changed the output meanwhile); see :mod:`pipeline.output_guard`."""
+    check_embedded_ray(spec, address)
+    out = spec.output_dir(output)
+    first = make_plan(spec, out, force)  # spec and input errors first, before anything is written
+    with OutputLock(out).acquire(break_lock=break_lock):
+        plan = make_plan(spec, out, force, first.input_fingerprints)  # what is up to date, under the lock
+        claim_output(out, [s.name for s in plan.stages], spec.name)
+        reporter = reporter or Reporter()
+        to_run = [s for s in plan.stages if s.action == "run"]
+        with reporter:
+            for sp in plan.stages:
+                if sp.action == "skip":
+                    reporter.stage_skipped(sp.name)
+            if to_run:
+                with ray_session(spec.model.ray, address):
+                    for sp in to_run:
+                        _run_stage(spec, plan, sp, reporter)
+                        release_memory()
+        _write_run_summary(out, spec, plan)
+        from pipeline.report import build_report
+
+        build_report(out)
     return plan
 
 
@@ -214,6 +339,7 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
         "stats": mb.stats,
     }
     _commit(work, out / sp.name, out, manifest)
+    sweep_work_dirs(out, sp.name, keep=work.name)  # work folders of superseded fingerprints
     reporter.stage_finished(sp.name, manifest)
 
 

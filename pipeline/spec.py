@@ -192,8 +192,42 @@ def load_spec(path: str | Path) -> LoadedSpec:
     return parse_spec(text, source=source, base_dir=path.resolve().parent)
 
 
+#: bounds of a spec once YAML aliases are expanded: a few aliases of a big string ("billion laughs")
+#: would otherwise cost gigabytes in validation, fingerprints and run.json
+SPEC_MAX_NODES = 100_000
+SPEC_MAX_SCALAR_BYTES = 16 << 20
+
+
+def _expanded_size(root: yaml.Node | None) -> tuple[int, int]:
+    """(nodes, scalar bytes) of a composed YAML document with every alias expanded; each distinct
+    node is sized once (memoised), so this costs the document's size, not its expansion."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def size(node: yaml.Node) -> tuple[int, int]:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = (SPEC_MAX_NODES + 1, 0)  # a node reached again while being sized: a cycle
+        if isinstance(node, yaml.ScalarNode):
+            total = (1, len(node.value.encode("utf-8", "surrogatepass")))
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [c for kv in node.value for c in kv]
+            n, b = 1, 0
+            for child in children:
+                cn, cb = size(child)
+                n, b = min(n + cn, SPEC_MAX_NODES + 1), min(b + cb, SPEC_MAX_SCALAR_BYTES + 1)
+            total = (n, b)
+        sizes[id(node)] = total
+        return total
+
+    return size(root) if root is not None else (0, 0)
+
+
 def parse_spec(text: str, *, source: str = "spec.yaml", base_dir: Path | None = None) -> LoadedSpec:
     try:
+        nodes, nbytes = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader))
+        if nodes > SPEC_MAX_NODES or nbytes > SPEC_MAX_SCALAR_BYTES:
+            raise SpecError(source, [f"the spec is too big once its YAML aliases are expanded (limits: "
+                                     f"{SPEC_MAX_NODES:,} values, {SPEC_MAX_SCALAR_BYTES >> 20} MB of text)"])
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -311,6 +345,8 @@ def _message(err: dict[str, Any], loc: list[Any], data: Any, root: type[BaseMode
         what = "at least" if kind == "too_short" else "at most"
         n = ctx.get("min_length", ctx.get("max_length"))
         return f"must have {what} {n} item{'s' if n != 1 else ''} (got {ctx.get('actual_length')})"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters (got {len(got) if isinstance(got, str) else got})"
     if kind == "string_pattern_mismatch":
         return f"must match {ctx.get('pattern')} (got {_fmt(got)})"
     for suffix, word in _TYPE_WORDS.items():
@@ -376,7 +412,43 @@ def _has(node: Any, elem: Any) -> bool:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the spec, for editors (``pipeline schema``)."""
+    """JSON Schema of the spec, for editors (``pipeline schema``).
+
+    Pydantic writes the tagged unions as ``oneOf`` + an OpenAPI ``discriminator``, which generic JSON
+    Schema validators and editors ignore: a typo inside one stage then fails every branch, and the
+    error points at the whole stage ("not valid under any of the given schemas"). Each union becomes
+    an ``if``/``then`` per tag (``type`` of a stage, ``kind`` of an input), which every draft-7+
+    tool understands, so an error is reported inside the one branch the tag selects.
+    """
     schema = spec_model().model_json_schema()
     schema["title"] = "tokenmill pipeline spec"
+    props = schema.get("properties", {})
+    stages = props.get("stages", {}).get("items", {})
+    if "discriminator" in stages:
+        props["stages"]["items"] = _tagged_union(stages["discriminator"]["propertyName"],
+                                                 stages["discriminator"]["mapping"], default=None)
+    inputs = props.get("inputs", {}).get("additionalProperties", {})
+    if "oneOf" in inputs:
+        props["inputs"]["additionalProperties"] = _tagged_union(
+            "kind", {"files": "#/$defs/FilesInput", "artifact": "#/$defs/ArtifactInput"}, default="files")
     return schema
+
+
+def _tagged_union(tag: str, mapping: dict[str, str], default: str | None) -> dict[str, Any]:
+    """``{tag: enum}`` plus ``if tag == value then $ref`` for each value (``default`` when the tag is absent)."""
+    branches: list[dict[str, Any]] = []
+    for value, ref in mapping.items():
+        cond: dict[str, Any] = {"properties": {tag: {"const": value}}}
+        if value != default:
+            cond["required"] = [tag]
+        branches.append({"if": cond, "then": {"$ref": ref}})
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {tag: {"enum": list(mapping)}},
+        "allOf": branches,
+        # kept for OpenAPI-style tools; ignored by JSON Schema validators
+        "discriminator": {"propertyName": tag, "mapping": mapping},
+    }
+    if default is None:
+        out["required"] = [tag]
+    return out

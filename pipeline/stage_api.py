@@ -1,9 +1,10 @@
-"""The contract every stage implements, and the registry that finds them.
+"""The contract every stage implements (stage authors import it through :mod:`pipeline.sdk`).
 
-A stage is one module in ``stages/``: a pydantic config model (the stage's YAML keys) and a class
+A stage type is one package (or module) in ``stages/``, or a plugin registered through the
+``tokenmill.stages`` entry point group: a pydantic config model (the stage's YAML keys) and a class
 with one ``run`` method, registered with :func:`register_stage`. Nothing in ``pipeline/`` changes
-when a stage is added: the spec's discriminated union, the DAG, fingerprints, the runner and the CLI
-all read the registry.
+when a stage is added: the spec's discriminated union, the DAG, fingerprints, the runner, the
+report (through :meth:`Stage.report`) and the CLI all read the registry (:mod:`pipeline.registry`).
 
 Two shapes cover the stage families:
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.registry import register_stage as register_stage  # stage modules import it from here
 from pipeline.retries import RetryConfig
@@ -44,6 +45,10 @@ class RefKind:
 
 
 STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: a stage name is a folder beside these files of the output root (and at most this long: file
+#: systems limit a name to 255 bytes, and temp folders add ``-<fingerprint>`` to it)
+RESERVED_STAGE_NAMES = frozenset({"run.json", "report.html", "report.json", "manifest.json"})
+STAGE_NAME_MAX = 100
 
 
 class StageConfig(BaseModel):
@@ -51,7 +56,8 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=STAGE_NAME_PATTERN, description="Unique stage name; also its output folder.")
+    name: str = Field(pattern=STAGE_NAME_PATTERN, max_length=STAGE_NAME_MAX,
+                      description="Unique stage name; also its output folder.")
     type: str
     inputs: list[str] = Field(
         default_factory=list, description="Stages (or, for ingest, inputs) whose datasets this stage reads."
@@ -60,6 +66,14 @@ class StageConfig(BaseModel):
     retries: RetryConfig = Field(
         default_factory=RetryConfig, description="Fault tolerance on a cluster; not part of the fingerprint."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_STAGE_NAMES:  # names starting '.' or '_' (.tmp, _shards) fail the pattern
+            raise ValueError(f"{name!r} is reserved for tokenmill's own files of the output folder "
+                             f"(reserved: {', '.join(sorted(RESERVED_STAGE_NAMES))})")
+        return name
 
     def artifact_refs(self) -> dict[str, str]:
         """Config fields annotated ``RefKind('artifact')``: field name -> referenced stage or input."""
@@ -85,7 +99,7 @@ class BatchResult:
 
     Accounting rule, checked per shard: rows in + sum(added) == rows kept + sum(dropped) + rejected rows.
     ``dropped`` are rows removed on purpose (a filter, down-sampling); ``rejected`` are bad rows,
-    with ``reason`` and ``detail`` columns, written to the stage's ``rejects/``.
+    with ``reason`` and ``detail`` columns, written to the stage's ``__rejects/``.
     """
 
     kept: pa.Table
@@ -143,6 +157,12 @@ class Stage(Generic[C]):
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
         """This stage's part of the run report (charts, funnel notes, tokens out); none by default."""
         return ReportPart()
+
+    @classmethod
+    def describe_file(cls, path: Location) -> tuple[str, dict[str, dict[str, Any]]] | None:
+        """``pipeline inspect`` of a file in a format this stage writes: (title, {key: figures}), or
+        None when the file is not one of its formats."""
+        return None
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         """Rows for ``pipeline inspect``: (label, value) pairs from this stage's manifest stats."""

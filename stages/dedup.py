@@ -782,8 +782,7 @@ class DedupStage(Stage[DedupConfig]):
         t2 = time.perf_counter()
         # the clusters table and the drop set
         drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
-        side_dir = getattr(ctx, "side_dir", None)  # the engine's side-table folder, where it has one
-        w = PartWriter(side_dir("clusters") if side_dir else ctx.work_dir / "clusters", "part-00000")
+        w = PartWriter(ctx.side_dir("clusters"), "part-00000")
         w.write(clusters)
         w.commit()
         drop_dir = ctx.work_dir / "_drop"

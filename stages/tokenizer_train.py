@@ -9,7 +9,9 @@ trainer's memory is its word-count and pair tables (growing with distinct pre-to
 and with the vocabulary size), never the corpus.
 
 Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
-``PreTrainedTokenizerFast(tokenizer_file=...)``) and ``report.json`` (see :mod:`stages.tokenizer_report`).
+``PreTrainedTokenizerFast(tokenizer_file=...)``), ``tokenizer_config.json`` and ``special_tokens_map.json``
+(so ``AutoTokenizer.from_pretrained(<stage folder>)`` works, see :mod:`stages.tokenizer_files`) and
+``report.json`` (see :mod:`stages.tokenizer_report`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_table
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
+from stages.tokenizer_files import write_hf_tokenizer_files
 
 PRETOKENIZER_PATTERNS = {
     # GPT-2 (Radford et al. 2019)
@@ -191,6 +194,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             superbpe_stats["seconds"] = round(time.perf_counter() - t1, 3)
         with (ctx.work_dir / "tokenizer.json").writing() as path:
             tok.save(str(path))
+        write_hf_tokenizer_files(ctx.work_dir, cfg.special_tokens)  # AutoTokenizer.from_pretrained(folder)
         n = cfg.report.heldout_docs
         heldout = list(itertools.islice(iter_sample(files, ctx.seed, rate, cfg.max_doc_chars, heldout=True), n))
         if not heldout:  # everything was sampled: measure on the first sampled documents instead
@@ -227,7 +231,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             tasks = [ShardTask(f.stem.removeprefix("part-") + f"-{i}", f) for i, f in enumerate(files)]
             ctx.map_shards(job, tasks, count_rows=False)
             chunks = read_chunk_counts(ctx.data_dir.glob("part-*.parquet"))
-            ctx.data_dir.move_to(ctx.work_dir / "chunk_counts")  # keep the counts; this stage has no dataset
+            ctx.data_dir.move_to(ctx.side_dir("chunk_counts"))  # keep the counts; this stage has no dataset
             where = "ray"
         else:
             chunks = count_chunks(row["text"] for row in iter_sample(files, ctx.seed, rate2, cfg.max_doc_chars))

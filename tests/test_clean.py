@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.parquet_io import read_table
-from stages.clean import threshold_for
-from stages.clean_core import NGramCounts, NGramLM, repetition_mask
+from stages.clean.core import NGramCounts, NGramLM, repetition_mask
+from stages.clean.stage import threshold_for
 
 
 def lm(docs: list[list[int]], order: int, vocab: int) -> NGramLM:
@@ -103,7 +103,7 @@ def test_stage_masks_and_the_masks_reach_packing(run_spec, tmp_path):
         assert len(ids) == len(mask) and mask[-1] == 1  # EOS stays trainable
     # OLMo mask memmap = the cleaning masks, document after document
     stream = np.concatenate([np.asarray(x, np.uint8) for x in cleaned.column("loss_mask").to_pylist()])
-    olmo = np.memmap(out / "pack" / "olmo" / "part-00000.mask.npy", dtype=np.uint8, mode="r")
+    olmo = np.memmap(out / "pack" / "olmo_masks" / "part-00000.npy", dtype=np.uint8, mode="r")
     assert np.array_equal(olmo, stream)
     # packed Parquet: mask = cleaning mask on document tokens, 0 on padding
     packed = read_table(sorted((out / "pack" / "data").glob("*.parquet")))

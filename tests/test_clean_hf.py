@@ -8,7 +8,7 @@ import numpy as np
 import torch  # the hf extra is part of the test install (README, .ci/run): a missing torch is a failure
 import transformers
 
-from stages.clean_hf import HFScorer
+from stages.clean.hf import HFScorer
 
 
 def tiny_model(path, vocab: int, seed: int) -> str:

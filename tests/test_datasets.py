@@ -1,4 +1,4 @@
-"""pipeline.datasets readers over files made by the writers (no Ray, no torch needed)."""
+"""stages.pack.formats readers over files made by the writers (no Ray, no torch needed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import importlib.util
 import numpy as np
 import pytest
 
-from pipeline.datasets import MegatronDataset, PackedDataset, TokenStreamDataset, as_torch_dataset
-from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter
+from stages.pack.formats import (
+    MegatronDataset,
+    MegatronWriter,
+    OlmoWriter,
+    PackedDataset,
+    PackedNumpyWriter,
+    TokenStreamDataset,
+    as_torch_dataset,
+)
 
 DOCS = [np.arange(n, dtype=np.uint32) + 10 * n for n in (3, 7, 1, 12, 5)]
 

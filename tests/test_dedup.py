@@ -156,8 +156,7 @@ def run_dedup(run_spec, tmp_path: Path, keep: str = "longest", partitions: int =
 def test_stage_removes_exact_and_near_duplicates_and_keeps_longest(run_spec, tmp_path):
     out = run_dedup(run_spec, tmp_path)
     kept = set(read_table(sorted((out / "dedup" / "data").glob("*.parquet"))).column("id").to_pylist())
-    folder = next(p for p in (out / "dedup").iterdir() if p.is_dir() and p.name.strip("_") == "clusters")
-    clusters = pq.read_table(folder).to_pylist()
+    clusters = pq.read_table(out / "dedup" / "__clusters").to_pylist()
     by_id = {c["id"]: c for c in clusters}
     assert by_id["copy-000"]["cluster_id"] == by_id["orig-000"]["cluster_id"]
     assert by_id["copy-000"]["linked_by"] == "exact"

@@ -48,7 +48,7 @@ def data(out: Path, stage: str = "ingest") -> pa.Table:
 
 
 def rejects(out: Path, stage: str = "ingest") -> pa.Table:
-    return read_table(sorted((out / stage / "rejects").glob("part-*.parquet")))
+    return read_table(sorted((out / stage / "__rejects").glob("part-*.parquet")))
 
 
 def manifest(out: Path, stage: str = "ingest") -> dict:

@@ -27,9 +27,9 @@ from pipeline.locations import Location
 from pipeline.parquet_io import read_table
 from pipeline.progress import QuietReporter
 from pipeline.runner import make_plan, run_pipeline
-from pipeline.sources import LineRange, TruncatedInput, iter_lines
 from pipeline.spec import load_spec
-from stages.ingest import IngestConfig
+from stages.ingest.sources import LineRange, TruncatedInput, iter_lines
+from stages.ingest.stage import IngestConfig
 
 
 def spec_for(paths: list[str], extra_input: str = "", stage_extra: str = "", more_inputs: str = "") -> str:
@@ -62,7 +62,7 @@ def manifest(out: Path) -> dict:
 
 
 def rejects(out: Path) -> list[dict]:
-    parts = sorted((out / "ingest" / "rejects").glob("part-*.parquet"))
+    parts = sorted((out / "ingest" / "__rejects").glob("part-*.parquet"))
     return read_table(parts).to_pylist() if parts else []
 
 

@@ -133,8 +133,8 @@ stages:
     got, want = rows(out_remote), rows(out_local)
     assert got.num_rows == want.num_rows > 500
     assert got.equals(want)
-    rej = read_table(sorted((out_remote / "ingest" / "rejects").glob("part-*.parquet")))
-    rej_local = read_table(sorted((out_local / "ingest" / "rejects").glob("part-*.parquet")))
+    rej = read_table(sorted((out_remote / "ingest" / "__rejects").glob("part-*.parquet")))
+    rej_local = read_table(sorted((out_local / "ingest" / "__rejects").glob("part-*.parquet")))
     assert sorted(zip(rej["line"].to_pylist(), rej["reason"].to_pylist(), strict=True)) == sorted(
         zip(rej_local["line"].to_pylist(), rej_local["reason"].to_pylist(), strict=True))
     assert set(rej["file"].to_pylist()) == {"s3://corpus/in/bad_rows.jsonl"}

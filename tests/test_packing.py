@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from stages.packing import CapacityTree, Segment, best_fit_decreasing, concat_chunk, split_long
+from stages.pack.packing import CapacityTree, Segment, best_fit_decreasing, concat_chunk, split_long
 
 
 def brute_force_bfd(chunks: list[Segment], seq_len: int) -> list[list[tuple[int, int]]]:

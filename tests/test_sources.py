@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline.sources import LineRange, TruncatedInput, iter_lines, open_uncompressed, plan_line_ranges
+from stages.ingest.sources import LineRange, TruncatedInput, iter_lines, open_uncompressed, plan_line_ranges
 
 LINES = [f"line {i} " + "x" * (i % 37) for i in range(5000)]
 DATA = ("\n".join(LINES) + "\n").encode()

@@ -125,7 +125,7 @@ def test_stage_counts_on_ray_and_driver_identically(run_spec, tmp_path):
     assert len(list((outs[0] / "ingest" / "data").glob("part-*.parquet"))) > 1
     assert m_ray["stats"]["superbpe"]["counted_on"] == "ray"
     assert m_drv["stats"]["superbpe"]["counted_on"] == "driver"
-    assert (ray_dir / "chunk_counts").is_dir() and not (ray_dir / "data").exists()
+    assert (ray_dir / "__chunk_counts").is_dir() and not (ray_dir / "data").exists()
     # same sample, same counts, same merges: byte-identical tokenizer.json
     assert (ray_dir / "tokenizer.json").read_bytes() == (driver_dir / "tokenizer.json").read_bytes()
     s = m_ray["stats"]

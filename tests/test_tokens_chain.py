@@ -20,11 +20,11 @@ import zstandard
 from conftest import DATA_DIR, REPO_ROOT, write_spec
 from tokenizers import Tokenizer
 
-from pipeline.datasets import MegatronDataset, PackedDataset, TokenStreamDataset
 from pipeline.parquet_io import read_table
 from pipeline.progress import QuietReporter
 from pipeline.runner import run_pipeline
 from pipeline.spec import load_spec
+from stages.pack.formats import MegatronDataset, PackedDataset, TokenStreamDataset
 
 SPEC = """
 name: chain

@@ -1,7 +1,7 @@
 """Token writers without Ray: Megatron .bin/.idx bytes, OLMo memmaps and sidecars, packed numpy.
 
 The Megatron index is parsed here with ``struct`` from the format description
-(``megatron/core/datasets/indexed_dataset.py``), independently of ``pipeline.datasets``.
+(``megatron/core/datasets/indexed_dataset.py``), independently of ``stages.pack.formats``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from stages.pack import flat_lists
-from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.formats import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.stage import flat_lists
 
 RNG = np.random.default_rng(3)
 DOCS = [RNG.integers(0, 60000, size=int(n)).astype(np.uint32) for n in RNG.integers(1, 300, size=57)]
@@ -64,7 +64,7 @@ def test_megatron_int32_for_large_vocabularies(tmp_path):
 def test_olmo_batches_split_files_on_document_boundaries(tmp_path):
     masks = [(d % 2).astype(np.uint8) for d in DOCS]
     mask_arr = pa.array([m.tolist() for m in masks], pa.list_(pa.uint8()))
-    w = OlmoWriter(tmp_path, np.uint16, max_tokens_per_file=1000)
+    w = OlmoWriter(tmp_path / "olmo", np.uint16, max_tokens_per_file=1000)
     loc = 0
     for b in _batches():
         start = loc
@@ -77,10 +77,10 @@ def test_olmo_batches_split_files_on_document_boundaries(tmp_path):
     assert len(info["files"]) > 2
     seen = []
     for stem in info["files"]:
-        toks = np.fromfile(tmp_path / f"{stem}.npy", "<u2")
-        mask = np.fromfile(tmp_path / f"{stem}.mask.npy", np.uint8)
+        toks = np.fromfile(tmp_path / "olmo" / f"{stem}.npy", "<u2")
+        mask = np.fromfile(tmp_path / "olmo_masks" / f"{stem}.npy", np.uint8)
         assert len(toks) == len(mask)
-        with gzip.open(tmp_path / f"{stem}.csv.gz", "rt", newline="") as f:
+        with gzip.open(tmp_path / "olmo" / f"{stem}.csv.gz", "rt", newline="") as f:
             rows = list(csv.reader(f))
         assert len(toks) <= 1000 or len(rows) == 1  # only a single over-long document may exceed the size
         for start, end, doc_id, src, loc_s in rows:

@@ -1,6 +1,6 @@
 """Pack: encoded documents to fixed-length training sequences, and the token files trainers read.
 
-Methods (see :mod:`stages.packing`): ``concat`` (concatenate and cut, no padding, cuts documents)
+Methods (see :mod:`stages.pack.packing`): ``concat`` (concatenate and cut, no padding, cuts documents)
 and ``best_fit`` (Ding et al., ICML 2024: split only documents longer than ``seq_len``, then
 best-fit decreasing inside a bounded buffer; padding fills the rest). Every packed sequence
 carries ``doc_lens``, ``cu_seqlens`` (FlashAttention varlen), ``position_ids`` restarting at each
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -29,8 +30,29 @@ from pipeline.locations import Location
 from pipeline.manifest import read_manifest, write_json_atomic
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import Stage, StageConfig, register_stage
-from stages.packing import Segment, best_fit_decreasing, concat_chunk, split_long
-from stages.writers import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.formats import (
+    MEGATRON_MASK_DIR,
+    OLMO_MASK_DIR,
+    MegatronDataset,
+    MegatronWriter,
+    OlmoWriter,
+    PackedNumpyWriter,
+    megatron_dtype,
+)
+from stages.pack.packing import Segment, best_fit_decreasing, concat_chunk, split_long
+
+DATASET_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*.parquet
+---
+# {name}: packed sequences (tokenmill)
+
+`data/` holds the packed sequences as Parquet; `numpy/`, `megatron/`, `megatron_masks/`, `olmo/`,
+`olmo_masks/` hold the same tokens for trainers, `tokenizer/` the tokenizer (see `metadata.json`).
+"""
 
 
 class PackConfig(StageConfig):
@@ -180,6 +202,14 @@ class PackStage(Stage[PackConfig]):
     config_model = PackConfig
     reconciles_rows: ClassVar[bool] = False  # documents in, sequences out
 
+    @classmethod
+    def describe_file(cls, path: Location) -> tuple[str, dict[str, dict[str, Any]]] | None:
+        if not path.name.endswith(".idx"):
+            return None
+        ds = MegatronDataset(str(path.local_file())[: -len(".idx")])
+        return "Megatron index", {"megatron": {"documents": len(ds), "dtype": str(ds.dtype),
+                                               "tokens": int(ds.lengths.sum())}}
+
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
         if not ctx.datasets:
@@ -190,6 +220,8 @@ class PackStage(Stage[PackConfig]):
             raise TokenmillError(f"stage '{ctx.name}': input has no input_ids column (run an encode stage first)")
         value_type = schema.field("input_ids").type.value_type
         tok = self._tokenizer_info(ctx)
+        tok_path = tok.pop("path", None)
+        tok_stages = tok.pop("from_stages", [])
         pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
@@ -212,6 +244,13 @@ class PackStage(Stage[PackConfig]):
         }
         ctx.manifest.stats.update(summary)
         writers = self._write_outputs(ctx, files, tok, value_type, width, summary)
+        if tok_path:
+            hf = self._write_hf_tokenizer(ctx, tok_path, tok_stages, tok.get("sha256"), cfg.seq_len)
+            if hf:
+                writers["hf_tokenizer"] = hf
+        # the folder also holds .npy/.bin/.json token files: a dataset card tells HF datasets' folder
+        # mode (load_dataset(<pack folder>)) that the dataset is data/*.parquet
+        (ctx.work_dir / "README.md").write_text(DATASET_CARD.format(name=ctx.name))
         meta = {"tokenizer": tok, "dtype": str(value_type), "pack": summary, "writers": writers}
         write_json_atomic(ctx.work_dir / "metadata.json", meta)
         ctx.manifest.stats["writers"] = writers
@@ -223,7 +262,7 @@ class PackStage(Stage[PackConfig]):
             while stack:  # the encode stage's manifest may be further upstream (cleaning in between)
                 m = stack.pop()
                 if "tokenizer" in m.get("stats", {}):
-                    return {k: v for k, v in m["stats"]["tokenizer"].items() if k != "path"}
+                    return {**m["stats"]["tokenizer"], "from_stages": list(m.get("inputs", {}))}
                 for up in m.get("inputs", {}):
                     um = read_manifest(ctx.output_root / up)
                     if um is not None:
@@ -249,19 +288,82 @@ class PackStage(Stage[PackConfig]):
                         w.add(toks, mask, lens)
                 out["numpy"] = {"dir": "numpy/", **w.close()}
         if "megatron" in cfg.writers or "olmo" in cfg.writers:
+            has_mask = any("loss_mask" in read_schema(f).names for f in files)
             with ExitStack() as stack:
                 vocab = tok.get("vocab_size") or (1 << 16)
-                mega = MegatronWriter(stack.enter_context((ctx.work_dir / "megatron").writing_dir()) / "tokens",
-                                      megatron_dtype(vocab)) if "megatron" in cfg.writers else None
+                mega = None
+                if "megatron" in cfg.writers:
+                    mdir = stack.enter_context((ctx.work_dir / "megatron").writing_dir())
+                    mask_dir = (stack.enter_context((ctx.work_dir / MEGATRON_MASK_DIR).writing_dir())
+                                if has_mask else None)
+                    mega = MegatronWriter(mdir / "tokens", megatron_dtype(vocab),
+                                          mask_prefix=mask_dir / "tokens" if mask_dir else None)
                 olmo_dtype = np.uint16 if value_type == pa.uint16() else np.uint32
                 olmo = OlmoWriter(stack.enter_context((ctx.work_dir / "olmo").writing_dir()), olmo_dtype,
-                                  cfg.max_tokens_per_file) if "olmo" in cfg.writers else None
+                                  cfg.max_tokens_per_file,
+                                  stack.enter_context((ctx.work_dir / OLMO_MASK_DIR).writing_dir()),
+                                  ) if "olmo" in cfg.writers else None
                 self._write_documents(files, mega, olmo)
                 if mega is not None:
-                    out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close()}
+                    out["megatron"] = {"prefix": "megatron/tokens", "dtype": np.dtype(mega.dtype).name, **mega.close(),
+                                       "loss_mask": f"{MEGATRON_MASK_DIR}/tokens" if has_mask else None}
+                    if has_mask:
+                        ctx.warn(
+                            f"stage '{ctx.name}': Megatron's GPTDataset reads tokens only; the token-cleaning "
+                            f"loss mask is the companion indexed dataset {MEGATRON_MASK_DIR}/tokens "
+                            "(uint8, same documents): read it beside the tokens (README: Use the outputs)")
                 if olmo is not None:
-                    out["olmo"] = {"dir": "olmo/", **olmo.close()}
+                    out["olmo"] = {"dir": "olmo/", **olmo.close(), "loss_mask": f"{OLMO_MASK_DIR}/",
+                                   "glob": "olmo/*.npy", "mask_glob": f"{OLMO_MASK_DIR}/*.npy"}
+        out["masks"] = self._mask_carriers(cfg.writers, out)
         return out
+
+    @staticmethod
+    def _write_hf_tokenizer(ctx: StageContext, path: str, stages: list[str], sha256: str | None,
+                            seq_len: int) -> str | None:
+        """``tokenizer/``: the encode stage's tokenizer with HF configs and ``model_max_length = seq_len``.
+
+        The tokenizer stage cannot know ``seq_len`` (its artifact must not depend on a later stage),
+        so the folder that carries it is written here; skipped when the file changed since encode.
+        """
+        import hashlib
+        import json
+
+        from stages.tokenizer_files import write_hf_tokenizer_files
+
+        # the encode stage's tokenizer: a tokenizer stage's artifact in this output (found through the
+        # output root, which works on object stores too), else the artifact input's path as recorded
+        candidates = [ctx.output_root / up / "tokenizer.json" for up in stages]
+        raw = None
+        for src in candidates:
+            if src.is_file():
+                data = src.read_bytes()
+                if not sha256 or hashlib.sha256(data).hexdigest() == sha256:
+                    raw = data
+                    break
+        if raw is None and "://" not in path and Path(path).is_file():
+            raw = Path(path).read_bytes()
+        if raw is None or (sha256 and hashlib.sha256(raw).hexdigest() != sha256):
+            return None
+        specials = [t["content"] for t in json.loads(raw).get("added_tokens", []) if t.get("special")]
+        folder = ctx.work_dir / "tokenizer"
+        (folder / "tokenizer.json").write_bytes(raw)
+        write_hf_tokenizer_files(folder, specials, model_max_length=seq_len)
+        return "tokenizer/"
+
+    @staticmethod
+    def _mask_carriers(writers: list[str], out: dict[str, Any]) -> dict[str, str]:
+        """Which outputs carry the loss mask, in plain words (also in the manifest)."""
+        carriers = {"parquet": "loss_mask column (0 on padding and on cleaned tokens)"}
+        if "numpy" in writers:
+            carriers["numpy"] = "numpy/loss_mask.npy [N, L]"
+        if "olmo" in writers:
+            carriers["olmo"] = f"{OLMO_MASK_DIR}/part-N.npy (np.bool_ bytes; label_mask_paths of OLMo-core)"
+        if "megatron" in writers:
+            mp = out.get("megatron", {}).get("loss_mask")
+            carriers["megatron"] = (f"{mp}.bin/.idx companion (uint8); GPTDataset does not read it" if mp
+                                    else "no mask in the input: every token trains")
+        return carriers
 
     @staticmethod
     def _write_documents(files: list[Location], mega: MegatronWriter | None, olmo: OlmoWriter | None) -> None:
@@ -271,10 +373,10 @@ class PackStage(Stage[PackConfig]):
             cols = ["id", "source", "input_ids"] + (["loss_mask"] if "loss_mask" in read_schema(f).names else [])
             for batch in iter_batches(f, 8192, columns=cols):
                 values, offsets = flat_lists(batch.column("input_ids"))
+                masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
                 if mega is not None:
-                    mega.add_documents(values, offsets)
+                    mega.add_documents(values, offsets, masks)
                 if olmo is not None:
-                    masks = flat_lists(batch.column("loss_mask"))[0] if "loss_mask" in cols else None
                     srcs = [s or "" for s in batch.column("source").to_pylist()]
                     olmo.add_documents(values, offsets, masks, batch.column("id").to_pylist(), srcs, loc)
                 loc += batch.num_rows

@@ -7,7 +7,7 @@ excess-loss rule to pre-training. Scorers:
 
 * ``influence``: ``score_j = loss_base(x_j | x_<j) − loss_ref(x_j | x_<j)`` with count-based n-gram
   models over token ids trained here (base: the corpus being cleaned; reference: a trusted subset
-  named in the spec), interpolated Witten-Bell (:mod:`stages.clean_core`). The top ``keep_ratio``
+  named in the spec), interpolated Witten-Bell (:mod:`stages.clean.core`). The top ``keep_ratio``
   of tokens by score are kept, globally (a mergeable fixed-bin histogram of scores gives the
   threshold: no process ever holds all scores) or per document, or those at or above ``min_score``.
 * ``repetition``: tokens in periodic repeats beyond the k-th repetition.
@@ -38,7 +38,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
-from stages.clean_core import NGramCounts, NGramLM, line_spans, repetition_mask
+from stages.clean.core import NGramCounts, NGramLM, line_spans, repetition_mask
 
 SCORE_RANGE = (-30.0, 30.0)
 SCORE_BINS = 6000
@@ -93,7 +93,7 @@ class CleanConfig(StageConfig):
     boilerplate: BoilerplateConfig = Field(default_factory=BoilerplateConfig)
     special: bool = Field(default=True, description="Mask special-token ids inside document text.")
     keep_scores: bool = Field(default=False, description="Write token_scores (influence) beside the mask.")
-    partitions: int = Field(default=8, ge=1)
+    partitions: int = Field(default=8, ge=1, le=4096)
     samples: int = Field(default=20, ge=0, description="Masked spans decoded into the manifest.")
 
 
@@ -230,7 +230,7 @@ class MaskJob:
         if self.tables is None:
             self.tables = _Tables(self.tokenizer)
         if isinstance(self.models, dict):  # hf: load the models once per worker
-            from stages.clean_hf import HFScorer
+            from stages.clean.hf import HFScorer
 
             self.models = HFScorer(**self.models)
         elif isinstance(self.models, tuple) and isinstance(self.models[0], Location):  # n-gram: memory-map them
@@ -310,8 +310,10 @@ class MaskJob:
                 masked["masked"] += int((m == 0).sum())
                 if cfg.samples and (m == 0).any():
                     rank = xxhash.xxh64_intdigest((doc_id or f"{task.key}:{rows_in + len(masks)}").encode())
-                    if len(samples) < cfg.samples or rank < samples[-1]["rank"]:
-                        samples.append(_masked_sample(tables.tok, ids, m, rules, rank, lang))
+                    # up-sampled copies share an id, hence a rank: one example per document
+                    fresh = all(x["rank"] != rank for x in samples)
+                    if fresh and (len(samples) < cfg.samples or rank < samples[-1]["rank"]):
+                        samples.append(_masked_sample(tables.tok, ids, m, rules, rank, lang, doc_id))
                         samples.sort(key=lambda x: x["rank"])
                         del samples[cfg.samples:]
                 masks.append(m)
@@ -327,9 +329,12 @@ class MaskJob:
 
 
 def _masked_sample(tok: Any, ids: np.ndarray, m: np.ndarray, rules: dict[str, np.ndarray], rank: int,
-                   lang: str | None) -> dict[str, Any]:
+                   lang: str | None, doc_id: str | None = None) -> dict[str, Any]:
     """The document's longest masked run (at most 40 tokens) decoded, with 12 tokens of context on each
-    side, so a reader sees what was removed and where: ``context`` marks the span with ⟦ ⟧."""
+    side, so a reader sees what was removed and where: ``context`` marks the span with ⟦ ⟧.
+
+    A byte-level token may hold part of a UTF-8 character (CJK text often): each cut is moved, by at
+    most a few tokens, to where both sides decode without U+FFFD, so no character is shown broken."""
     zero = (m == 0).astype(np.int8)
     edges = np.diff(np.r_[0, zero, 0])
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -339,8 +344,26 @@ def _masked_sample(tok: Any, ids: np.ndarray, m: np.ndarray, rules: dict[str, np
     def dec(x: np.ndarray) -> str:
         return tok.decode(x.tolist(), skip_special_tokens=False)
 
-    return {"text": dec(ids[a:b]), "context": f"{dec(ids[max(0, a - 12):a])}⟦{dec(ids[a:b])}⟧{dec(ids[b:b + 12])}",
-            "rules": [n for n, r in rules.items() if r[a] == 0], "lang": lang, "rank": rank}
+    bad = "\ufffd"
+    rule_names = [n for n, r in rules.items() if r[a] == 0]
+    lo, hi = max(0, a - 12), min(len(ids), b + 12)
+    # widen the span over a split character, narrow the outer context off partial characters, and
+    # drop what is left of a character no token boundary completes (merges may cross characters)
+    for _ in range(16):
+        moved = False
+        if b < hi and (dec(ids[a:b]).endswith(bad) or dec(ids[b:hi]).startswith(bad)):
+            b, moved = b + 1, True
+        if a > lo and (dec(ids[a:b]).startswith(bad) or dec(ids[lo:a]).endswith(bad)):
+            a, moved = a - 1, True
+        if not moved:
+            break
+    while lo < a and dec(ids[lo:a]).startswith(bad):
+        lo += 1
+    while hi > b and dec(ids[b:hi]).endswith(bad):
+        hi -= 1
+    left, span, right = (dec(ids[lo:a]).rstrip(bad), dec(ids[a:b]).strip(bad), dec(ids[b:hi]).lstrip(bad))
+    return {"text": span, "context": f"{left.lstrip(bad)}⟦{span}⟧{right.rstrip(bad)}",
+            "rules": rule_names, "lang": lang, "rank": rank, "id": doc_id}
 
 
 def threshold_for(hist: np.ndarray, keep_ratio: float) -> float:
@@ -382,7 +405,7 @@ class CleanStage(Stage[CleanConfig]):
             inf = cfg.influence
             if not inf.base_model or not inf.reference_model:
                 raise TokenmillError(f"stage '{ctx.name}': influence.model 'hf' needs base_model and reference_model")
-            from stages.clean_hf import _require
+            from stages.clean.hf import _require
 
             _require()  # a clear error on the driver when the extra is missing
             models = {"base_dir": inf.base_model, "ref_dir": inf.reference_model, "device": inf.device,
@@ -429,6 +452,7 @@ class CleanStage(Stage[CleanConfig]):
                 per_lang.setdefault(lang, Counter()).update(c)
             samples.extend(st["samples"])
         samples.sort(key=lambda x: x["rank"])  # the documents with the smallest id hashes: spread over the corpus
+        samples = [x for i, x in enumerate(samples) if i == 0 or x["rank"] != samples[i - 1]["rank"]]  # copies
         total = merged["tokens"] or 1
         for side in ("_lines", "_ngrams", "_models"):
             (ctx.work_dir / side).rmtree()

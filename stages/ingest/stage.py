@@ -1,7 +1,7 @@
 """Ingest: raw files (JSON Lines, .zst/.gz, Parquet, plain text) to the normalised schema.
 
 Output columns: ``id``, ``text``, ``lang``, ``source`` (strings) plus any ``keep_fields``.
-Every input row is accounted for: kept, or rejected into ``rejects/`` with its file, line and
+Every input row is accounted for: kept, or rejected into ``__rejects/`` with its file, line and
 reason (``malformed_json``, ``invalid_utf8``, ``not_an_object``, ``missing_text``,
 ``non_string_text``, ``empty_text``, ``blank_line``). ``on_error: fail`` stops at the first bad
 row with a message naming file and line.
@@ -32,8 +32,8 @@ from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import make_rejects
-from pipeline.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 from pipeline.stage_api import Stage, StageConfig, register_stage
+from stages.ingest.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 
 if TYPE_CHECKING:
     from pipeline.spec import FilesInput
@@ -44,9 +44,9 @@ BATCH_ROWS = 4096
 class IngestConfig(StageConfig):
     type: Literal["ingest"]
     on_error: Literal["quarantine", "fail"] = Field(
-        default="quarantine", description="quarantine: bad rows go to rejects/ and the run goes on; fail: stop."
+        default="quarantine", description="quarantine: bad rows go to __rejects/ and the run goes on; fail: stop."
     )
-    shard_mb: float = Field(default=32, gt=0, description="Target uncompressed MB per shard (one task each).")
+    shard_mb: float = Field(default=32, gt=0, le=65536, description="Target uncompressed MB per shard (one task each).")
     min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
 
 
@@ -323,6 +323,10 @@ def _parquet_file(src: Location) -> pq.ParquetFile:
     return pq.ParquetFile(src.path, filesystem=src.fs)  # fs None: the local filesystem
 
 
+def _plan_one(args: tuple[str, FilesInput, Location, str, int]) -> list[dict]:
+    return _plan_file(*args)
+
+
 def _plan_file(name: str, inp: FilesInput, path: Location, rel: str, target: int) -> list[dict]:
     fmt = format_of(path, inp.format)
     if fmt == "parquet":
@@ -361,8 +365,6 @@ class IngestStage(Stage[IngestConfig]):
     reads_raw_inputs: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> None:
-        import ray
-
         cfg = self.config
         target = int(cfg.shard_mb * (1 << 20))
         files: list[tuple[str, FilesInput, Location, str]] = []
@@ -370,8 +372,8 @@ class IngestStage(Stage[IngestConfig]):
         for raw in ctx.raw_inputs:
             for src in raw.files():
                 files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
-        plan_remote = ray.remote(num_cpus=1)(_plan_file)
-        planned = ray.get([plan_remote.remote(n, i, p, r, target) for n, i, p, r in files])
+        # planning reads each file's footer or scans it for line offsets: a pass of its own on the workers
+        planned = ctx.map_function("plan", _plan_one, [(*f, target) for f in files])
         tasks: list[ShardTask] = []
         for fi, shards in enumerate(planned):
             text_group: list[dict] = []

@@ -1,0 +1,110 @@
+"""Make the embedded Ray die with its driver, even after ``kill -9`` of the driver.
+
+``ray.init(address="local")`` starts the head processes (GCS, raylet, dashboard, log monitor) as
+children of the driver. When the driver is killed with SIGKILL it cannot run ``ray.shutdown()``:
+GCS and raylet notice and exit, but the raylet's dashboard and runtime-env agents lived on for
+more than 30 s (measured with Ray 2.60). Ray 2.60 has no option for this, so the driver starts this
+watchdog in its own session (a SIGKILL of the driver's group does not reach it). It polls the
+driver's process tree and remembers every Ray process in it (a command line naming this driver's
+Ray session folder, or a Ray worker's ``ray::`` title) with its start time; once the driver is
+gone it SIGKILLs the remembered processes still alive (same pid and same start time, so a reused
+pid is never hit) and their children, then exits. Only processes that descended from this driver
+are touched: other Ray instances on the machine are not.
+
+Linux only (it reads ``/proc``); elsewhere it exits at once and Ray's own shutdown applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.25
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process, or ``None``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _table() -> dict[int, tuple[int, int]]:
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            table[int(entry)] = st
+    return table
+
+
+def _descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _is_ray(pid: int, driver: int) -> bool:
+    """A Ray worker (``ray::`` title) or a head process of this driver's session, whose folder
+    ``/tmp/ray/session_<date>_<time>_<driver pid>`` its command line names."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return cmd.startswith("ray::") or f"_{driver}/" in cmd
+
+
+def watch(driver: int, driver_start: int) -> None:
+    me = os.getpid()
+    seen: dict[int, int] = {}  # pid -> start ticks of every Ray process of this driver
+    while True:
+        table = _table()
+        alive = table.get(driver)
+        for pid in _descendants({driver, *seen}, table):
+            if pid != me and pid not in seen and _is_ray(pid, driver):
+                seen[pid] = table[pid][1]
+        if alive is None or alive[1] != driver_start:
+            break
+        time.sleep(POLL_S)
+    table = _table()
+    targets = {p for p, start in seen.items() if table.get(p, (0, -1))[1] == start}
+    targets |= _descendants(targets, table) - {me}
+    for pid in sorted(targets):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start_watchdog() -> subprocess.Popen | None:
+    """Start the watchdog of this process's embedded Ray; ``None`` where there is no /proc."""
+    st = _stat(os.getpid())
+    if st is None:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), str(st[1])],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+
+
+def stop_watchdog(proc: subprocess.Popen | None) -> None:
+    """After a normal ``ray.shutdown()``: the watchdog has nothing left to do."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), int(sys.argv[2]))
