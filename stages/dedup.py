@@ -13,20 +13,24 @@ fed the same shingle hashes. Shingle hashes are our own: words hashed once per b
 n-grams combined in numpy, which is several times faster than datasketch's per-shingle SHA-1 (see
 ``benchmarks/bench_dedup.py``).
 
-Execution, with no single-process bottleneck over documents or signatures:
+Execution, every step an engine pass (progress, resume markers, retries) writing Parquet:
 
-1. *signature pass* (one Ray task per input part): exact hash, signature, band keys; band keys are
-   written hash-partitioned into ``P`` buckets files (a shuffle write);
-2. *bucket pass* (one task per partition): documents sharing a band key (or an exact hash) become
-   star edges from the best document of the bucket (per the keep rule) to the others;
-3. *components* by sharded union-find: each partition's edges are reduced to a forest in its own
-   task, forests are merged pairwise in rounds (tree reduction), so a task holds at most the
-   documents that have a duplicate (memory O(duplicated documents), never O(corpus));
-4. *filter pass* (one task per input part): drop every document that is not its cluster's root.
+1. *signature pass* (one task per input part): exact hash, signature, band keys (and, for
+   true-Jaccard verification, each document's distinct shingle hashes); band keys are written
+   hash-partitioned into ``P`` bucket files (a shuffle write);
+2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
+   a window in keep order for big ones; stars for exact buckets), verified on the true Jaccard of
+   the shingle sets or on the signature estimate, reduced to a forest (connected components);
+3. *merge passes*: forests merged pairwise in rounds; a merge holds the documents that have a
+   duplicate (memory O(duplicated documents), never O(corpus));
+4. *kept twins* (driver, O(duplicated documents)): greedy centres in keep order inside each
+   component, so every removed document has a kept document with similarity >= threshold -
+   twin_margin; the clusters table; the drop set written as one (node, reason) file per input part;
+5. *filter pass* (one task per input part): drop the rows its part's drop file names.
 
 The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
 by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
-block order.
+block order. The root is always kept; other members are kept when no kept document is near them.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.context import StageContext
 from pipeline.executor import ShardOutput, ShardTask, SidePass
 from pipeline.locations import Location
-from pipeline.memory import releasing
 from pipeline.parquet_io import PartWriter, iter_batches, parquet_rows, read_one, read_schema, write_one
 from pipeline.stage_api import Stage, StageConfig, register_stage
 
@@ -62,7 +65,9 @@ class _Strict(BaseModel):
 
 
 class Normalise(_Strict):
-    """How text is normalised before exact hashing (and before shingling, for near dedup)."""
+    """How text is normalised before exact hashing. Near dedup's shingles have their own fixed folding
+    (lower case, whitespace words, punctuation trimmed from each word's ends; see
+    :func:`batch_shingle_hashes`), so these switches change which documents are exact copies only."""
 
     nfkc: bool = True
     lower: bool = True
@@ -94,12 +99,29 @@ class NearConfig(_Strict):
         description="Weight of false positives (false negatives get 1 - this) when deriving bands and rows, "
         "as datasketch's MinHashLSH(weights=...); low, because verification removes false positives.",
     )
-    verify: bool = Field(default=True, description="Drop candidate pairs whose estimated Jaccard is too low.")
+    verify: bool = Field(default=True, description="Drop candidate pairs whose Jaccard is too low.")
+    jaccard: bool = Field(
+        default=True,
+        description="Verify on the true Jaccard of the two shingle sets (kept beside the signatures until "
+        "the pairs are verified: about 4 bytes per word of the corpus) instead of the signature estimate, "
+        "whose noise (about ±0.04 at 128 permutations) let through pairs well below the threshold.",
+    )
     verify_margin: float = Field(
         default=0.05, ge=0, le=0.5,
-        description="Verification keeps pairs with estimated Jaccard >= threshold - margin (estimates are noisy).",
+        description="Verification keeps pairs with Jaccard >= threshold - margin (estimates are noisy).",
     )
     seed: int = Field(default=1, ge=0, description="MinHash permutation seed (datasketch's `seed`).")
+    bucket_window: int = Field(
+        default=64, ge=1, le=4096,
+        description="Each member of an LSH bucket is paired with the next `bucket_window` members in keep "
+        "order and with the bucket's best member: every pair of a bucket of up to window + 1 documents, "
+        "O(bucket size × window) pairs for larger buckets.",
+    )
+    twin_margin: float = Field(
+        default=0.1, ge=0, le=0.5,
+        description="Every removed document has estimated similarity >= threshold - twin_margin with the "
+        "document kept for it; a component with no such kept twin for some member keeps more documents.",
+    )
 
     @model_validator(mode="after")
     def _bands_rows(self) -> NearConfig:
@@ -119,6 +141,10 @@ class DedupConfig(StageConfig):
     )
     keep_column: str | None = Field(default=None, description="Numeric column for keep: column (highest wins).")
     partitions: int = Field(default=8, ge=1, le=4096, description="Hash partitions of the bucket shuffle.")
+    warn_cluster_size: int = Field(default=10_000, ge=1, description="Warn when one cluster holds more documents.")
+    warn_source_share: float = Field(
+        default=0.5, ge=0, le=1, description="Warn when dedup removes more than this share of one source's documents."
+    )
 
     @model_validator(mode="after")
     def _keep_column(self) -> DedupConfig:
@@ -215,16 +241,24 @@ def batch_shingle_hashes(texts: list[str], shingle: ShingleConfig) -> list[np.nd
         return out
     # words: whitespace tokens of the lower-cased text, punctuation trimmed from both ends (pyarrow
     # kernels; 4x faster than a Unicode-aware regex split, which RE2 needs: its \\W is ASCII-only)
-    lists = pc.utf8_split_whitespace(pc.utf8_lower(pa.array(texts, pa.string())))
-    flat = pc.utf8_trim(pc.list_flatten(lists), characters=_PUNCTUATION)
-    offsets = lists.offsets.to_numpy()
+    # A sentinel document ("x") ends the array: pyarrow 26's utf8_split_whitespace scans past the end
+    # of the array's last string when it ends in whitespace and then sometimes keeps the trailing
+    # space on the last word (or adds a word of garbage), which made the same text give different
+    # shingles from run to run; inside the array the next string bounds the scan. The sentinel's
+    # word is dropped below (its list is never read).
+    lists = pc.utf8_split_whitespace(pc.utf8_lower(pa.array([*texts, "x"], pa.string())))
+    offsets = lists.offsets.to_numpy()[: len(texts) + 1]
+    flat = pc.utf8_trim(pc.list_flatten(lists).slice(0, int(offsets[-1])), characters=_PUNCTUATION)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
     doc_of = np.repeat(np.arange(len(texts)), np.diff(offsets))[keep]
     words = flat.filter(pa.array(keep))
-    uniq = pc.unique(words)
+    # one hash-table pass gives both the distinct words and each word's index (unique + index_in
+    # took two, about 30% of the shingling time)
+    encoded = pc.dictionary_encode(words) if len(words) else None
+    uniq = encoded.dictionary if encoded is not None else pa.array([], pa.string())
     uhash = np.fromiter((xxhash.xxh64_intdigest(w) for w in uniq.cast(pa.binary()).to_pylist()),
                         dtype=np.uint64, count=len(uniq))
-    units = uhash[pc.index_in(words, value_set=uniq).to_numpy()] if len(words) else np.empty(0, np.uint64)
+    units = uhash[encoded.indices.to_numpy()] if encoded is not None else np.empty(0, np.uint64)
     counts = np.bincount(doc_of, minlength=len(texts))
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     n = shingle.n
@@ -392,8 +426,11 @@ class SignatureJob:
                 for band in range(bands):
                     idx = np.flatnonzero(has)
                     keyset.append((bk[idx, band], idx, "near"))
-                sig_rows.append(pa.table({"node": node, "sig": pa.FixedSizeListArray.from_arrays(
-                    pa.array(sig.ravel()), cfg.near.num_perm)}))
+                cols = {"node": node, "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()),
+                                                                               cfg.near.num_perm)}
+                if cfg.near.verify and cfg.near.jaccard:  # distinct shingles, for true-Jaccard verification
+                    cols["shingles"] = pa.array([np.unique(x) for x in shingles], pa.list_(pa.uint32()))
+                sig_rows.append(pa.table(cols))
             for key, idx, kind in keyset:
                 part = (key % np.uint64(parts)).astype(np.int64)
                 for p in np.unique(part):
@@ -410,37 +447,68 @@ class SignatureJob:
         return {"docs": n, "stats": {}}
 
 
-def _edges_for_partition(files: list[Location]) -> pa.Table:
-    """Pass 2: star edges from the best member of each bucket (smallest keep key) to the others."""
+_EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),
+                          ("kuid", pa.string()), ("kv0", pa.float64()), ("kvid", pa.string())])
+
+
+def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
+    """Pass 2: candidate pairs of one partition's buckets.
+
+    Rows are sorted by (kind, key, keep key): each bucket is a run of rows, best document first.
+    Exact buckets (one normalised-text hash: a clique by definition) give star edges from the best
+    copy to the others. Near buckets pair every member with the bucket's best and with the next
+    ``window`` members in keep order: all pairs of a bucket of up to ``window + 1`` members (a star
+    alone missed pairs whose star edges verification dropped), O(size × window) pairs for a huge
+    bucket. Each pair appears once (smaller node first; an exact pair wins over a near one).
+    """
     tables = [read_one(f) for f in files]
-    empty = pa.table({"u": pa.array([], pa.int64()), "v": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
-                      "ku0": pa.array([], pa.float64()), "kuid": pa.array([], pa.string()),
-                      "kv0": pa.array([], pa.float64()), "kvid": pa.array([], pa.string())})
     if not tables:
-        return empty
+        return _EDGE_SCHEMA.empty_table()
     t = pa.concat_tables(tables)
-    # sort by (kind, key, k0, id): the first row of each bucket is its best document
     t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending")])
     key = t.column("key").to_numpy()
     kind = t.column("kind").to_numpy(zero_copy_only=False)
     node = t.column("node").to_numpy()
-    k0 = t.column("k0").to_numpy()
-    ids = t.column("id").to_pylist()
     new = np.r_[True, (key[1:] != key[:-1]) | (kind[1:] != kind[:-1])]
+    group = np.cumsum(new) - 1
+    size = np.bincount(group)[group]
+    rows = np.flatnonzero(size > 1)  # singleton buckets (almost all) pair with nothing
+    if not len(rows):
+        return _EDGE_SCHEMA.empty_table()
     head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))
-    sel = np.flatnonzero(~new & (node != node[head]))
-    if not len(sel):
-        return empty
-    hs = head[sel]
-    return pa.table({"u": node[hs], "v": node[sel], "kind": kind[sel], "ku0": k0[hs],
-                     "kuid": [ids[i] for i in hs], "kv0": k0[sel], "kvid": [ids[i] for i in sel]})
+    pairs = [np.c_[head[rows], rows]]  # stars from each bucket's best member
+    near_rows = rows[kind[rows] == "near"]
+    g = group[near_rows]
+    for d in range(1, window + 1):
+        same = g[d:] == g[:-d]
+        if not same.any():
+            break
+        pairs.append(np.c_[near_rows[:-d][same], near_rows[d:][same]])
+    ij = np.concatenate(pairs)
+    ij = ij[node[ij[:, 0]] != node[ij[:, 1]]]
+    if not len(ij):
+        return _EDGE_SCHEMA.empty_table()
+    i, j = ij[:, 0], ij[:, 1]
+    swap = node[i] > node[j]
+    i, j = np.where(swap, j, i), np.where(swap, i, j)
+    is_near = (kind[i] == "near").astype(np.int64)
+    order = np.lexsort((is_near, node[j], node[i]))  # per pair, the exact row first
+    i, j = i[order], j[order]
+    first = np.r_[True, (node[i][1:] != node[i][:-1]) | (node[j][1:] != node[j][:-1])]
+    i, j = i[first], j[first]
+    k0, ids = t.column("k0"), t.column("id")
+    ia, ja = pa.array(i), pa.array(j)
+    return pa.table({"u": node[i], "v": node[j], "kind": kind[i], "ku0": k0.take(ia), "kuid": ids.take(ia),
+                     "kv0": k0.take(ja), "kvid": ids.take(ja)}, schema=_EDGE_SCHEMA)
 
 
-Signatures = tuple[np.ndarray, np.ndarray]  # (sorted node ids, one signature row per node)
+# (sorted node ids, one signature row per node, each node's distinct shingles or None)
+Signatures = tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]
 
 
 def _needed_signatures(sig_file: Location, *edge_tables: pa.Table) -> Signatures:
-    """Signatures, from one signature file, of the documents that some candidate edge touches."""
+    """Signatures (and shingle sets, if stored), from one signature file, of the documents that
+    some candidate edge touches."""
     nodes = np.unique(np.concatenate([np.r_[e.column("u").to_numpy(), e.column("v").to_numpy()]
                                       for e in edge_tables] or [np.zeros(0, np.int64)]))
     t = read_one(sig_file)
@@ -448,35 +516,52 @@ def _needed_signatures(sig_file: Location, *edge_tables: pa.Table) -> Signatures
     mask = np.isin(nd, nodes)
     flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
     order = np.argsort(nd[mask], kind="stable")
-    return nd[mask][order], flat[mask][order]
+    shingles = None
+    if "shingles" in t.column_names:
+        picked = t.column("shingles").filter(pa.array(mask)).take(pa.array(order)).combine_chunks()
+        offs = picked.offsets.to_numpy()
+        values = picked.values.to_numpy()
+        shingles = [values[offs[k]:offs[k + 1]] for k in range(len(picked))]
+    return nd[mask][order], flat[mask][order], shingles
 
 
 def _merge_signatures(parts: tuple[Signatures, ...]) -> Signatures:
     parts = tuple(p for p in parts if len(p[0]))
     if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.uint64)
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.uint64), None
     nodes = np.concatenate([p[0] for p in parts])
     order = np.argsort(nodes, kind="stable")
-    return nodes[order], np.concatenate([p[1] for p in parts])[order]
+    shingles = None
+    if all(p[2] is not None for p in parts):
+        every = [x for p in parts for x in (p[2] or [])]
+        shingles = [every[k] for k in order.tolist()]
+    return nodes[order], np.concatenate([p[1] for p in parts])[order], shingles
 
 
 def _verify(edges: pa.Table, sigs: Signatures, threshold: float) -> pa.Table:
-    """Keep exact edges and near edges whose signature-estimated Jaccard reaches the threshold.
-
-    Vectorised over all edges (row gathers and one comparison); an edge whose documents have no
-    signature here (verification off) counts as similarity 1.
+    """Keep exact edges and near edges whose Jaccard reaches the threshold: the true Jaccard of
+    the shingle sets when they were stored, else the signature estimate (vectorised: row gathers
+    and one comparison). An edge whose documents have no signature here (verification off)
+    counts as similarity 1.
     """
     if not edges.num_rows:
         return edges.append_column("sim", pa.array([], pa.float64()))
     u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
-    nodes, matrix = sigs
+    nodes, matrix, shingles = sigs
     sims = np.ones(len(u))
     if len(nodes):
         iu = np.minimum(np.searchsorted(nodes, u), len(nodes) - 1)
         iv = np.minimum(np.searchsorted(nodes, v), len(nodes) - 1)
         near = (edges.column("kind").to_numpy(zero_copy_only=False) != "exact") & (nodes[iu] == u) & (nodes[iv] == v)
         sel = np.flatnonzero(near)
-        sims[sel] = np.count_nonzero(matrix[iu[sel]] == matrix[iv[sel]], axis=1) / matrix.shape[1]
+        if shingles is not None:
+            for k, a, b in zip(sel.tolist(), iu[sel].tolist(), iv[sel].tolist(), strict=True):
+                sa, sb = shingles[a], shingles[b]
+                inter = len(np.intersect1d(sa, sb, assume_unique=True))
+                union = len(sa) + len(sb) - inter
+                sims[k] = inter / union if union else 1.0
+        else:
+            sims[sel] = np.count_nonzero(matrix[iu[sel]] == matrix[iv[sel]], axis=1) / matrix.shape[1]
     t = edges.append_column("sim", pa.array(sims))
     keep = pc.or_(pc.equal(t["kind"], "exact"), pc.greater_equal(t["sim"], threshold))
     return t.filter(keep)
@@ -535,11 +620,70 @@ def _merge_forests(a: pa.Table, b: pa.Table) -> pa.Table:
                        both.column("root").to_numpy())
 
 
-class FilterDuplicatesJob:
-    """Pass 4: keep a document unless it is a non-root member of a cluster."""
+def representatives(forest: pa.Table, edges: pa.Table, min_sim: float) -> pa.Table:
+    """Which documents of the clusters are kept, and the kept document of each removed one.
 
-    def __init__(self, drop: dict[int, str], offsets: dict[str, int]):
-        self.drop, self.offsets = drop, offsets
+    ``forest``: (node, k0, id, root) of every document in a cluster; ``edges``: verified pairs
+    (u, v, kind, sim). Exact copies collapse first onto their group's best copy (the exact bucket's
+    star centre): the others are removed as ``exact`` duplicates of it. Then greedy centres in keep
+    order (what a query-then-insert LSH loop does implicitly): a document is removed when a verified
+    edge with similarity >= ``min_sim`` joins it to a document already kept (the most similar such
+    one, ties by keep order), and is kept otherwise. The component's root (its best document by the
+    keep rule) is always kept, so the keep rule stays the primary rule; a chained component whose
+    members are not all near its root keeps more than one document instead of losing the far ones.
+
+    Returns (node, kept, kept_node, similarity, reason) sorted by node; ``similarity`` is the
+    estimate between the document and ``kept_node`` (1 for exact copies and for kept documents).
+    """
+    nodes = forest.column("node").to_numpy()
+    n = len(nodes)
+    ranked = pa.table({"k0": forest.column("k0"), "id": forest.column("id"), "i": np.arange(n)})
+    order = ranked.sort_by([("k0", "ascending"), ("id", "ascending"), ("i", "ascending")]).column("i").to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    iu = np.searchsorted(nodes, edges.column("u").to_numpy())
+    iv = np.searchsorted(nodes, edges.column("v").to_numpy())
+    sim = edges.column("sim").to_numpy()
+    exact = edges.column("kind").to_numpy(zero_copy_only=False) == "exact"
+    # exact groups: the star centre of an exact bucket is its best copy
+    ehead = np.arange(n)
+    a, b = iu[exact], iv[exact]
+    first_is_best = rank[a] < rank[b]
+    ehead[np.where(first_is_best, b, a)] = np.where(first_is_best, a, b)
+    # near edges between group heads, earlier (in keep order) endpoint first
+    hu, hv, hs = ehead[iu[~exact]], ehead[iv[~exact]], sim[~exact]
+    ok = (hu != hv) & (hs >= min_sim)
+    hu, hv, hs = hu[ok], hv[ok], hs[ok]
+    early = rank[hu] < rank[hv]
+    lo, hi = np.where(early, hu, hv), np.where(early, hv, hu)
+    by = np.lexsort((rank[lo], -hs, rank[hi]))  # per later document: most similar, then best-ranked, first
+    kept = np.ones(n, bool)
+    kept[ehead != np.arange(n)] = False
+    twin = np.arange(n)
+    twin_sim = np.ones(n)
+    decided = np.zeros(n, bool)
+    for x, c, sv in zip(hi[by].tolist(), lo[by].tolist(), hs[by].tolist(), strict=True):
+        if not decided[x] and kept[c]:  # c's own fate is settled: all its edges sort before x's
+            kept[x], twin[x], twin_sim[x], decided[x] = False, c, sv, True
+    members = np.flatnonzero(ehead != np.arange(n))
+    h = ehead[members]
+    twin[members] = np.where(kept[h], h, twin[h])
+    twin_sim[members] = np.where(kept[h], 1.0, twin_sim[h])
+    reason = np.where(kept, "", np.where(ehead != np.arange(n), "exact", "near"))
+    return pa.table({"node": pa.array(nodes, pa.int64()), "kept": pa.array(kept), "kept_node": pa.array(nodes[twin]),
+                     "similarity": pa.array(twin_sim), "reason": pa.array(reason.tolist(), pa.string())})
+
+
+class FilterDuplicatesJob:
+    """Pass 4: keep a document unless the drop table of its input part names it.
+
+    The drop set is data: one small Parquet file per input part (node, reason), so a worker holds
+    the drop rows of its own part only. Removal is also counted per ``source`` and per ``lang``
+    (when the rows have those columns), so a source that dedup wipes out shows in the manifest.
+    """
+
+    def __init__(self, drop_dir: Location, offsets: dict[str, int]):
+        self.drop_dir, self.offsets = drop_dir, offsets
 
     def setup(self) -> None:
         return None
@@ -547,21 +691,46 @@ class FilterDuplicatesJob:
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         path = task.payload
         base = self.offsets[task.key]
-        out.data.schema = read_schema(path)
+        schema = read_schema(path)
+        out.data.schema = schema
+        drop_file = self.drop_dir / f"{task.key}.parquet"
+        drop = read_one(drop_file) if drop_file.exists() else pa.table({"node": pa.array([], pa.int64()),
+                                                                         "reason": pa.array([], pa.string())})
+        drop_nodes = drop.column("node").to_numpy()
+        drop_reasons = drop.column("reason").to_numpy(zero_copy_only=False)
+        groups = [c for c in ("source", "lang") if c in schema.names]
         n_in = n_out = b_in = b_out = 0
         dropped: Counter[str] = Counter()
+        per: dict[str, dict[str, list[int]]] = {c: {} for c in groups}
         for batch in iter_batches(path, 4096):
             nodes = np.arange(base + n_in, base + n_in + batch.num_rows)
-            reasons = [self.drop.get(int(x)) for x in nodes]
-            keep = pa.array([r is None for r in reasons])
-            kept = batch.filter(keep)
-            dropped.update(r for r in reasons if r is not None)
+            pos = np.searchsorted(drop_nodes, nodes)
+            hit = (pos < len(drop_nodes)) & (drop_nodes[np.minimum(pos, len(drop_nodes) - 1)] == nodes) \
+                if len(drop_nodes) else np.zeros(len(nodes), bool)
+            dropped.update(drop_reasons[pos[hit]].tolist())
+            kept = batch.filter(pa.array(~hit))
+            for c in groups:
+                for value, removed in zip(batch.column(c).to_pylist(), hit.tolist(), strict=True):
+                    slot = per[c].setdefault(str(value), [0, 0])
+                    slot[0] += 1
+                    slot[1] += removed
             out.data.write(kept)
             n_in += batch.num_rows
             n_out += kept.num_rows
             b_in += batch.nbytes
             b_out += kept.nbytes
-        return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped)}
+        return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped),
+                "by_group": per}
+
+
+def _write_drop_tables(drop: pa.Table, folder: Location, offsets: dict[str, int], counts: list[int]) -> None:
+    """Split the (node, reason) drop table by input part: node ranges are the parts' row offsets."""
+    drop = drop.sort_by("node")
+    nodes = drop.column("node").to_numpy()
+    for (key, base), count in zip(offsets.items(), counts, strict=True):
+        lo, hi = np.searchsorted(nodes, [base, base + count])
+        if hi > lo:
+            write_one(drop.slice(int(lo), int(hi - lo)), folder / f"{key}.parquet")
 
 
 @register_stage
@@ -569,10 +738,9 @@ class DedupStage(Stage[DedupConfig]):
     """Exact + MinHash-LSH near-duplicate removal with a deterministic keep rule."""
 
     config_model = DedupConfig
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"  # 2: kept twins, all-pairs buckets, clusters table kept_id
 
     def run(self, ctx: StageContext) -> None:
-        import ray
 
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
@@ -589,25 +757,27 @@ class DedupStage(Stage[DedupConfig]):
         side = SidePass("sig", sig_job)
         ctx.map_shards(side, side.tasks(tasks), count_rows=False)
         t1 = time.perf_counter()
-        # pass 2 + 3: edges per partition, verified, reduced to forests, merged pairwise
-        sig_files = (ctx.work_dir / "_signatures").glob("*.parquet")
-        # candidate edges per partition; the signatures they need, read once per signature file
-        # (only documents that have a candidate: O(duplicates)); then verification and a forest
-        edges_task = ray.remote(releasing(_edges_for_partition))
-        cand = [edges_task.remote(pdir.glob("*.parquet")) for pdir in (ctx.work_dir / "_buckets").glob("p*")]
-        needed = ray.remote(releasing(_needed_signatures))
-        sig_parts = [needed.remote(f, *cand) for f in sig_files] if cfg.near.verify else []
+        # pass 2: per partition, candidate pairs, verified on the signatures (or shingles) they need,
+        # reduced to a forest; pass 3: forests merged pairwise in rounds. Every step is an engine
+        # pass writing Parquet (progress, resume markers, retries), nothing handed through the driver.
+        sig_files = (ctx.work_dir / "_signatures").glob("*.parquet") if cfg.near.verify else []
         verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
-        forest_task = ray.remote(num_returns=2)(releasing(_partition_forest))
-        forests = [forest_task.remote(c, verify_at, *sig_parts) for c in cand]
-        merge = ray.remote(releasing(_merge_forests))
-        edge_refs = [f[1] for f in forests] if forests else []
-        roots = [f[0] for f in forests]
-        while len(roots) > 1:
-            roots = [merge.remote(roots[i], roots[i + 1]) if i + 1 < len(roots) else roots[i]
-                     for i in range(0, len(roots), 2)]
-        forest = ray.get(roots[0]) if roots else _forest_table(UnionFind())
-        edges = pa.concat_tables(ray.get(edge_refs)) if edge_refs else None
+        pdirs = (ctx.work_dir / "_buckets").glob("p*")
+        pair_dir = ctx.work_dir / "_pairs"
+        ctx.run_pass("pairs", PairsJob(cfg.near.bucket_window, sig_files, verify_at, pair_dir),
+                     [ShardTask(pdir.name, pdir.glob("*.parquet")) for pdir in pdirs])
+        level = [pair_dir / "forest" / f"{pdir.name}.parquet" for pdir in pdirs]
+        rounds = 0
+        while len(level) > 1:
+            rounds += 1
+            jobs = [(level[i], level[i + 1], pair_dir / f"merge{rounds}" / f"{i:05d}.parquet")
+                    for i in range(0, len(level) - 1, 2)]
+            merged = ctx.map_function(f"merge{rounds}", _merge_forest_files, jobs)
+            level = merged + ([level[-1]] if len(level) % 2 else [])
+        forest = read_one(level[0]) if level else _forest_table(UnionFind())
+        edge_files = [pair_dir / "edges" / f"{pdir.name}.parquet" for pdir in pdirs]
+        edges = pa.concat_tables([read_one(f) for f in edge_files]) if edge_files else None
+        ctx.manifest.stats["merge_rounds"] = rounds
 
         t2 = time.perf_counter()
         # the clusters table and the drop set
@@ -615,56 +785,87 @@ class DedupStage(Stage[DedupConfig]):
         w = PartWriter(ctx.side_dir("clusters"), "part-00000")
         w.write(clusters)
         w.commit()
+        drop_dir = ctx.work_dir / "_drop"
+        _write_drop_tables(drop, drop_dir, offsets, counts)
+        t3 = time.perf_counter()
         # pass 4: filter
-        ctx.map_shards(FilterDuplicatesJob(drop, offsets), tasks)
+        results = ctx.map_shards(FilterDuplicatesJob(drop_dir, offsets), tasks)
+        self._group_stats(ctx, results, cluster_stats)
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
-        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "clusters": round(t2 - t1, 3),
-                                         "filter": round(time.perf_counter() - t2, 3)}
+        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "components": round(t2 - t1, 3),
+                                         "clusters": round(t3 - t2, 3),
+                                         "filter": round(time.perf_counter() - t3, 3)}
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": cfg.partitions, "keep": cfg.keep}
-        for side in ("_buckets", "_signatures"):
+        for side in ("_buckets", "_signatures", "_drop", "_pairs"):
             (ctx.work_dir / side).rmtree()
 
     def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Location], offsets: dict[str, int],
-                  keys: list[str]) -> tuple[dict[int, str], dict[str, Any], pa.Table]:
+                  keys: list[str]) -> tuple[pa.Table, dict[str, Any], pa.Table]:
+        near = self.config.near
+        if edges is None:
+            edges = _EDGE_SCHEMA.empty_table().append_column("sim", pa.array([], pa.float64()))
+        reps = representatives(forest, edges, near.threshold - near.twin_margin)
         nodes = forest.column("node").to_numpy()
         roots = forest.column("root").to_numpy()
-        ids = forest.column("id").to_pylist()
-        id_of = dict(zip(nodes.tolist(), ids, strict=True))
-        # how each member was linked: the best edge touching it (exact first, then highest similarity)
-        link: dict[int, tuple[str, float]] = {}
-        if edges is not None and edges.num_rows:
-            for u, v, k, s in zip(edges.column("u").to_pylist(), edges.column("v").to_pylist(),
-                                  edges.column("kind").to_pylist(), edges.column("sim").to_pylist(), strict=True):
-                for x in (u, v):
-                    cur = link.get(x)
-                    cand = (k, s)
-                    if cur is None or (cand[0] == "exact" and cur[0] != "exact") or (
-                            cand[0] == cur[0] and cand[1] > cur[1]):
-                        link[x] = cand
-        drop: dict[int, str] = {}
-        sizes: Counter[int] = Counter(roots.tolist())
-        kept_col, kind_col, sim_col = [], [], []
-        for n, r in zip(nodes.tolist(), roots.tolist(), strict=True):
-            kind, sim = link.get(n, ("near", 0.0))
-            kept_col.append(n == r)
-            kind_col.append(kind)
-            sim_col.append(sim)
-            if n != r:
-                drop[n] = f"{kind}_duplicate"
-        clusters = pa.table({"id": pa.array(ids, pa.string()), "cluster_id": [id_of[r] for r in roots.tolist()],
-                             "kept": pa.array(kept_col), "linked_by": kind_col, "similarity": sim_col})
+        ids = forest.column("id")
+        kept = reps.column("kept").to_numpy(zero_copy_only=False)
+        reason = reps.column("reason").to_numpy(zero_copy_only=False)
+        has_exact = np.zeros(len(nodes), bool)
+        has_exact[np.searchsorted(nodes, reps.column("kept_node").to_numpy()[reason == "exact"])] = True
+        linked = np.where(kept, np.where(has_exact, "exact", "near"), reason)
+        drop = pa.table({"node": pa.array(nodes[~kept], pa.int64()),
+                         "reason": pa.array([f"{r}_duplicate" for r in reason[~kept].tolist()], pa.string())})
+        clusters = pa.table({
+            "id": ids, "cluster_id": ids.take(pa.array(np.searchsorted(nodes, roots))), "kept": reps.column("kept"),
+            "kept_id": ids.take(pa.array(np.searchsorted(nodes, reps.column("kept_node").to_numpy()))),
+            "linked_by": pa.array(linked.tolist(), pa.string()), "similarity": reps.column("similarity"),
+        })
         clusters = clusters.sort_by([("cluster_id", "ascending"), ("id", "ascending")])
+        sizes = Counter(roots.tolist())
         hist: Counter[str] = Counter()
         for size in sizes.values():
             hist[str(size) if size < 10 else ("10-99" if size < 100 else "100+")] += 1
         stats = {"clusters": len(sizes), "documents_in_clusters": len(nodes),
-                 "removed_exact": sum(1 for r in drop.values() if r == "exact_duplicate"),
-                 "removed_near": sum(1 for r in drop.values() if r == "near_duplicate"),
-                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: (len(kv[0]), kv[0])))}
+                 "kept_in_clusters": int(kept.sum()), "largest_cluster": max(sizes.values(), default=0),
+                 "removed_exact": int((reason == "exact").sum()), "removed_near": int((reason == "near").sum()),
+                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))}
         return drop, stats, clusters
+
+    def _group_stats(self, ctx: StageContext, results: list[dict[str, Any]], cluster_stats: dict[str, Any]) -> None:
+        """Removed per source and per language into the manifest, and warnings past the thresholds."""
+        cfg = self.config
+        warnings: list[str] = []
+        for column in ("source", "lang"):
+            total: dict[str, list[int]] = {}
+            for r in results:
+                for value, (n, removed) in r.get("by_group", {}).get(column, {}).items():
+                    slot = total.setdefault(value, [0, 0])
+                    slot[0] += n
+                    slot[1] += removed
+            if not total:
+                continue
+            ctx.manifest.stats[f"removed_by_{column}"] = {
+                v: {"rows_in": n, "removed": d, "share": round(d / n, 4) if n else 0.0}
+                for v, (n, d) in sorted(total.items())}
+            if column == "source":
+                warnings += [f"dedup removed {d:,} of {n:,} documents ({d / n:.0%}) of source {v!r} "
+                             f"(warn_source_share {cfg.warn_source_share})"
+                             for v, (n, d) in sorted(total.items()) if n and d / n > cfg.warn_source_share]
+        largest = cluster_stats.get("largest_cluster", 0)
+        if largest > cfg.warn_cluster_size:
+            warnings.append(f"one dedup cluster holds {largest:,} documents "
+                            f"(warn_cluster_size {cfg.warn_cluster_size:,})")
+        for text in warnings:
+            warn = getattr(ctx, "warn", None)  # the engine's warning channel, where it has one
+            if warn is not None:
+                warn(text)
+            else:
+                ctx.manifest.stats.setdefault("warnings", []).append(text)
+                if ctx.reporter:
+                    ctx.reporter.message(f"warning: {text}")
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         s = manifest.get("stats", {})
@@ -674,10 +875,41 @@ class DedupStage(Stage[DedupConfig]):
                 ("LSH", f"{p.get('bands')} bands × {p.get('rows')} rows, {p.get('num_perm')} perms, "
                         f"threshold {p.get('threshold')}")]
         rows += [(f"clusters of size {k}", f"{v:,}") for k, v in s.get("cluster_size_histogram", {}).items()]
+        for column in ("source", "lang"):
+            rows += [(f"removed from {column} {v}", f"{g['removed']:,} of {g['rows_in']:,} ({g['share']:.1%})")
+                     for v, g in s.get(f"removed_by_{column}", {}).items()]
+        rows += [("warning", w) for w in s.get("warnings", [])]
         return rows
 
 
-def _partition_forest(edges: pa.Table, threshold: float, *sig_parts: Signatures) -> tuple[pa.Table, pa.Table]:
-    verified = _verify(edges, _merge_signatures(sig_parts), threshold)
-    return _forest(verified), verified
+def _size_order(label: str) -> int:
+    """Histogram labels in size order: "2" ... "9", "10-99", "100+"."""
+    return int(label.split("-")[0].rstrip("+"))
 
+
+class PairsJob:
+    """Pass 2, one task per bucket partition: candidate pairs, verified, and their forest, as Parquet."""
+
+    def __init__(self, window: int, sig_files: list[Location], verify_at: float, out: Location):
+        self.window, self.sig_files, self.verify_at, self.out = window, sig_files, verify_at, out
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        edges = _edges_for_partition(task.payload, self.window)
+        # the signatures these pairs need, one signature file at a time (only rows that have a pair)
+        sigs = _merge_signatures(tuple(_needed_signatures(f, edges) for f in self.sig_files)) if edges.num_rows \
+            else _merge_signatures(())
+        verified = _verify(edges, sigs, self.verify_at)
+        del sigs
+        write_one(verified, self.out / "edges" / f"{task.key}.parquet")
+        write_one(_forest(verified), self.out / "forest" / f"{task.key}.parquet")
+        return {"candidates": edges.num_rows, "verified": verified.num_rows}
+
+
+def _merge_forest_files(job: tuple[Location, Location, Location]) -> Location:
+    """Pass 3 step: merge two forest files into a third (resumable: the engine marks the task)."""
+    a, b, out = job
+    write_one(_merge_forests(read_one(a), read_one(b)), out)
+    return out

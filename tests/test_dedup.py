@@ -170,6 +170,10 @@ def test_stage_removes_exact_and_near_duplicates_and_keeps_longest(run_spec, tmp
     assert m["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}
     assert m["rows_in"] == 42 and m["rows_out"] == 40
     assert m["stats"]["parameters"]["bands"] * m["stats"]["parameters"]["rows"] <= 128
+    assert (m["stats"]["removed_exact"], m["stats"]["removed_near"]) == (1, 1)
+    assert m["stats"]["removed_by_source"] == {"docs": {"rows_in": 42, "removed": 2, "share": round(2 / 42, 4)}}
+    assert by_id["orig-000"]["kept_id"] == "copy-000" and by_id["near-001"]["kept_id"] == "orig-001"
+    assert list(m["stats"]["cluster_size_histogram"]) == ["2"]
 
 
 def test_keep_first_by_id_and_by_column(run_spec, tmp_path):
@@ -231,3 +235,99 @@ def test_array_forests_match_union_find(seed):
     merged = _merge_forests(f1, f2)
     assert merged.equals(reference(e1, e2))
     assert len(set(merged["root"].to_pylist())) < merged.num_rows  # clusters were formed
+
+
+def _reference_word_shingles(text: str, n: int) -> np.ndarray:
+    """Word shingles computed one document at a time in plain Python (the definition)."""
+    import xxhash
+
+    from stages.dedup import _PUNCTUATION, _combine
+
+    words = [w.strip(_PUNCTUATION) for w in text.lower().split()]
+    units = np.array([xxhash.xxh64_intdigest(w.encode()) for w in words if w], dtype=np.uint64)
+    if not len(units):
+        return np.empty(0, np.uint32)
+    return _combine(units, min(n, len(units)))
+
+
+def test_shingles_are_exact_on_batches_ending_in_whitespace():
+    """pyarrow's whitespace split once kept a trailing space on a batch's last word now and then
+    (uninitialised memory past the array's end): the same text gave different shingles from run to
+    run. Many batches whose last document ends in whitespace must all match the per-document definition."""
+    from stages.dedup import batch_shingle_hashes
+
+    rng = random.Random(7)
+    vocab = ["alpha", "Beta", "GAMMA", "délta", "ñu", "x", "Übel", "(note)", "end."]
+    cfg = ShingleConfig()
+    for _ in range(250):
+        texts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(1, 60))) + rng.choice([" ", "  ", "\n", " \t"])
+                 for _ in range(rng.randrange(1, 600))]
+        got = batch_shingle_hashes(texts, cfg)
+        for i in (len(texts) - 1, 0, len(texts) // 2):
+            assert np.array_equal(got[i], _reference_word_shingles(texts[i], cfg.n)), (i, texts[i][-20:])
+
+
+def test_small_buckets_give_every_pair_and_huge_ones_a_bounded_number(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.locations import Location
+    from pipeline.parquet_io import write_one
+    from stages.dedup import _edges_for_partition
+
+    rows = [(7, "near", n, 0.0, f"d{n:03d}") for n in range(6)]  # one near bucket of 6
+    rows += [(9, "near", 100 + n, 0.0, f"e{n:03d}") for n in range(200)]  # a huge one
+    rows += [(3, "exact", n, 0.0, f"d{n:03d}") for n in range(3)]  # an exact bucket: a star
+    t = pa.table({"key": pa.array([r[0] for r in rows], pa.uint64()), "kind": [r[1] for r in rows],
+                  "node": pa.array([r[2] for r in rows], pa.int64()), "k0": [r[3] for r in rows],
+                  "id": [r[4] for r in rows]})
+    write_one(t, Location.of(tmp_path / "b.parquet"))
+    e = _edges_for_partition([Location.of(tmp_path / "b.parquet")], window=8)
+    pairs = {(u, v): k for u, v, k in zip(e["u"].to_pylist(), e["v"].to_pylist(), e["kind"].to_pylist(), strict=True)}
+    small = {p for p in pairs if p[1] < 100}
+    assert small == set(itertools.combinations(range(6), 2))  # all 15 pairs, once each
+    assert pairs[(0, 1)] == "exact" and pairs[(0, 2)] == "exact" and pairs[(1, 2)] == "near"  # exact wins
+    huge = [p for p in pairs if p[0] >= 100]
+    assert all(b - a <= 8 or a == 100 for a, b in huge)  # window neighbours plus the bucket's best
+    assert len(huge) == sum(200 - d for d in range(1, 9)) + 199 - 8  # window pairs + star, overlap once
+
+
+def test_every_removed_document_keeps_a_near_twin():
+    """A chain a-b-c-d where only neighbours are similar: the old rule removed everything into a
+    (c and d have nothing similar left); greedy centres keep a and c, remove b (twin a) and d (twin c)."""
+    import pyarrow as pa
+
+    from stages.dedup import representatives
+
+    forest = pa.table({"node": pa.array([0, 1, 2, 3, 4, 5], pa.int64()), "k0": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+                       "id": ["a", "b", "c", "d", "e", "f"], "root": pa.array([0] * 6, pa.int64())})
+    edges = pa.table({"u": pa.array([0, 1, 2, 4, 2], pa.int64()), "v": pa.array([1, 2, 3, 5, 5], pa.int64()),
+                      "kind": ["near", "near", "near", "exact", "near"], "sim": [0.9, 0.9, 0.9, 1.0, 0.75]})
+    r = representatives(forest, edges, 0.7).to_pylist()
+    by = {x["node"]: x for x in r}
+    assert [x["kept"] for x in r] == [True, False, True, False, False, False]
+    assert (by[1]["kept_node"], by[3]["kept_node"]) == (0, 2)
+    # e and f are exact copies (e the better): f is an exact duplicate of e, e a near one of c; f's twin is c
+    assert (by[4]["reason"], by[5]["reason"]) == ("near", "exact")
+    assert by[4]["kept_node"] == by[5]["kept_node"] == 2 and by[5]["similarity"] == 0.75
+    assert all(by[x["kept_node"]]["kept"] for x in r)
+
+
+def test_histogram_labels_in_size_order():
+    from stages.dedup import _size_order
+
+    assert sorted(["100+", "10-99", "3", "2"], key=_size_order) == ["2", "3", "10-99", "100+"]
+
+
+def test_true_jaccard_verification_uses_the_shingle_sets():
+    import pyarrow as pa
+
+    from stages.dedup import _verify
+
+    a = np.arange(100, dtype=np.uint32)
+    b = np.arange(30, 130, dtype=np.uint32)  # J = 70 / 130
+    sig = np.zeros((2, 128), np.uint32)  # identical signatures: the estimate would say 1.0
+    edges = pa.table({"u": pa.array([0], pa.int64()), "v": pa.array([1], pa.int64()), "kind": ["near"]})
+    nodes = np.array([0, 1])
+    assert _verify(edges, (nodes, sig, None), 0.75).column("sim").to_pylist() == [1.0]
+    assert _verify(edges, (nodes, sig, [a, b]), 0.75).num_rows == 0
+    assert _verify(edges, (nodes, sig, [a, b]), 0.5).column("sim").to_pylist() == [70 / 130]

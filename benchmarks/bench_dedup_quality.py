@@ -1,0 +1,166 @@
+"""Dedup quality on real near-duplicates, scored with brute-force Jaccard of every pair.
+
+Corpus: the manual pages and the Debian Administrator's Handbook chapters of the shared Debian corpus
+(``source`` ``manpages`` and ``debian-handbook``): natural near-copies (a manual page shipped by
+several packages, handbook chapters left untranslated under another language label, licence and
+copyright boilerplate), not synthetic edits. Truth: the word 5-gram Jaccard of every pair, with its
+own shingle definition (lower-cased whitespace words joined as strings; not tokenmill's hashes),
+computed exactly as a sparse product ``X @ X.T`` of the document-by-shingle incidence matrix.
+
+Scores, per threshold t (default settings otherwise):
+
+* **recall**: pairs with J >= t + 0.05 that end in one cluster (tokenmill: one ``cluster_id``; the
+  datasketch loop: the same kept document);
+* **twin >= t - 0.1**: removed documents whose kept document (tokenmill: ``kept_id``; the loop:
+  its best-matching query result) has J >= t - 0.1 with them;
+* removed documents and the largest cluster.
+
+The datasketch loop is what a user writes: for each document in corpus order, ``MinHashLSH.query``
+then ``insert`` if nothing matched, same num_perm, bands and rows as the stage. tokenmill runs the
+real stage (``ingest -> dedup``) in a child process on the local Ray.
+Run: ``python benchmarks/bench_dedup_quality.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEBIAN, load_jsonl_zst, print_table, run_cli, save, write_jsonl
+
+SOURCES = ("manpages", "debian-handbook")
+
+
+def corpus(quick: bool) -> list[dict[str, Any]]:
+    docs = [d for d in load_jsonl_zst(DEBIAN) if d["source"] in SOURCES]
+    docs = [{"id": d["id"], "text": d["text"], "lang": d["lang"], "source": d["source"]} for d in docs]
+    return docs[:3000] if quick else docs
+
+
+def shingle_sets(texts: list[str], n: int = 5) -> list[set[str]]:
+    out = []
+    for t in texts:
+        w = t.lower().split()
+        out.append({" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))} if w else set())
+    return out
+
+
+class Truth:
+    """Exact Jaccard of every pair that shares a shingle (sparse incidence product)."""
+
+    def __init__(self, sets: list[set[str]]):
+        from scipy.sparse import csr_matrix
+
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for i, s in enumerate(sets):
+            for g in s:
+                rows.append(i)
+                cols.append(vocab.setdefault(g, len(vocab)))
+        x = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(sets), len(vocab)))
+        self.sizes = np.array([len(s) for s in sets], np.float64)
+        inter = (x @ x.T).tocoo()
+        upper = inter.row < inter.col
+        self.i, self.j, inter_v = inter.row[upper], inter.col[upper], inter.data[upper].astype(np.float64)
+        self.jac = inter_v / (self.sizes[self.i] + self.sizes[self.j] - inter_v)
+        self.sets = sets
+
+    def pairs_at_least(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        sel = self.jac >= t
+        return self.i[sel], self.j[sel]
+
+    def jaccard(self, a: int, b: int) -> float:
+        sa, sb = self.sets[a], self.sets[b]
+        return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
+
+
+def run_tokenmill(docs: list[dict[str, Any]], t: float, tmp: Path) -> tuple[dict[str, str], dict[str, str], float]:
+    """(cluster_id per clustered id, kept_id per removed id, seconds)."""
+    import pyarrow.parquet as pq
+
+    d = tmp / f"tm{t}"
+    d.mkdir()
+    write_jsonl(docs, d / "docs.jsonl")
+    (d / "spec.yaml").write_text(
+        "name: q\noutput: out\ninputs: {docs: {paths: [docs.jsonl]}}\nstages:\n"
+        "  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}\n"
+        f"  - {{name: dedup, type: dedup, inputs: [ingest], near: {{threshold: {t}}}}}\n")
+    wall, _ = run_cli(["run", "spec.yaml", "--quiet"], d)
+    folder = next(p for p in (d / "out" / "dedup").iterdir() if p.is_dir() and p.name.strip("_") == "clusters")
+    rows = pq.read_table(folder).to_pylist()
+    cluster = {r["id"]: r["cluster_id"] for r in rows}
+    kept = {r["id"]: r["kept_id"] for r in rows if not r["kept"]}
+    return cluster, kept, wall
+
+
+def run_datasketch(docs: list[dict[str, Any]], sets: list[set[str]], t: float,
+                   truth: Truth) -> tuple[dict[str, str], dict[str, str]]:
+    from datasketch import MinHash, MinHashLSH
+
+    from stages.dedup import NearConfig, lsh_params
+
+    near = NearConfig(threshold=t)
+    lsh = MinHashLSH(num_perm=near.num_perm, params=lsh_params(near))
+    index = {d["id"]: i for i, d in enumerate(docs)}
+    cluster: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for i, (doc, s) in enumerate(zip(docs, sets, strict=True)):
+        m = MinHash(num_perm=near.num_perm, seed=near.seed)
+        m.update_batch([g.encode() for g in s])
+        hits = lsh.query(m)
+        if hits:
+            best = max(sorted(hits), key=lambda k: truth.jaccard(i, index[k]))
+            kept[doc["id"]] = best
+            cluster[doc["id"]] = best
+            cluster.setdefault(best, best)
+        else:
+            lsh.insert(doc["id"], m)
+    return cluster, kept
+
+
+def score(name: str, t: float, docs: list[dict[str, Any]], truth: Truth, cluster: dict[str, str],
+          kept: dict[str, str]) -> dict[str, Any]:
+    ids = [d["id"] for d in docs]
+    index = {x: i for i, x in enumerate(ids)}
+    pi, pj = truth.pairs_at_least(t + 0.05)
+    found = sum(cluster.get(ids[a]) is not None and cluster.get(ids[a]) == cluster.get(ids[b])
+                for a, b in zip(pi.tolist(), pj.tolist(), strict=True))
+    twin = [truth.jaccard(index[r], index[k]) for r, k in kept.items()]
+    sizes: dict[str, int] = {}
+    for c in cluster.values():
+        sizes[c] = sizes.get(c, 0) + 1
+    return {"system": name, "threshold": t, "docs": len(docs), "true pairs": len(pi),
+            "recall": round(found / max(1, len(pi)), 4), "removed": len(kept),
+            "twin >= t-0.1": round(float(np.mean(np.array(twin) >= t - 0.1)) if twin else 1.0, 4),
+            "removed without twin": int(sum(j < t - 0.1 for j in twin)),
+            "largest cluster": max(sizes.values(), default=0)}
+
+
+def run(quick: bool, thresholds: tuple[float, ...] = (0.7, 0.8)) -> list[dict[str, Any]]:
+    docs = corpus(quick)
+    sets = shingle_sets([d["text"] for d in docs])
+    truth = Truth(sets)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_dedup_quality_") as tmp:
+        for t in thresholds:
+            cluster, kept, _ = run_tokenmill(docs, t, Path(tmp))
+            rows.append(score("tokenmill", t, docs, truth, cluster, kept))
+            rows.append(score("datasketch query-then-insert", t, docs, truth, *run_datasketch(docs, sets, t, truth)))
+            print_table("dedup quality", rows[-2:])
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the first 3,000 documents")
+    args = p.parse_args()
+    rows = run(args.quick)
+    print_table("dedup quality on real near-duplicates (brute-force Jaccard)", rows)
+    save("dedup_quality", rows)

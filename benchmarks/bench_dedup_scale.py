@@ -1,0 +1,133 @@
+"""Dedup at 1x, 2x, 4x, 8x of a duplicate-heavy corpus: time per phase, driver and worker memory.
+
+The corpus is the Debian corpus followed by ``scale - 1`` copies of it in which every document
+carries small random word edits (seeded: each word is replaced with probability 0.02), so every
+copy is a near-duplicate of its original and the number of clustered documents grows with the
+scale. Each size runs ``ingest -> dedup`` in a child process (``pipeline run``) at a fixed shard
+size (so a fixed partition size) and reports, from the manifest and from /proc sampling:
+
+* seconds per dedup phase (signatures, components, clusters, filter) and per document;
+* peak driver memory (PSS of the ``pipeline`` process) and peak per-worker memory (the largest PSS
+  of one Ray worker process without its object-store pages), during the dedup stage only;
+* documents in clusters and removed.
+
+Targets (issue 19): driver peak at 8x <= 1.2x its 1x figure, per-worker peak at 8x <= 1.3x.
+Run: ``python benchmarks/bench_dedup_scale.py --scales 1 2`` (8x takes a while on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEBIAN, PeakMemory, is_ray_worker, print_table, process_tree, pss_parts, save
+
+EDIT_RATE = 0.02
+SPEC = """name: scale
+output: out
+inputs: {docs: {paths: [corpus.jsonl.zst]}}
+stages:
+  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}
+  - {name: dedup, type: dedup, inputs: [ingest]}
+"""
+
+
+def build_corpus(scale: int, path: Path, seed: int = 19) -> int:
+    """The Debian corpus and ``scale - 1`` edited copies (ids suffixed ``~copyK``); returns the count."""
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(DEBIAN.read_bytes())).read()
+    lines = raw.splitlines()
+    rng = random.Random(seed)
+    out = io.BytesIO()
+    n = 0
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as w:
+        for k in range(scale):
+            for line in lines:
+                d = orjson.loads(line)
+                if k:
+                    words = d["text"].split(" ")
+                    d["text"] = " ".join(f"w{rng.randrange(10**6)}" if rng.random() < EDIT_RATE else x for x in words)
+                    d["id"] = f"{d['id']}~copy{k}"
+                w.write(orjson.dumps(d) + b"\n")
+                n += 1
+    path.write_bytes(out.getvalue())
+    return n
+
+
+class WorkerPeak(PeakMemory):
+    """Also keeps the largest PSS (object-store pages excluded) of any single Ray worker."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(pid, interval)
+        self.per_worker: list[tuple[float, float]] = []
+
+    def _sample(self) -> None:
+        while True:
+            tree = process_tree(self.pid)
+            workers = [p for p in tree[1:] if is_ray_worker(p)]
+            biggest = max((a - b for a, b in (pss_parts(p) for p in workers)), default=0.0)
+            self.per_worker.append((time.time(), biggest))
+            self.samples.append((time.time(), 0.0, pss_parts(self.pid)[0], 0.0, 0.0, 0.0))
+            if self._stop.wait(self.interval):
+                return
+
+
+def run_scale(scale: int, root: Path) -> dict[str, Any]:
+    import subprocess
+
+    d = root / f"x{scale}"
+    d.mkdir(parents=True, exist_ok=True)
+    docs = build_corpus(scale, d / "corpus.jsonl.zst")
+    (d / "spec.yaml").write_text(SPEC)
+    env = {**__import__("os").environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "spec.yaml", "--quiet"], cwd=d, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with WorkerPeak(proc.pid) as mem:
+        _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(err.decode(errors="replace")[-3000:])
+    m = json.loads((d / "out" / "dedup" / "manifest.json").read_text())
+    # the dedup stage's window: its manifest's wall time, counted back from the run's end
+    end = max(s[0] for s in mem.samples)
+    start = end - m.get("wall_time_s", wall)
+    driver = max((s[2] for s in mem.samples if s[0] >= start), default=0.0)
+    worker = max((w for t, w in mem.per_worker if t >= start), default=0.0)
+    st = m["stats"]
+    return {"scale": scale, "docs": docs, "dedup_s": m.get("wall_time_s"), **{f"{k}_s": v for k, v in
+            st.get("seconds", {}).items()}, "us_per_doc": round(1e6 * m.get("wall_time_s", 0) / docs, 1),
+            "in_clusters": st.get("documents_in_clusters"), "removed": sum(m["dropped"].values()),
+            "driver_peak_MB": round(driver), "worker_peak_MB": round(worker), "run_wall_s": round(wall, 1)}
+
+
+def main() -> None:
+    import tempfile
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8])
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_dedup_scale_") as tmp:
+        for s in args.scales:
+            rows.append(run_scale(s, Path(tmp)))
+            base = rows[0]
+            rows[-1]["driver_ratio"] = round(rows[-1]["driver_peak_MB"] / max(1, base["driver_peak_MB"]), 2)
+            rows[-1]["worker_ratio"] = round(rows[-1]["worker_peak_MB"] / max(1, base["worker_peak_MB"]), 2)
+            print_table("dedup scale", rows[-1:])
+    print_table("dedup at scale", rows)
+    save("dedup_scale", rows, quick=args.scales != [1, 2, 4, 8])
+
+
+if __name__ == "__main__":
+    main()
