@@ -19,7 +19,8 @@ from benchmarks.common import DEBIAN, load_jsonl_zst, manifest, measure, print_t
 def run(quick: bool) -> list[dict]:
     from datasketch import MinHash, MinHashLSH
 
-    from stages.dedup import NearConfig, batch_shingle_hashes, lsh_params, minhash_signatures, permutations
+    from stages.dedup.config import NearConfig
+    from stages.dedup.signatures import batch_shingle_hashes, lsh_params, minhash_signatures, permutations
 
     docs = load_jsonl_zst(DEBIAN, 20000 if quick else None)
     mb = sum(len(d["text"].encode()) for d in docs) / 1e6

@@ -104,7 +104,8 @@ def run_datasketch(docs: list[dict[str, Any]], sets: list[set[str]], t: float,
                    truth: Truth) -> tuple[dict[str, str], dict[str, str]]:
     from datasketch import MinHash, MinHashLSH
 
-    from stages.dedup import NearConfig, lsh_params
+    from stages.dedup.config import NearConfig
+    from stages.dedup.signatures import lsh_params
 
     near = NearConfig(threshold=t)
     lsh = MinHashLSH(num_perm=near.num_perm, params=lsh_params(near))

@@ -261,19 +261,6 @@ def _languages(plt: Any, s: dict[str, Any]) -> Any:
     return fig
 
 
-def _clusters(plt: Any, s: dict[str, Any]) -> Any:
-    hist = s.get("stats", {}).get("cluster_size_histogram")
-    if not hist:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([str(k) for k in hist], list(hist.values()), color="#dd8452")
-    ax.set_yscale("log")
-    ax.set_xlabel("cluster size (documents)")
-    ax.set_ylabel("clusters")
-    ax.set_title(f"{s['stage']}: near-duplicate cluster sizes")
-    return fig
-
-
 def _premiums(plt: Any, s: dict[str, Any]) -> Any:
     prem = s.get("tokenizer_report", {}).get("token_premium", {}).get("premiums", {})
     items = sorted(((k, v) for k, v in prem.items() if v), key=lambda kv: kv[1])
@@ -307,7 +294,6 @@ def _bytes_per_token(plt: Any, s: dict[str, Any]) -> Any:
 
 _STAGE_CHARTS: dict[str, list[tuple[str, Any]]] = {
     "balance": [("languages", _languages)],
-    "dedup": [("clusters", _clusters)],
     "train_tokenizer": [("premiums", _premiums), ("bytes_per_token", _bytes_per_token)],
 }
 
@@ -319,8 +305,8 @@ def expected_charts(data: dict[str, Any]) -> set[str]:
         st = s.get("stats", {})
         if s.get("length_histogram", {}).get("documents"):
             names.add("lengths")
-        want = {"balance": st.get("languages"), "dedup": st.get("cluster_size_histogram")}
-        key = {"balance": "languages", "dedup": "clusters"}.get(s["type"])
+        want = {"balance": st.get("languages")}
+        key = {"balance": "languages"}.get(s["type"])
         if key and want.get(s["type"]):
             names.add(f"{key}:{s['stage']}")
         if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
@@ -349,7 +335,6 @@ _CAPTIONS = {
     "funnel": "Documents, text MB and tokens after each stage",
     "stage_time": "Wall time per stage",
     "lengths": "Document lengths (UTF-8 bytes), per dataset stage",
-    "clusters": "{}: near-duplicate cluster sizes",
     "languages": "{}: language shares before, target and after balancing",
     "premiums": "{}: token premiums on parallel text",
     "bytes_per_token": "{}: bytes per token per language (held-out documents)",

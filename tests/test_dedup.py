@@ -16,19 +16,9 @@ from conftest import REPO_ROOT
 from datasketch import MinHash
 
 from pipeline.parquet_io import read_table
-from stages.dedup import (
-    NearConfig,
-    ShingleConfig,
-    UnionFind,
-    _forest,
-    _forest_table,
-    _merge_forests,
-    band_keys,
-    lsh_params,
-    minhash_signatures,
-    permutations,
-    shingle_hashes,
-)
+from stages.dedup.components import UnionFind, _forest, _forest_table, _merge_forests
+from stages.dedup.config import NearConfig, ShingleConfig
+from stages.dedup.signatures import band_keys, lsh_params, minhash_signatures, permutations, shingle_hashes
 
 SAMPLE = REPO_ROOT / "yaml_specs" / "data" / "debian-sample.jsonl.zst"
 
@@ -241,7 +231,7 @@ def _reference_word_shingles(text: str, n: int) -> np.ndarray:
     """Word shingles computed one document at a time in plain Python (the definition)."""
     import xxhash
 
-    from stages.dedup import _PUNCTUATION, _combine
+    from stages.dedup.signatures import _PUNCTUATION, _combine
 
     words = [w.strip(_PUNCTUATION) for w in text.lower().split()]
     units = np.array([xxhash.xxh64_intdigest(w.encode()) for w in words if w], dtype=np.uint64)
@@ -254,7 +244,7 @@ def test_shingles_are_exact_on_batches_ending_in_whitespace():
     """pyarrow's whitespace split once kept a trailing space on a batch's last word now and then
     (uninitialised memory past the array's end): the same text gave different shingles from run to
     run. Many batches whose last document ends in whitespace must all match the per-document definition."""
-    from stages.dedup import batch_shingle_hashes
+    from stages.dedup.signatures import batch_shingle_hashes
 
     rng = random.Random(7)
     vocab = ["alpha", "Beta", "GAMMA", "délta", "ñu", "x", "Übel", "(note)", "end."]
@@ -272,7 +262,7 @@ def test_small_buckets_give_every_pair_and_huge_ones_a_bounded_number(tmp_path):
 
     from pipeline.locations import Location
     from pipeline.parquet_io import write_one
-    from stages.dedup import _edges_for_partition
+    from stages.dedup.pairs import _edges_for_partition
 
     rows = [(7, "near", n, 0.0, f"d{n:03d}") for n in range(6)]  # one near bucket of 6
     rows += [(9, "near", 100 + n, 0.0, f"e{n:03d}") for n in range(200)]  # a huge one
@@ -296,7 +286,7 @@ def test_every_removed_document_keeps_a_near_twin():
     (c and d have nothing similar left); greedy centres keep a and c, remove b (twin a) and d (twin c)."""
     import pyarrow as pa
 
-    from stages.dedup import representatives
+    from stages.dedup.components import representatives
 
     forest = pa.table({"node": pa.array([0, 1, 2, 3, 4, 5], pa.int64()), "k0": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
                        "id": ["a", "b", "c", "d", "e", "f"], "root": pa.array([0] * 6, pa.int64())})
@@ -313,7 +303,7 @@ def test_every_removed_document_keeps_a_near_twin():
 
 
 def test_histogram_labels_in_size_order():
-    from stages.dedup import _size_order
+    from stages.dedup.stage import _size_order
 
     assert sorted(["100+", "10-99", "3", "2"], key=_size_order) == ["2", "3", "10-99", "100+"]
 
@@ -321,7 +311,7 @@ def test_histogram_labels_in_size_order():
 def test_true_jaccard_verification_uses_the_shingle_sets():
     import pyarrow as pa
 
-    from stages.dedup import _verify
+    from stages.dedup.pairs import _verify
 
     a = np.arange(100, dtype=np.uint32)
     b = np.arange(30, 130, dtype=np.uint32)  # J = 70 / 130

@@ -1,0 +1,102 @@
+"""Dedup's spec keys: exact and near settings, the keep rule, warnings (pydantic models)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.stage_api import StageConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Normalise(_Strict):
+    """How text is normalised before exact hashing. Near dedup's shingles have their own fixed folding
+    (lower case, whitespace words, punctuation trimmed from each word's ends; see
+    :func:`batch_shingle_hashes`), so these switches change which documents are exact copies only."""
+
+    nfkc: bool = True
+    lower: bool = True
+    whitespace: bool = True
+    punctuation: bool = False
+    digits: bool = False
+
+
+class ExactConfig(_Strict):
+    enabled: bool = True
+    normalise: Normalise = Field(default_factory=Normalise)
+    hash_bits: Literal[64, 128] = 64
+
+
+class ShingleConfig(_Strict):
+    kind: Literal["word", "char"] = "word"
+    n: int = Field(default=5, ge=1, le=64)
+
+
+class NearConfig(_Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Jaccard similarity that makes a duplicate.")
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int | None = Field(default=None, ge=1, description="LSH bands; default: derived from threshold.")
+    rows: int | None = Field(default=None, ge=1, description="Rows per band; default: derived from threshold.")
+    shingle: ShingleConfig = Field(default_factory=ShingleConfig)
+    false_positive_weight: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Weight of false positives (false negatives get 1 - this) when deriving bands and rows, "
+        "as datasketch's MinHashLSH(weights=...); low, because verification removes false positives.",
+    )
+    verify: bool = Field(default=True, description="Drop candidate pairs whose Jaccard is too low.")
+    jaccard: bool = Field(
+        default=True,
+        description="Verify on the true Jaccard of the two shingle sets (kept beside the signatures until "
+        "the pairs are verified: about 4 bytes per word of the corpus) instead of the signature estimate, "
+        "whose noise (about ±0.04 at 128 permutations) let through pairs well below the threshold.",
+    )
+    verify_margin: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="Verification keeps pairs with Jaccard >= threshold - margin (estimates are noisy).",
+    )
+    seed: int = Field(default=1, ge=0, description="MinHash permutation seed (datasketch's `seed`).")
+    bucket_window: int = Field(
+        default=64, ge=1, le=4096,
+        description="Each member of an LSH bucket is paired with the next `bucket_window` members in keep "
+        "order and with the bucket's best member: every pair of a bucket of up to window + 1 documents, "
+        "O(bucket size × window) pairs for larger buckets.",
+    )
+    twin_margin: float = Field(
+        default=0.1, ge=0, le=0.5,
+        description="Every removed document has estimated similarity >= threshold - twin_margin with the "
+        "document kept for it; a component with no such kept twin for some member keeps more documents.",
+    )
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> NearConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then they derive from threshold)")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands × rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class DedupConfig(StageConfig):
+    type: Literal["dedup"]
+    exact: ExactConfig = Field(default_factory=ExactConfig)
+    near: NearConfig = Field(default_factory=NearConfig)
+    keep: Literal["longest", "shortest", "first", "column"] = Field(
+        default="longest", description="Which document of a cluster survives (ties: smallest id)."
+    )
+    keep_column: str | None = Field(default=None, description="Numeric column for keep: column (highest wins).")
+    partitions: int = Field(default=8, ge=1, le=4096, description="Hash partitions of the bucket shuffle.")
+    warn_cluster_size: int = Field(default=10_000, ge=1, description="Warn when one cluster holds more documents.")
+    warn_source_share: float = Field(
+        default=0.5, ge=0, le=1, description="Warn when dedup removes more than this share of one source's documents."
+    )
+
+    @model_validator(mode="after")
+    def _keep_column(self) -> DedupConfig:
+        if self.keep == "column" and not self.keep_column:
+            raise ValueError("keep: column needs keep_column")
+        return self
