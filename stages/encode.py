@@ -5,6 +5,16 @@ batch. With as many actors as cores, Rust-side threads are switched off (``TOKEN
 false in the workers): on 2 cores, 2 single-threaded actors beat 1 actor with 2 threads once
 Parquet reading and writing are counted (notes/ray.md; ``benchmarks/bench_encode.py``).
 
+Engine (``engine``, :mod:`stages.encoders`): ``auto`` runs gigatoken when it supports the
+``tokenizer.json`` (10-17x HF on byte-level BPE), HF ``tokenizers`` otherwise; the manifest and
+``pipeline inspect`` say which ran and why. Parity is checked, not assumed: in every batch a
+deterministic sample of documents (``xxh64("encode:parity" + id)``, at least ``parity.rate`` and
+``parity.min_docs``) is re-encoded with HF and compared id for id; a mismatch fails the stage with
+the document id, the first differing position and both id windows (or, with ``on_mismatch:
+fallback``, the batch is re-encoded with HF and the mismatch recorded). Documents above
+``piece_bytes`` are encoded in pieces cut at pre-token boundaries (same ids, bounded memory);
+documents above ``max_doc_bytes`` are rejected with their size.
+
 Adds ``input_ids`` (``list<uint16>`` when every id of the vocabulary fits, else ``list<uint32>``)
 and ``n_tokens``; optional BOS/EOS per document. Token counts per language go to the manifest.
 """
@@ -20,15 +30,32 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+import pyarrow.compute as pc
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.locations import Location
 from pipeline.stage_api import BatchResult, MapStage, RefKind, StageConfig, register_stage
+from stages.encoders import TextEncoder, choose_engine, load_encoder
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", "<|eos|>")
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "[CLS]", "<|bos|>")
+
+
+PARITY_SALT = b"encode:parity"
+
+
+class ParityConfig(BaseModel):
+    """How the fast engine's ids are checked against HF ``tokenizers`` (the reference)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rate: float = Field(default=0.01, ge=0, le=1, description="Share of documents re-encoded with HF.")
+    min_docs: int = Field(default=16, ge=0, description="At least this many documents per batch (so per shard).")
+    on_mismatch: Literal["fail", "fallback"] = Field(
+        default="fail", description="fail: stop with the document id and both id windows; fallback: re-encode "
+        "the batch with HF and record the mismatch.")
 
 
 class EncodeConfig(StageConfig):
@@ -42,6 +69,15 @@ class EncodeConfig(StageConfig):
     eos_token: str | None = Field(default=None, description="EOS token string (default: found in the vocabulary).")
     keep_text: bool = Field(default=True, description="Keep the text column beside the ids.")
     batch_rows: int = Field(default=1024, ge=1, description="Documents per encode_batch call.")
+    engine: Literal["auto", "fast", "hf"] = Field(
+        default="auto", description="auto: gigatoken when it supports the tokenizer.json, else HF tokenizers; "
+        "fast: gigatoken or fail; hf: HF tokenizers only.")
+    parity: ParityConfig = Field(default_factory=ParityConfig, description="Sampled id-for-id check against HF.")
+    piece_bytes: int = Field(
+        default=1_000_000, ge=1000, description="Documents above about this size are encoded in pieces cut at "
+        "pre-token boundaries (same ids, bounded memory) where the pre-tokenizer allows it.")
+    max_doc_bytes: int = Field(
+        default=1 << 30, ge=1, description="Documents above this UTF-8 size are rejected (reason doc_too_large).")
     rust_threads: bool = Field(
         default=False,
         description="Let each actor use the tokenizers Rust thread pool (only useful with fewer actors than "
@@ -69,19 +105,25 @@ def find_special(tokenizer: Any, given: str | None, candidates: tuple[str, ...],
 
 
 def encode_texts(tokenizer: Any, texts: list[str], bos: int | None, eos: int | None,
-                 dtype: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """Encode a batch; returns the ``list<dtype>`` ids array and the per-document token counts."""
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    encodings = encode(texts, add_special_tokens=False)
+                 dtype: pa.DataType, bodies: list[np.ndarray] | None = None) -> tuple[pa.Array, np.ndarray]:
+    """Encode a batch (or frame already encoded ``bodies``); returns the ``list<dtype>`` ids array and
+    the per-document token counts. ``tokenizer``: a :class:`TextEncoder` or a ``tokenizers.Tokenizer``."""
+    if bodies is None:
+        if isinstance(tokenizer, TextEncoder):
+            bodies = tokenizer.encode_arrays(texts)
+        else:
+            encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+            bodies = [e.ids for e in encode(texts, add_special_tokens=False)]
+    encodings = bodies
     extra = int(bos is not None) + int(eos is not None)
-    lengths = np.fromiter((len(e.ids) + extra for e in encodings), dtype=np.int64, count=len(encodings))
+    lengths = np.fromiter((len(e) + extra for e in encodings), dtype=np.int64, count=len(encodings))
     total = int(lengths.sum())
     flat = np.empty(total, dtype=np.uint32)
     pos = 0
     for enc, n in zip(encodings, lengths, strict=True):
         if bos is not None:
             flat[pos] = bos
-        body = enc.ids
+        body = enc
         start = pos + (bos is not None)
         flat[start:start + len(body)] = body
         if eos is not None:
@@ -114,20 +156,60 @@ class EncodeStage(MapStage[EncodeConfig]):
         vocab = tok.get_vocab_size(with_added_tokens=True)
         bos = find_special(tok, cfg.bos_token, BOS_CANDIDATES, "bos") if cfg.add_bos else None
         eos = find_special(tok, cfg.eos_token, EOS_CANDIDATES, "eos") if cfg.add_eos else None
+        _, engine, reason = choose_engine(raw.decode("utf-8"), cfg.engine)  # fails here when fast is impossible
         info = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "vocab_size": vocab, "bos_id": bos,
                 "eos_id": eos, "dtype": str(ids_type(vocab))}
         ctx.manifest.stats["tokenizer"] = info
+        ctx.manifest.stats["engine"] = {"requested": cfg.engine, "engine": engine, "reason": reason}
+        print(f"[{ctx.name}] encode engine: {engine} ({reason})", flush=True)
         return {**info, "path": path}  # the workers' copy: a Location (local path or URI)
 
     def setup(self, state: dict[str, Any]) -> None:
-        from tokenizers import Tokenizer
-
         self.state = state
         # tokenizers reads this on every encode_batch call; Ray workers default to "false" (WORKER_ENV)
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if self.config.rust_threads else "false"
-        self.tokenizer = Tokenizer.from_str(Location.of(state["path"]).read_text())  # loaded once per actor
+        cfg = self.config
+        self.encoder = load_encoder(Location.of(state["path"]).read_text(), cfg.engine,  # once per actor
+                                    threads=cfg.rust_threads, piece_bytes=cfg.piece_bytes)
+        self.tokenizer = self.encoder.reference
         self.dtype = ids_type(state["vocab_size"])
         self.batch_rows = self.config.batch_rows  # the runner streams parts in batches of this many rows
+
+    def parity_sample(self, ids: list[str]) -> list[int]:
+        """Rows to re-encode with HF: hash of (salt, id) under the rate, topped up to ``min_docs``
+        with the lowest hashes -- the same rows whatever the worker count or engine."""
+        p = self.config.parity
+        hashes = np.fromiter((xxhash.xxh64_intdigest(PARITY_SALT + i.encode()) for i in ids), dtype=np.uint64,
+                             count=len(ids))
+        chosen = set(np.nonzero(hashes < np.uint64(min(p.rate * 2.0**64, 2.0**64 - 1)))[0].tolist())
+        if len(chosen) < p.min_docs:
+            chosen.update(np.argsort(hashes, kind="stable")[:p.min_docs].tolist())
+        return sorted(chosen)
+
+    def check_parity(self, ids: list[str], texts: list[str], bodies: list[np.ndarray],
+                     stats: dict[str, Any]) -> bool:
+        """True when the sample matches HF; raises on a mismatch unless ``on_mismatch: fallback``."""
+        rows = self.parity_sample(ids)
+        ref = self.encoder.encode_arrays([texts[i] for i in rows], hf=True)
+        stats["parity_checked"] = stats.get("parity_checked", 0) + len(rows)
+        bad = [(i, r) for i, r in zip(rows, ref, strict=True) if not np.array_equal(bodies[i], r)]
+        stats["parity_mismatches"] = stats.get("parity_mismatches", 0) + len(bad)
+        if not bad:
+            return True
+        i, r = bad[0]
+        got = bodies[i]
+        n = min(len(got), len(r))
+        diff = int(np.argmax(got[:n] != r[:n])) if n and (got[:n] != r[:n]).any() else n
+        lo = max(0, diff - 4)
+        detail = (f"document {ids[i]!r}: fast engine ids differ from HF tokenizers at token {diff} "
+                  f"(fast {len(got)} tokens, HF {len(r)}): fast[{lo}:{diff + 8}]={got[lo:diff + 8].tolist()} "
+                  f"hf[{lo}:{diff + 8}]={r[lo:diff + 8].tolist()}")
+        if self.config.parity.on_mismatch == "fail":
+            raise TokenmillError(f"encode parity check failed: {detail} (set parity.on_mismatch: fallback or "
+                                 "engine: hf)")
+        stats["parity_fallback_batches"] = stats.get("parity_fallback_batches", 0) + 1
+        stats["parity_mismatch_examples"] = [detail[:500]]
+        return False
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [f for f in input_schema if f.name not in ("input_ids", "n_tokens", "loss_mask")]
@@ -136,8 +218,27 @@ class EncodeStage(MapStage[EncodeConfig]):
         return pa.schema([*fields, pa.field("input_ids", pa.list_(self.dtype)), pa.field("n_tokens", pa.int32())])
 
     def process(self, batch: pa.Table) -> BatchResult:
+        nbytes = pc.binary_length(batch.column("text").cast(pa.large_string())).to_numpy(zero_copy_only=False)
+        rejected = None
+        if len(nbytes) and int(nbytes.max()) > self.config.max_doc_bytes:
+            too_big = pa.array(nbytes > self.config.max_doc_bytes)
+            bad = batch.filter(too_big)
+            detail = [f"{n:,} bytes > max_doc_bytes {self.config.max_doc_bytes:,}"
+                      for n in nbytes[nbytes > self.config.max_doc_bytes].tolist()]
+            rejected = bad.drop_columns([c for c in ("text",) if c in bad.column_names]).append_column(
+                "reason", pa.array(["doc_too_large"] * bad.num_rows)).append_column("detail", pa.array(detail))
+            batch = batch.filter(pc.invert(too_big))
+            nbytes = nbytes[nbytes <= self.config.max_doc_bytes]
         texts = batch.column("text").to_pylist()
-        ids, lengths = encode_texts(self.tokenizer, texts, self.state["bos_id"], self.state["eos_id"], self.dtype)
+        stats: dict[str, Any] = {}
+        bodies = self.encoder.encode_arrays(texts)
+        if self.encoder.engine == "fast" and texts:
+            doc_ids = (batch.column("id").cast(pa.string()).to_pylist() if "id" in batch.column_names
+                       else [str(i) for i in range(len(texts))])
+            if not self.check_parity(doc_ids, texts, bodies, stats):
+                bodies = self.encoder.encode_arrays(texts, hf=True)
+        ids, lengths = encode_texts(self.encoder, texts, self.state["bos_id"], self.state["eos_id"], self.dtype,
+                                    bodies=bodies)
         drop = [c for c in ("input_ids", "n_tokens", "loss_mask") if c in batch.column_names]
         if not self.config.keep_text:
             drop.append("text")
@@ -147,12 +248,19 @@ class EncodeStage(MapStage[EncodeConfig]):
         per_lang: Counter[str] = Counter()
         for lang, n in zip(langs, lengths.tolist(), strict=True):
             per_lang[lang or "und"] += n
-        text_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        return BatchResult(out, stats={"tokens": int(lengths.sum()), "documents": len(texts),
-                                       "text_bytes": text_bytes, "tokens_per_lang": dict(per_lang)})
+        text_bytes = int(nbytes.sum())
+        split = dict(self.encoder.stats)
+        self.encoder.stats.update(split_documents=0, pieces=0)
+        return BatchResult(out, rejected=rejected, stats={
+            "tokens": int(lengths.sum()), "documents": len(texts), "text_bytes": text_bytes,
+            "tokens_per_lang": dict(per_lang), **stats, **{k: v for k, v in split.items() if v}})
 
     def finish(self, ctx: StageContext, shard_stats: Any) -> None:
         s = ctx.manifest.stats
+        s.setdefault("parity_checked", 0)
+        s.setdefault("parity_mismatches", 0)
+        if "parity_mismatch_examples" in s:
+            s["parity_mismatch_examples"] = s["parity_mismatch_examples"][:5]
         if s.get("tokens"):
             s["bytes_per_token"] = round(s["text_bytes"] / s["tokens"], 4)
             s["tokens_per_lang"] = dict(sorted(s.get("tokens_per_lang", {}).items(), key=lambda kv: -kv[1]))
@@ -163,5 +271,10 @@ class EncodeStage(MapStage[EncodeConfig]):
         rows = [("tokens", f"{s.get('tokens', 0):,}"), ("bytes per token", str(s.get("bytes_per_token", ""))),
                 ("tokenizer", f"{posixpath.basename(tok.get('path', '?'))} "
                               f"(vocab {tok.get('vocab_size')}, {tok.get('dtype')})")]
+        eng = s.get("engine", {})
+        if eng:
+            rows.append(("engine", f"{eng.get('engine')} ({eng.get('reason')})"))
+            rows.append(("parity", f"{s.get('parity_checked', 0):,} docs checked against HF, "
+                                   f"{s.get('parity_mismatches', 0)} mismatches"))
         rows += [(f"tokens [{k}]", f"{v:,}") for k, v in itertools.islice(s.get("tokens_per_lang", {}).items(), 8)]
         return rows
