@@ -181,7 +181,9 @@ class EncodeStage(MapStage[EncodeConfig]):
         p = self.config.parity
         hashes = np.fromiter((xxhash.xxh64_intdigest(PARITY_SALT + i.encode()) for i in ids), dtype=np.uint64,
                              count=len(ids))
-        chosen = set(np.nonzero(hashes < np.uint64(min(p.rate * 2.0**64, 2.0**64 - 1)))[0].tolist())
+        if p.rate >= 1:
+            return list(range(len(ids)))
+        chosen = set(np.nonzero(hashes < np.uint64(int(p.rate * 2**64)))[0].tolist())
         if len(chosen) < p.min_docs:
             chosen.update(np.argsort(hashes, kind="stable")[:p.min_docs].tolist())
         return sorted(chosen)
