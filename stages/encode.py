@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import os
 import posixpath
-from collections import Counter
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -34,9 +33,11 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.context import StageContext
+from pipeline.context import MapStageJob, StageContext
 from pipeline.errors import TokenmillError
+from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
+from pipeline.parquet_io import REJECT_SCHEMA, PartWriter, make_rejects
 from pipeline.stage_api import BatchResult, MapStage, RefKind, StageConfig, register_stage
 from stages.encoders import TextEncoder, choose_engine, load_encoder
 
@@ -104,35 +105,83 @@ def find_special(tokenizer: Any, given: str | None, candidates: tuple[str, ...],
     raise TokenmillError(f"no {what} token found in the tokenizer (tried {', '.join(candidates)}); set {what}_token")
 
 
-def encode_texts(tokenizer: Any, texts: list[str], bos: int | None, eos: int | None,
-                 dtype: pa.DataType, bodies: list[np.ndarray] | None = None) -> tuple[pa.Array, np.ndarray]:
-    """Encode a batch (or frame already encoded ``bodies``); returns the ``list<dtype>`` ids array and
-    the per-document token counts. ``tokenizer``: a :class:`TextEncoder` or a ``tokenizers.Tokenizer``."""
-    if bodies is None:
-        if isinstance(tokenizer, TextEncoder):
-            bodies = tokenizer.encode_arrays(texts)
-        else:
-            encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-            bodies = [e.ids for e in encode(texts, add_special_tokens=False)]
-    encodings = bodies
+def frame(flat: np.ndarray, offsets: np.ndarray, bos: int | None, eos: int | None,
+          dtype: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Ids of a batch (flat ids + offsets) framed with BOS/EOS as ``list<dtype>``, and the counts
+    per document; vectorised (no Python loop per document)."""
+    n = len(offsets) - 1
+    body = np.diff(offsets)
     extra = int(bos is not None) + int(eos is not None)
-    lengths = np.fromiter((len(e) + extra for e in encodings), dtype=np.int64, count=len(encodings))
-    total = int(lengths.sum())
-    flat = np.empty(total, dtype=np.uint32)
-    pos = 0
-    for enc, n in zip(encodings, lengths, strict=True):
+    lengths = body + extra
+    new_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    np_dtype = np.uint16 if dtype == pa.uint16() else np.uint32
+    if extra:
+        out = np.empty(int(new_offsets[-1]), dtype=np_dtype)
+        doc_of_token = np.repeat(np.arange(n, dtype=np.int64), body)
+        out[np.arange(len(flat), dtype=np.int64) + doc_of_token * extra + int(bos is not None)] = flat
         if bos is not None:
-            flat[pos] = bos
-        body = enc
-        start = pos + (bos is not None)
-        flat[start:start + len(body)] = body
+            out[new_offsets[:-1]] = bos
         if eos is not None:
-            flat[pos + n - 1] = eos
-        pos += n
-    offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = pa.array(flat.astype(np.uint16 if dtype == pa.uint16() else np.uint32, copy=False))
-    return pa.ListArray.from_arrays(pa.array(offsets), values), lengths
+            out[new_offsets[1:] - 1] = eos
+    else:
+        out = flat.astype(np_dtype, copy=False)
+    offsets_arr = pa.array(new_offsets.astype(np.int32)) if new_offsets[-1] < 2**31 else pa.array(new_offsets)
+    values = pa.array(out)
+    if offsets_arr.type == pa.int64():
+        return pa.LargeListArray.from_arrays(offsets_arr, values).cast(pa.list_(dtype)), lengths
+    return pa.ListArray.from_arrays(offsets_arr, values), lengths
+
+
+def encode_texts(tokenizer: Any, texts: list[str], bos: int | None, eos: int | None,
+                 dtype: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Encode a batch; returns the ``list<dtype>`` ids array and the per-document token counts.
+    ``tokenizer``: a :class:`~stages.encoders.TextEncoder` or a ``tokenizers.Tokenizer``."""
+    if isinstance(tokenizer, TextEncoder):
+        bodies = tokenizer.encode_arrays(texts)
+    else:
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        bodies = [np.asarray(e.ids, dtype=np.uint32) for e in encode(texts, add_special_tokens=False)]
+    offsets = np.zeros(len(bodies) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in bodies], out=offsets[1:])
+    flat = np.concatenate(bodies).astype(np.uint32) if bodies else np.empty(0, np.uint32)
+    return frame(flat, offsets, bos, eos, dtype)
+
+
+class ParityFallback(Exception):
+    """A parity mismatch under ``on_mismatch: fallback``: the shard is re-encoded with HF."""
+
+    def __init__(self, detail: str, stats: dict[str, Any]):
+        super().__init__(detail)
+        self.detail, self.stats = detail, stats
+
+
+class EncodeJob(MapStageJob):
+    """The map-stage job with shard hooks: the parity top-up counts per shard, and a fallback
+    re-encodes the whole shard with HF (its partial output is discarded first)."""
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        self.setup()
+        stage = self.stage
+        assert isinstance(stage, EncodeStage)
+        stage.begin_shard()
+        try:
+            return super().run(task, out)
+        except ParityFallback as fb:
+            out.abort()
+            out.data = PartWriter(out.data.final.parent, f"part-{task.key}")
+            out.rejects = PartWriter(out.rejects.final.parent, f"part-{task.key}", schema=REJECT_SCHEMA,
+                                     write_empty=False)
+            stage.begin_shard(force_hf=True)
+            result = super().run(task, out)
+            s = result["stats"]
+            s["parity_checked"] = fb.stats.get("parity_checked", 0)
+            s["parity_mismatches"] = fb.stats.get("parity_mismatches", 0)
+            s["parity_fallback_shards"] = 1
+            s["parity_mismatch_examples"] = [f"shard {task.key}: {fb.detail}"[:600]]
+            return result
+        finally:
+            stage.begin_shard()
 
 
 @register_stage
@@ -141,6 +190,7 @@ class EncodeStage(MapStage[EncodeConfig]):
 
     config_model = EncodeConfig
     use_actors: ClassVar[bool] = True
+    job_class: ClassVar[type[MapStageJob]] = EncodeJob
     batch_rows: ClassVar[int] = 1024
     worker_cpus: ClassVar[float] = 1.0
 
@@ -173,35 +223,46 @@ class EncodeStage(MapStage[EncodeConfig]):
                                     threads=cfg.rust_threads, piece_bytes=cfg.piece_bytes)
         self.tokenizer = self.encoder.reference
         self.dtype = ids_type(state["vocab_size"])
+        self.begin_shard()
         self.batch_rows = self.config.batch_rows  # the runner streams parts in batches of this many rows
 
+    def begin_shard(self, force_hf: bool = False) -> None:
+        """Called by :class:`EncodeJob` before each shard: the ``min_docs`` top-up counts per shard."""
+        self.shard_checked = 0
+        self.force_hf = force_hf
+
     def parity_sample(self, ids: list[str]) -> list[int]:
-        """Rows to re-encode with HF: hash of (salt, id) under the rate, topped up to ``min_docs``
-        with the lowest hashes -- the same rows whatever the worker count or engine."""
+        """Rows to re-encode with HF: hash of (salt, id) under the rate, topped up with the shard's
+        first documents until ``min_docs`` of the shard are checked -- the same rows whatever the
+        worker count or engine."""
         p = self.config.parity
-        hashes = np.fromiter((xxhash.xxh64_intdigest(PARITY_SALT + i.encode()) for i in ids), dtype=np.uint64,
-                             count=len(ids))
         if p.rate >= 1:
             return list(range(len(ids)))
-        chosen = set(np.nonzero(hashes < np.uint64(int(p.rate * 2**64)))[0].tolist())
-        if len(chosen) < p.min_docs:
-            chosen.update(np.argsort(hashes, kind="stable")[:p.min_docs].tolist())
-        return sorted(chosen)
+        threshold = int(p.rate * 2**64)
+        chosen = [i for i, d in enumerate(ids) if xxhash.xxh64_intdigest(PARITY_SALT + d.encode()) < threshold]
+        missing = p.min_docs - getattr(self, "shard_checked", 0) - len(chosen)
+        if missing > 0:
+            taken = set(chosen)
+            chosen = sorted(taken | set(itertools.islice((i for i in range(len(ids)) if i not in taken), missing)))
+        self.shard_checked = getattr(self, "shard_checked", 0) + len(chosen)
+        return chosen
 
-    def check_parity(self, ids: list[str], texts: list[str], bodies: list[np.ndarray],
-                     stats: dict[str, Any]) -> bool:
-        """True when the sample matches HF; raises on a mismatch unless ``on_mismatch: fallback``."""
+    def check_parity(self, ids: list[str], column: pa.Array, flat: np.ndarray, offsets: np.ndarray,
+                     stats: dict[str, Any]) -> None:
+        """Re-encode the sample with HF and compare; a mismatch raises (``ParityFallback`` with
+        ``on_mismatch: fallback``, which :class:`EncodeJob` answers by re-encoding the shard with HF)."""
         rows = self.parity_sample(ids)
-        ref = self.encoder.encode_arrays([texts[i] for i in rows], hf=True)
+        ref = self.encoder.encode_arrays(column.take(pa.array(rows, pa.int64())).to_pylist(), hf=True)
         stats["parity_checked"] = stats.get("parity_checked", 0) + len(rows)
-        bad = [(i, r) for i, r in zip(rows, ref, strict=True) if not np.array_equal(bodies[i], r)]
+        bad = [(i, r) for i, r in zip(rows, ref, strict=True) if not np.array_equal(flat[offsets[i]:offsets[i + 1]], r)]
         stats["parity_mismatches"] = stats.get("parity_mismatches", 0) + len(bad)
         if not bad:
-            return True
+            return
         i, r = bad[0]
-        got = bodies[i]
+        got = flat[offsets[i]:offsets[i + 1]]
         n = min(len(got), len(r))
-        diff = int(np.argmax(got[:n] != r[:n])) if n and (got[:n] != r[:n]).any() else n
+        neq = np.nonzero(got[:n] != r[:n])[0]
+        diff = int(neq[0]) if len(neq) else n
         lo = max(0, diff - 4)
         detail = (f"document {ids[i]!r}: fast engine ids differ from HF tokenizers at token {diff} "
                   f"(fast {len(got)} tokens, HF {len(r)}): fast[{lo}:{diff + 8}]={got[lo:diff + 8].tolist()} "
@@ -209,53 +270,56 @@ class EncodeStage(MapStage[EncodeConfig]):
         if self.config.parity.on_mismatch == "fail":
             raise TokenmillError(f"encode parity check failed: {detail} (set parity.on_mismatch: fallback or "
                                  "engine: hf)")
-        stats["parity_fallback_batches"] = stats.get("parity_fallback_batches", 0) + 1
-        stats["parity_mismatch_examples"] = [detail[:500]]
-        return False
+        raise ParityFallback(detail, stats)
+
+    def process(self, batch: pa.Table) -> BatchResult:
+        column = batch.column("text").combine_chunks()
+        nbytes = pc.binary_length(column.cast(pa.large_string())).to_numpy(zero_copy_only=False)
+        rejected = None
+        if len(nbytes) and int(nbytes.max()) > self.config.max_doc_bytes:
+            too_big = pa.array(nbytes > self.config.max_doc_bytes)
+            big = batch.filter(too_big)
+            ids = big.column("id").to_pylist() if "id" in big.column_names else [None] * big.num_rows
+            sizes = nbytes[nbytes > self.config.max_doc_bytes].tolist()
+            limit = self.config.max_doc_bytes
+            heads = pc.utf8_slice_codeunits(big.column("text"), 0, 2048).to_pylist()  # not the whole text
+            rejected = make_rejects([
+                {"id": i, "reason": "doc_too_large", "detail": f"{n:,} bytes > max_doc_bytes {limit:,}", "raw": h}
+                for i, n, h in zip(ids, sizes, heads, strict=True)])
+            batch = batch.filter(pc.invert(too_big))
+            column = batch.column("text").combine_chunks()
+            nbytes = nbytes[nbytes <= self.config.max_doc_bytes]
+        stats: dict[str, Any] = {}
+        force_hf = getattr(self, "force_hf", False)
+        flat, offsets = self.encoder.encode_column(column, nbytes, hf=force_hf)
+        if self.encoder.engine == "fast" and not force_hf and len(column):
+            doc_ids = (batch.column("id").cast(pa.string()).to_pylist() if "id" in batch.column_names
+                       else [str(i) for i in range(len(column))])
+            self.check_parity(doc_ids, column, flat, offsets, stats)
+        ids, lengths = frame(flat, offsets, self.state["bos_id"], self.state["eos_id"], self.dtype)
+        drop = [c for c in ("input_ids", "n_tokens", "loss_mask") if c in batch.column_names]
+        if not self.config.keep_text:
+            drop.append("text")
+        out = batch.drop_columns(drop)
+        out = out.append_column("input_ids", ids).append_column("n_tokens", pa.array(lengths.astype(np.int32)))
+        if "lang" in batch.column_names:
+            langs = pc.fill_null(batch.column("lang").cast(pa.string()), "und")
+            langs = pc.if_else(pc.equal(langs, ""), "und", langs)
+        else:
+            langs = pa.array(["und"] * len(lengths), pa.string())
+        grouped = pa.table({"lang": langs, "n": lengths}).group_by("lang").aggregate([("n", "sum")])
+        per_lang = dict(zip(grouped.column("lang").to_pylist(), grouped.column("n_sum").to_pylist(), strict=True))
+        split = dict(self.encoder.stats)
+        self.encoder.stats.update(split_documents=0, pieces=0)
+        return BatchResult(out, rejected=rejected, stats={
+            "tokens": int(lengths.sum()), "documents": len(column), "text_bytes": int(nbytes.sum()),
+            "tokens_per_lang": per_lang, **stats, **{k: v for k, v in split.items() if v}})
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         fields = [f for f in input_schema if f.name not in ("input_ids", "n_tokens", "loss_mask")]
         if not self.config.keep_text:
             fields = [f for f in fields if f.name != "text"]
         return pa.schema([*fields, pa.field("input_ids", pa.list_(self.dtype)), pa.field("n_tokens", pa.int32())])
-
-    def process(self, batch: pa.Table) -> BatchResult:
-        nbytes = pc.binary_length(batch.column("text").cast(pa.large_string())).to_numpy(zero_copy_only=False)
-        rejected = None
-        if len(nbytes) and int(nbytes.max()) > self.config.max_doc_bytes:
-            too_big = pa.array(nbytes > self.config.max_doc_bytes)
-            bad = batch.filter(too_big)
-            detail = [f"{n:,} bytes > max_doc_bytes {self.config.max_doc_bytes:,}"
-                      for n in nbytes[nbytes > self.config.max_doc_bytes].tolist()]
-            rejected = bad.drop_columns([c for c in ("text",) if c in bad.column_names]).append_column(
-                "reason", pa.array(["doc_too_large"] * bad.num_rows)).append_column("detail", pa.array(detail))
-            batch = batch.filter(pc.invert(too_big))
-            nbytes = nbytes[nbytes <= self.config.max_doc_bytes]
-        texts = batch.column("text").to_pylist()
-        stats: dict[str, Any] = {}
-        bodies = self.encoder.encode_arrays(texts)
-        if self.encoder.engine == "fast" and texts:
-            doc_ids = (batch.column("id").cast(pa.string()).to_pylist() if "id" in batch.column_names
-                       else [str(i) for i in range(len(texts))])
-            if not self.check_parity(doc_ids, texts, bodies, stats):
-                bodies = self.encoder.encode_arrays(texts, hf=True)
-        ids, lengths = encode_texts(self.encoder, texts, self.state["bos_id"], self.state["eos_id"], self.dtype,
-                                    bodies=bodies)
-        drop = [c for c in ("input_ids", "n_tokens", "loss_mask") if c in batch.column_names]
-        if not self.config.keep_text:
-            drop.append("text")
-        out = batch.drop_columns(drop)
-        out = out.append_column("input_ids", ids).append_column("n_tokens", pa.array(lengths.astype(np.int32)))
-        langs = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * len(texts)
-        per_lang: Counter[str] = Counter()
-        for lang, n in zip(langs, lengths.tolist(), strict=True):
-            per_lang[lang or "und"] += n
-        text_bytes = int(nbytes.sum())
-        split = dict(self.encoder.stats)
-        self.encoder.stats.update(split_documents=0, pieces=0)
-        return BatchResult(out, rejected=rejected, stats={
-            "tokens": int(lengths.sum()), "documents": len(texts), "text_bytes": text_bytes,
-            "tokens_per_lang": dict(per_lang), **stats, **{k: v for k, v in split.items() if v}})
 
     def finish(self, ctx: StageContext, shard_stats: Any) -> None:
         s = ctx.manifest.stats

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 Engine = Literal["auto", "fast", "hf"]
 
@@ -131,6 +133,33 @@ class TextEncoder:
             self.stats["split_documents"] += 1
             self.stats["pieces"] += len(parts)
         return result
+
+    def encode_column(self, column: pa.Array, nbytes: np.ndarray, hf: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(flat uint32 ids, offsets) of a string column. On the fast engine the column's Arrow
+        buffers go to gigatoken as they are (no Python string per document); documents above the
+        piece size take the piece-by-piece path."""
+        if hf or self.fast is None or (self.can_split and len(nbytes) and int(nbytes.max()) > self.piece_chars):
+            arrays = self.encode_arrays(column.to_pylist(), hf)
+            offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+            np.cumsum([len(a) for a in arrays], out=offsets[1:])
+            flat = np.concatenate(arrays) if arrays else np.empty(0, np.uint32)
+            return flat.astype(np.uint32, copy=False), offsets
+        import awkward as ak
+
+        col = column.cast(pa.large_string())
+        if col.null_count:
+            col = pc.fill_null(col, "")
+        _, offs, data = col.buffers()
+        o = np.frombuffer(offs, dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+        d = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+        if o[0]:
+            d, o = d[o[0]:o[-1]], o - o[0]
+        chars = ak.contents.NumpyArray(d, parameters={"__array__": "char"})
+        strings = ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(o), chars, parameters={"__array__": "string"}))
+        layout = ak.to_layout(self.fast.encode_batch(strings, parallel=self.threads))
+        off = np.asarray(layout.offsets, dtype=np.int64)
+        flat = np.asarray(layout.content.data, dtype=np.uint32)[off[0]:off[-1]]
+        return flat, off - off[0]
 
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
         """Ids as Python lists (for the report and other small callers)."""

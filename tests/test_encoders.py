@@ -97,10 +97,15 @@ def test_every_tokenizer_kind_encodes_as_hf_with_the_engine_recorded(kind, token
 def test_parity_sample_is_deterministic_and_meets_both_minimums(tokenizers, docs):
     stage = _stage(tokenizers[("bpe", "llama3")], parity={"rate": 0.05, "min_docs": 16})
     ids = [d["id"] for d in docs]
+    stage.begin_shard()
     rows = stage.parity_sample(ids)
+    stage.begin_shard()
     assert rows == stage.parity_sample(ids)
     assert len(rows) >= max(16, int(0.05 * len(ids)) // 2)
-    assert len(stage.parity_sample(ids[:20])) == 16
+    stage.begin_shard()  # a shard of 20 documents in two batches: 16 checked in all
+    assert len(stage.parity_sample(ids[:10])) == 10
+    assert 6 <= len(stage.parity_sample(ids[10:20])) <= 10
+    assert stage.shard_checked >= 16
 
 
 def _perturbed(path: Path) -> str:
@@ -122,18 +127,36 @@ def test_a_mismatch_fails_with_document_position_and_both_windows(tokenizers, do
         stage.process(_batch(docs[:50]))
 
 
-def test_fallback_reencodes_the_batch_with_hf_and_records_it(tokenizers, docs):
+def test_fallback_reencodes_the_shard_with_hf_and_records_it(tokenizers, docs, tmp_path):
+    """Through the stage's shard job: the first batches pass, a later one mismatches, and the whole
+    shard is written again with HF ids."""
     import gigatoken
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    from pipeline.executor import ShardOutput, ShardTask
+    from stages.encode import EncodeJob
 
     path = tokenizers[("bpe", "llama3")]
-    stage = _stage(path, parity={"rate": 1.0, "on_mismatch": "fallback"})
-    stage.encoder.fast = gigatoken.Tokenizer.from_json(_perturbed(path))
-    res = stage.process(_batch(docs[:50]))
-    hf = stage.encoder.reference.encode_batch([d["text"] for d in docs[:50]], add_special_tokens=False)
-    assert res.kept.column("input_ids").to_pylist() == [e.ids for e in hf]
-    assert res.stats["parity_fallback_batches"] == 1
-    assert res.stats["parity_mismatches"] > 0
-    assert "differ from HF" in res.stats["parity_mismatch_examples"][0]
+    cfg = EncodeConfig(name="encode", type="encode", tokenizer="tok", add_eos=False, batch_rows=20,
+                       parity={"rate": 1.0, "on_mismatch": "fallback"})
+    vocab = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+    job = EncodeJob(EncodeStage, cfg, {"path": str(path), "vocab_size": vocab, "bos_id": None, "eos_id": None})
+    job.setup()
+    job.stage.encoder.fast = gigatoken.Tokenizer.from_json(_perturbed(path))
+    src = tmp_path / "part-0.parquet"
+    pq.write_table(_batch(docs[:60]), src)
+    out = ShardOutput(tmp_path / "work", "0")
+    result = job.run(ShardTask("0", src), out)
+    out.commit()
+    written = pq.read_table(tmp_path / "work" / "data" / "part-0.parquet")
+    hf = job.stage.encoder.reference.encode_batch([d["text"] for d in docs[:60]], add_special_tokens=False)
+    assert written.column("input_ids").to_pylist() == [e.ids for e in hf]
+    assert written.column("id").to_pylist() == [d["id"] for d in docs[:60]]  # no batch written twice
+    assert result["rows_out"] == 60
+    assert result["stats"]["parity_fallback_shards"] == 1
+    assert result["stats"]["parity_mismatches"] > 0
+    assert "differ from HF" in result["stats"]["parity_mismatch_examples"][0]
 
 
 def test_engine_fast_on_an_unsupported_tokenizer_is_a_clear_error(tokenizers):
