@@ -1,6 +1,7 @@
 """Tokenizer training: the pipeline stage vs ``Tokenizer.train_from_iterator`` on the same text and cores
 (byte-level BPE with the GPT-2 pre-tokenizer, which the stage trains with ``gigatoken.train_bpe``;
-``same merges`` compares the stage's merges with HF's, order included), and SuperBPE vs plain byte-level BPE at the same vocabulary size on held-out Debian text."""
+``same merges`` compares the stage's merges with HF's, order included), and SuperBPE vs plain
+byte-level BPE at the same vocabulary size on held-out Debian text."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def run_training(quick: bool, vocab: int = 32000, pretokenizer: str = "gpt2") ->
     return [
         {"what": "train_from_iterator", "vocab": vocab, "MB": mb, "seconds": t_raw, "MB/s": mb / t_raw,
          "held-out bytes/token": raw_bpt, "time ratio": 1.0},
-        {"what": f"train_tokenizer stage (training, {trainer_used})", "vocab": vocab, "MB": m["stats"]["training_bytes"] / 1e6,
+        {"what": f"train_tokenizer stage (training, {trainer_used})", "vocab": vocab,
+         "MB": m["stats"]["training_bytes"] / 1e6,
          "seconds": m["stats"]["train_seconds"], "MB/s": m["stats"]["training_mb_per_s"],
          "held-out bytes/token": stage_bpt, "time ratio": m["stats"]["train_seconds"] / t_raw,
          "same merges": same},
