@@ -274,7 +274,7 @@ class EncodeStage(MapStage[EncodeConfig]):
 
     def process(self, batch: pa.Table) -> BatchResult:
         column = batch.column("text").combine_chunks()
-        nbytes = pc.binary_length(column.cast(pa.large_string())).to_numpy(zero_copy_only=False)
+        nbytes = pc.binary_length(column).to_numpy(zero_copy_only=False)
         rejected = None
         if len(nbytes) and int(nbytes.max()) > self.config.max_doc_bytes:
             too_big = pa.array(nbytes > self.config.max_doc_bytes)
@@ -302,13 +302,18 @@ class EncodeStage(MapStage[EncodeConfig]):
             drop.append("text")
         out = batch.drop_columns(drop)
         out = out.append_column("input_ids", ids).append_column("n_tokens", pa.array(lengths.astype(np.int32)))
-        if "lang" in batch.column_names:
-            langs = pc.fill_null(batch.column("lang").cast(pa.string()), "und")
-            langs = pc.if_else(pc.equal(langs, ""), "und", langs)
-        else:
-            langs = pa.array(["und"] * len(lengths), pa.string())
-        grouped = pa.table({"lang": langs, "n": lengths}).group_by("lang").aggregate([("n", "sum")])
-        per_lang = dict(zip(grouped.column("lang").to_pylist(), grouped.column("n_sum").to_pylist(), strict=True))
+        per_lang: dict[str, int] = {}
+        if len(lengths):
+            if "lang" in batch.column_names:
+                langs = pc.fill_null(batch.column("lang").cast(pa.string()), "und").combine_chunks().dictionary_encode()
+                names, codes = langs.dictionary.to_pylist(), langs.indices.to_numpy(zero_copy_only=False)
+            else:
+                names, codes = ["und"], np.zeros(len(lengths), dtype=np.int64)
+            sums = np.bincount(codes, weights=lengths, minlength=len(names))  # no Python loop per document
+            for name, total in zip(names, sums.tolist(), strict=True):
+                if total:
+                    key = name or "und"
+                    per_lang[key] = per_lang.get(key, 0) + int(total)
         split = dict(self.encoder.stats)
         self.encoder.stats.update(split_documents=0, pieces=0)
         return BatchResult(out, rejected=rejected, stats={

@@ -146,11 +146,13 @@ class TextEncoder:
             return flat.astype(np.uint32, copy=False), offsets
         import awkward as ak
 
-        col = column.cast(pa.large_string())
+        col = column if column.type in (pa.string(), pa.large_string()) else column.cast(pa.string())
         if col.null_count:
             col = pc.fill_null(col, "")
+        wide = col.type == pa.large_string()
         _, offs, data = col.buffers()
-        o = np.frombuffer(offs, dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+        o = np.frombuffer(offs, dtype=np.int64 if wide else np.int32, count=len(col) + 1,
+                          offset=col.offset * (8 if wide else 4)).astype(np.int64)
         d = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
         if o[0]:
             d, o = d[o[0]:o[-1]], o - o[0]
