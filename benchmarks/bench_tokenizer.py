@@ -58,7 +58,7 @@ def run_training(quick: bool, vocab: int = 32000, pretokenizer: str = "gpt2") ->
          "MB": m["stats"]["training_bytes"] / 1e6,
          "seconds": m["stats"]["train_seconds"], "MB/s": m["stats"]["training_mb_per_s"],
          "held-out bytes/token": stage_bpt, "time ratio": m["stats"]["train_seconds"] / t_raw,
-         "same merges": same},
+         "same merges": "yes" if same else "NO"},
         {"what": "train_tokenizer stage (whole, with report)", "vocab": vocab, "seconds": m["wall_time_s"],
          "time ratio": m["wall_time_s"] / t_raw},
     ]
