@@ -211,7 +211,8 @@ class EncodeStage(MapStage[EncodeConfig]):
                 "eos_id": eos, "dtype": str(ids_type(vocab))}
         ctx.manifest.stats["tokenizer"] = info
         ctx.manifest.stats["engine"] = {"requested": cfg.engine, "engine": engine, "reason": reason}
-        print(f"[{ctx.name}] encode engine: {engine} ({reason})", flush=True)
+        if ctx.reporter is not None:  # the run's output (quiet runs keep it in the manifest only)
+            ctx.reporter.message(f"[{ctx.name}] encode engine: {engine} ({reason})")
         return {**info, "path": path}  # the workers' copy: a Location (local path or URI)
 
     def setup(self, state: dict[str, Any]) -> None:
