@@ -1,16 +1,16 @@
-"""Encode stage vs ``Tokenizer.encode_batch`` on the same text and the same cores.
+"""Encode stage (default settings) vs raw HF ``encode_batch`` vs raw gigatoken, same text, same cores.
 
-Raw baselines (text already in memory, no Parquet): ``encode_batch`` over all texts at once and in
-batches of 1,024 documents, with the Rust thread pool on (all cores) and off (one core). The stage
-reads Parquet, encodes on a Ray actor pool and writes Parquet; its rate counts all of that. Two
-splits of the cores are measured for the stage: one actor per core with Rust threads off (the
-default) and one actor using the Rust pool. Throughput is the stage's own wall time from its
-manifest; peak memory is the PSS of this process during a raw run (the texts it holds included)
-and of the whole process tree (driver, Ray's processes, actors) during a stage run. The 1-minute load
-average is printed beside each row: on a shared host, rows measured under different loads are
-not comparable, and the ratio is only meaningful when the load stays near the core count.
+Raw rows (text already in memory, no Parquet): HF ``Tokenizer.encode_batch`` over all texts at once
+with the Rust thread pool on (all cores) -- the reference rate --, and ``gigatoken.Tokenizer
+.encode_batch`` with its thread pool (all cores). The stage row runs ``pipeline run`` with the encode
+stage's defaults (``engine: auto``, one actor per core, the sampled HF parity check on): it reads
+Parquet, encodes and writes Parquet, and its rate counts all of that (wall time from its
+manifest). Ids are compared with HF's on every document (gigatoken's raw output and the stage's
+Parquet output), not a sample; a difference fails the benchmark. Ratios are tokens/s over the raw
+HF rate; ``vs fast`` is over the raw gigatoken rate (the stage's own overhead). The 1-minute load
+average is printed beside each row: on a shared host rows under different loads are not comparable.
 
-    python benchmarks/bench_encode.py [--quick]
+    python benchmarks/bench_encode.py [--quick | --docs N]
 """
 
 from __future__ import annotations
@@ -41,72 +41,87 @@ inputs:
   tok: {kind: artifact, path: tokenizer.json}
 stages:
   - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}
-  - {name: encode, type: encode, inputs: [ingest], tokenizer: tok, rust_threads: RUST}
+  - {name: encode, type: encode, inputs: [ingest], tokenizer: tok}
 """
 
 
-def _raw(tok: object, texts: list[str], batch: int | None, threads: bool) -> tuple[int, float, float]:
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
-
-    def go() -> int:
-        if batch is None:
-            return sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
-        return sum(len(e.ids) for i in range(0, len(texts), batch)
-                   for e in tok.encode_batch(texts[i:i + batch], add_special_tokens=False))
-
-    return measure(go)
+def _row(what: str, docs: int, mb: float, n_tok: int, secs: float, peak: float) -> dict:
+    return {"what": what, "docs": docs, "MB": mb, "tokens": n_tok, "seconds": secs, "tokens/s": n_tok / secs,
+            "MB/s": mb / secs, "peak MB": peak, "load avg": os.getloadavg()[0]}
 
 
-def run(quick: bool) -> list[dict]:
+def run(limit: int | None) -> list[dict]:
+    import gigatoken
+    import pyarrow.parquet as pq
     from tokenizers import Tokenizer
 
     from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
 
-    docs = load_jsonl_zst(DEBIAN, 20000 if quick else None)
+    docs = load_jsonl_zst(DEBIAN, limit)
     texts = [d["text"] for d in docs]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        cfg = TrainTokenizerConfig(name="t", type="train_tokenizer", vocab_size=32000)
+        cfg = TrainTokenizerConfig(name="t", type="train_tokenizer", vocab_size=32000)  # default pre-tokenizer
         tok, trainer = build_tokenizer(cfg)
         tok.train_from_iterator(texts[::8], trainer=trainer)
         tok.save(str(d / "tokenizer.json"))
         tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-        raws = []
-        for label, batch, threads in [("all at once, Rust pool on", None, True),
-                                      ("batches of 1024, Rust pool on", 1024, True),
-                                      ("batches of 1024, 1 thread", 1024, False)]:
-            raws.append((label, *_raw(tok, texts, batch, threads)))
-        best = max(n / s for _, n, s, _ in raws)
-        for label, n_tok, secs, peak in raws:
-            rows.append({"what": f"encode_batch: {label}", "docs": len(texts), "MB": mb, "tokens": n_tok,
-                         "seconds": secs, "tokens/s": n_tok / secs, "MB/s": mb / secs, "docs/s": len(texts) / secs,
-                         "ratio": (n_tok / secs) / best, "peak MB": peak,
-                         "load avg": os.getloadavg()[0]})
-        del tok
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        hf_ids: list[list[int]] = []
+
+        def hf() -> int:
+            hf_ids[:] = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+            return sum(map(len, hf_ids))
+
+        n_tok, secs, peak = measure(hf)
+        rows.append(_row("HF encode_batch, all threads", len(texts), mb, n_tok, secs, peak))
+
+        fast = gigatoken.Tokenizer.from_json((d / "tokenizer.json").read_text(encoding="utf-8"))
+        fast_ids: list = []
+
+        def giga() -> int:
+            fast_ids[:] = [fast.encode_batch(texts, parallel=True)]
+            return len(fast_ids[0].layout.content)
+
+        n_fast, secs, peak = measure(giga)
+        rows.append(_row("gigatoken encode_batch, all threads", len(texts), mb, n_fast, secs, peak))
+        fast_lists = fast_ids[0].to_list()
+        bad = sum(a != b for a, b in zip(hf_ids, fast_lists, strict=True))
+        assert bad == 0 and n_fast == n_tok, f"gigatoken differs from HF on {bad} documents"
+        fast_ids.clear()
+        del fast_lists
         write_jsonl(docs, d / "docs.jsonl")
-        for label, rust, workers, force in [("stage: 1 actor/core, Rust pool off (default)", "false", "", []),
-                                            ("stage: 1 actor, Rust pool on", "true", "1", ["--force", "encode"])]:
-            (d / "spec.yaml").write_text(SPEC.replace("RUST", rust))
-            if workers:
-                os.environ["TOKENMILL_MAX_WORKERS"] = workers
-            else:
-                os.environ.pop("TOKENMILL_MAX_WORKERS", None)
-            _, peak = run_cli(["run", "spec.yaml", "--quiet", *force], d)
-            m = manifest(d / "out", "encode")
-            secs, n_tok = m["wall_time_s"], m["stats"]["tokens"]
-            rows.append({"what": label, "docs": len(texts), "MB": mb, "tokens": n_tok, "seconds": secs,
-                         "tokens/s": n_tok / secs, "MB/s": mb / secs, "docs/s": len(texts) / secs,
-                         "ratio": (n_tok / secs) / best, "peak MB": peak,
-                         "load avg": os.getloadavg()[0]})
+        (d / "spec.yaml").write_text(SPEC)
         os.environ.pop("TOKENMILL_MAX_WORKERS", None)
+        _, peak = run_cli(["run", "spec.yaml", "--quiet"], d)
+        m = manifest(d / "out", "encode")
+        secs, n_stage = m["wall_time_s"], m["stats"]["tokens"]
+        eng = m["stats"]["engine"]["engine"]
+        rows.append(_row(f"encode stage, defaults (engine {eng}, parity {m['stats']['parity_checked']} docs)",
+                         len(texts), mb, n_stage, secs, peak))
+        by_id = {doc["id"]: ids for doc, ids in zip(docs, hf_ids, strict=True)}
+        checked = 0
+        for part in sorted((d / "out" / "encode" / "data").glob("*.parquet")):
+            t = pq.read_table(part, columns=["id", "input_ids"])
+            for doc_id, ids in zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True):
+                assert ids[:-1] == by_id[doc_id], f"stage ids differ from HF on {doc_id}"  # last id: EOS
+                checked += 1
+        assert checked == len(docs), (checked, len(docs))
+    hf_rate, fast_rate = rows[0]["tokens/s"], rows[1]["tokens/s"]
+    for r in rows:
+        r["vs HF"] = r["tokens/s"] / hf_rate
+        r["vs fast"] = r["tokens/s"] / fast_rate
+        r["ids = HF"] = f"{len(docs):,}/{len(docs):,} docs"
     return rows
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="first 20k documents")
-    out = run(p.parse_args().quick)
-    print_table("encode stage vs tokenizers encode_batch (ratio: tokens/s over the best raw rate)", out)
-    save("encode", out)
+    p.add_argument("--quick", action="store_true", help="first 5k documents")
+    p.add_argument("--docs", type=int, default=None, help="first N documents (default: the whole corpus)")
+    a = p.parse_args()
+    out = run(5000 if a.quick else a.docs)
+    print_table("encode stage vs HF encode_batch vs gigatoken (vs HF / vs fast: tokens/s ratios)", out)
+    save("encode", out, quick=a.quick or a.docs is not None)

@@ -1,5 +1,7 @@
-"""Tokenizer training: the pipeline stage vs ``Tokenizer.train_from_iterator`` on the same text and cores,
-and SuperBPE vs plain byte-level BPE at the same vocabulary size on held-out Debian text."""
+"""Tokenizer training: the pipeline stage vs ``Tokenizer.train_from_iterator`` on the same text and cores
+(byte-level BPE with the GPT-2 pre-tokenizer, which the stage trains with ``gigatoken.train_bpe``;
+``same merges`` compares the stage's merges with HF's, order included), and SuperBPE vs plain
+byte-level BPE at the same vocabulary size on held-out Debian text."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/bench_tokeni
 from benchmarks.common import DEBIAN, load_jsonl_zst, manifest, print_table, run_cli, save, timed, write_jsonl
 
 
-def run_training(quick: bool, vocab: int = 32000) -> list[dict]:
+def run_training(quick: bool, vocab: int = 32000, pretokenizer: str = "gpt2") -> list[dict]:
     from tokenizers import Tokenizer
 
     from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
@@ -25,7 +27,8 @@ def run_training(quick: bool, vocab: int = 32000) -> list[dict]:
     heldout = docs[::50]
     train = [d for i, d in enumerate(docs) if i % 50]
     mb = sum(len(d["text"].encode()) for d in train) / 1e6
-    cfg = TrainTokenizerConfig(name="t", type="train_tokenizer", vocab_size=vocab, max_doc_chars=100_000)
+    cfg = TrainTokenizerConfig(name="t", type="train_tokenizer", vocab_size=vocab, max_doc_chars=100_000,
+                               pretokenizer=pretokenizer)
     tok, trainer = build_tokenizer(cfg)
     _, t_raw = timed(lambda: tok.train_from_iterator([d["text"][:100_000] for d in train], trainer=trainer))
     held = [d["text"] for d in heldout]
@@ -38,17 +41,24 @@ def run_training(quick: bool, vocab: int = 32000) -> list[dict]:
             "name: b\noutput: out\ninputs: {docs: {paths: [train.jsonl]}}\nstages:\n"
             "  - {name: ingest, type: ingest, inputs: [docs]}\n"
             f"  - {{name: tok, type: train_tokenizer, inputs: [ingest], vocab_size: {vocab}, sample_mb: 100000,"
+            f" pretokenizer: {pretokenizer},"
             " report: {heldout_docs: 0}}\n")
         run_cli(["run", "spec.yaml", "--quiet"], d)
         m = manifest(d / "out", "tok")
         stage_tok = Tokenizer.from_file(str(d / "out" / "tok" / "tokenizer.json"))
     stage_bpt = held_bytes / sum(len(e.ids) for e in stage_tok.encode_batch(held, add_special_tokens=False))
+    import json
+
+    same = json.loads(stage_tok.to_str())["model"]["merges"] == json.loads(tok.to_str())["model"]["merges"]
+    trainer_used = m["stats"].get("trainer", {}).get("trainer", "hf")
     return [
         {"what": "train_from_iterator", "vocab": vocab, "MB": mb, "seconds": t_raw, "MB/s": mb / t_raw,
          "held-out bytes/token": raw_bpt, "time ratio": 1.0},
-        {"what": "train_tokenizer stage (training)", "vocab": vocab, "MB": m["stats"]["training_bytes"] / 1e6,
+        {"what": f"train_tokenizer stage (training, {trainer_used})", "vocab": vocab,
+         "MB": m["stats"]["training_bytes"] / 1e6,
          "seconds": m["stats"]["train_seconds"], "MB/s": m["stats"]["training_mb_per_s"],
-         "held-out bytes/token": stage_bpt, "time ratio": m["stats"]["train_seconds"] / t_raw},
+         "held-out bytes/token": stage_bpt, "time ratio": m["stats"]["train_seconds"] / t_raw,
+         "same merges": "yes" if same else "NO"},
         {"what": "train_tokenizer stage (whole, with report)", "vocab": vocab, "seconds": m["wall_time_s"],
          "time ratio": m["wall_time_s"] / t_raw},
     ]

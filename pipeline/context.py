@@ -181,7 +181,7 @@ class StageContext:
         for ds, path in self.input_files():
             key = path.stem.removeprefix("part-")
             tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
-        job = MapStageJob(type(stage), stage.config, state)
+        job = getattr(stage, "job_class", MapStageJob)(type(stage), stage.config, state)
         results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus,
                                   pass_name="")
         merged: dict[str, Any] = {}

@@ -277,14 +277,13 @@ class LabelJob:
 
     def setup(self) -> None:
         if self.tokenizer_path and self.tokenizer is None:
-            from tokenizers import Tokenizer
+            from stages.encoders import load_encoder
 
-            self.tokenizer = Tokenizer.from_str(self.tokenizer_path.read_text())
+            self.tokenizer = load_encoder(self.tokenizer_path.read_text())  # fast engine where supported
 
     def count_tokens(self, texts: list[str]) -> np.ndarray:
         assert self.tokenizer is not None
-        enc = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return np.array([len(e.ids) for e in enc], dtype=np.float64)
+        return self.tokenizer.count_tokens(texts).astype(np.float64)
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         from pipeline.parquet_io import PartWriter

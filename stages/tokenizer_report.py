@@ -34,18 +34,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
+def _lengths(tok: Any, texts: list[str]) -> list[int]:
+    """Token counts per text, with the fast engine when ``tok`` is a :class:`~stages.encoders.TextEncoder`."""
+    if not texts:
+        return []
+    if hasattr(tok, "count_tokens"):
+        return tok.count_tokens(texts).tolist()
+    return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
 def compression_by_language(tok: Any, rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per language: documents, bytes, characters, words, tokens and the ratios between them."""
     acc: dict[str, Counter[str]] = defaultdict(Counter)
     rows = list(rows)
-    encs = tok.encode_batch([r["text"] for r in rows], add_special_tokens=False) if rows else []
-    for r, enc in zip(rows, encs, strict=True):
+    for r, n in zip(rows, _lengths(tok, [r["text"] for r in rows]), strict=True):
         c = acc[r.get("lang") or "und"]
         c["documents"] += 1
         c["bytes"] += len(r["text"].encode("utf-8"))
         c["chars"] += len(r["text"])
         c["words"] += len(r["text"].split())
-        c["tokens"] += len(enc.ids)
+        c["tokens"] += n
     out = {}
     for lang, c in sorted(acc.items()):
         t = max(c["tokens"], 1)
@@ -67,8 +75,8 @@ def token_premiums(tok: Any, parallel: list[dict[str, Any]], reference: str) -> 
         common = sorted(set(arts) & set(ref), key=str)
         if not common:
             continue
-        n_l = sum(len(e.ids) for e in tok.encode_batch([arts[a] for a in common], add_special_tokens=False))
-        n_r = sum(len(e.ids) for e in tok.encode_batch([ref[a] for a in common], add_special_tokens=False))
+        n_l = sum(_lengths(tok, [arts[a] for a in common]))
+        n_r = sum(_lengths(tok, [ref[a] for a in common]))
         premiums[lang] = round(n_l / n_r, 4) if n_r else None
     values = [v for v in premiums.values() if v]
     return {
@@ -113,8 +121,13 @@ def unreachable_tokens(tok: Any) -> dict[str, Any]:
 
 def utilisation(tok: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     seen: Counter[int] = Counter()
-    for enc in tok.encode_batch([r["text"] for r in rows], add_special_tokens=False) if rows else []:
-        seen.update(enc.ids)
+    if hasattr(tok, "encode_arrays"):
+        for ids in tok.encode_arrays([r["text"] for r in rows]) if rows else []:
+            seen.update(ids.tolist())
+        tok = tok.reference
+    else:
+        for enc in tok.encode_batch([r["text"] for r in rows], add_special_tokens=False) if rows else []:
+            seen.update(enc.ids)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     return {"vocab_size": vocab, "ids_seen": len(seen), "ids_seen_5x": sum(1 for c in seen.values() if c >= 5),
             "never_produced_share": round(1 - len(seen) / vocab, 4) if rows else None}
@@ -124,7 +137,10 @@ def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | Non
                    reference_lang: str = "eng", no_heldout: str | None = None) -> dict[str, Any]:
     """The report; with no held-out documents its held-out figures are None and ``heldout.none`` says
     why (``no_heldout``), rather than figures measured on text the tokenizer was trained on."""
-    per_lang = compression_by_language(tok, heldout)
+    from stages.encoders import load_encoder
+
+    encoder = load_encoder(tok.to_str())  # the fast engine where it supports the tokenizer, else HF
+    per_lang = compression_by_language(encoder, heldout)
     total = Counter()
     for c in per_lang.values():
         total.update({k: c[k] for k in ("documents", "bytes", "chars", "tokens", "words")})
@@ -134,11 +150,12 @@ def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | Non
                     "chars_per_token": round(total["chars"] / max(total["tokens"], 1), 4) if heldout else None,
                     **({"none": none} if none else {})},
         "per_language": per_lang,
-        "utilisation": utilisation(tok, heldout),
+        "utilisation": utilisation(encoder, heldout),
         "vocabulary": unreachable_tokens(tok),
     }
     if parallel is not None:
-        report["token_premium"] = token_premiums(tok, read_jsonl(parallel), reference_lang)
+        report["token_premium"] = token_premiums(encoder, read_jsonl(parallel), reference_lang)
+    report["encode_engine"] = encoder.info()
     tp = report.get("token_premium", {})
     report["summary"] = {
         "bytes_per_token": report["heldout"]["bytes_per_token"],

@@ -146,6 +146,24 @@ def build_tokenizer(cfg: TrainTokenizerConfig, vocab_size: int | None = None) ->
     return tok, trainer
 
 
+def train(cfg: TrainTokenizerConfig, tok: Any, trainer: Any, texts: Iterator[str],
+          vocab_size: int) -> tuple[Any, dict[str, str]]:
+    """gigatoken's BPE trainer where its merges are exactly HF's (:mod:`stages.tokenizer_fast`),
+    else HF ``train_from_iterator``; returns the trained tokenizer and which trainer ran and why."""
+    from stages.tokenizer_fast import fast_unsupported, train_fast
+
+    why = fast_unsupported(cfg)
+    if why is None:
+        docs = [t.encode("utf-8") for t in texts]
+        fast, why = train_fast(cfg, tok, docs, vocab_size)
+        if fast is not None:
+            return fast, {"trainer": "gigatoken", "reason": "byte-level BPE with the GPT-2 pattern: same merges as HF"}
+        tok.train_from_iterator((d.decode("utf-8") for d in docs), trainer=trainer)
+    else:
+        tok.train_from_iterator(texts, trainer=trainer)
+    return tok, {"trainer": "hf", "reason": f"gigatoken.train_bpe does not reproduce HF here: {why}"}
+
+
 @register_stage
 class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
     """Train a tokenizer on a hash-sampled budget of the input; write tokenizer.json and report.json."""
@@ -176,7 +194,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
                 yield row["text"]
 
         t0 = time.perf_counter()
-        tok.train_from_iterator(texts(), trainer=trainer)
+        tok, trainer_info = train(cfg, tok, trainer, texts(), stage1_vocab or cfg.vocab_size)
         train_s = time.perf_counter() - t0
         if counts["documents"] == 0:
             raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
@@ -206,7 +224,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             "training_bytes_per_language": dict(sorted(per_lang.items())),
             "sample_budget_bytes": round(cfg.sample_mb * 1e6), "input_text_bytes": eligible["eligible_bytes"],
             "sample_rate": round(counts["bytes"] / max(eligible["eligible_bytes"], 1), 6),
-            "train_seconds": round(train_s, 3),
+            "train_seconds": round(train_s, 3), "trainer": trainer_info,
             "training_mb_per_s": round(counts["bytes"] / 1e6 / max(train_s, 1e-9), 3),
             "report": report["summary"],
             "config": cfg.model_dump(mode="json", exclude={"name", "description"}),

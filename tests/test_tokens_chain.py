@@ -119,6 +119,11 @@ def test_encode_dtype_counts_and_manifest(chain):
     m = json.loads((chain / "encode" / "manifest.json").read_text())
     assert m["stats"]["tokens"] == sum(enc.column("n_tokens").to_pylist())
     assert sum(m["stats"]["tokens_per_lang"].values()) == m["stats"]["tokens"]
+    # default llama3-pattern BPE: gigatoken ran on the Ray actors, parity-checked against HF
+    assert m["stats"]["engine"]["engine"] == "fast", m["stats"]["engine"]
+    n_parts = len(list((chain / "encode" / "data").glob("*.parquet")))
+    assert m["stats"]["parity_checked"] >= min(16 * n_parts, enc.num_rows)
+    assert m["stats"]["parity_mismatches"] == 0
 
 
 def test_best_fit_packing_outputs_agree_and_beat_concat(chain):
