@@ -55,7 +55,7 @@ def run(limit: int | None) -> list[dict]:
     import pyarrow.parquet as pq
     from tokenizers import Tokenizer
 
-    from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+    from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
     docs = load_jsonl_zst(DEBIAN, limit)
     texts = [d["text"] for d in docs]

@@ -39,11 +39,11 @@ ISO3_TO_LABEL = {
 
 def _labels(model: str) -> set[str]:
     if model == "py3langid":
-        from stages.balance import _py3langid
+        from stages.balance.stage import _py3langid
 
         return set(_py3langid().nb_classes)
     if model == "fasttext":
-        from stages.balance import _fasttext
+        from stages.balance.stage import _fasttext
 
         return {lab.removeprefix("__label__") for lab in _fasttext().predict("x", k=-1, threshold=0.0)[0]}
     from lingua import Language
@@ -52,7 +52,7 @@ def _labels(model: str) -> set[str]:
 
 
 def run(quick: bool) -> list[dict]:
-    from stages.balance import detect
+    from stages.balance.stage import detect
 
     rows = [r for r in load_jsonl_zst(UDHR) if r["lang"] in ISO3_TO_LABEL]
     if quick:
@@ -103,7 +103,7 @@ def stage_row(rows: list[dict]) -> dict:
     import tempfile
     from pathlib import Path
 
-    from stages.balance import _py3langid
+    from stages.balance.stage import _py3langid
 
     ident = _py3langid()
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ stages:
 
 def run(quick: bool) -> list[dict]:
     from stages.pack.packing import best_fit_decreasing, split_long
-    from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+    from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
     docs = load_jsonl_zst(DEBIAN, 20000 if quick else None)
     rows: list[dict] = []

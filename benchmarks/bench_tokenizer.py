@@ -21,7 +21,7 @@ from benchmarks.common import DEBIAN, load_jsonl_zst, manifest, print_table, run
 def run_training(quick: bool, vocab: int = 32000, pretokenizer: str = "gpt2") -> list[dict]:
     from tokenizers import Tokenizer
 
-    from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+    from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
     docs = load_jsonl_zst(DEBIAN, 20000 if quick else None)
     heldout = docs[::50]
@@ -82,11 +82,11 @@ SIZES = ((32000, 16000), (64000, 32000))
 
 
 def run_superbpe(quick: bool, sizes: tuple[tuple[int, int], ...] = SIZES) -> list[dict]:
-    """Plain BPE vs SuperBPE (stage 1 to ``transition``, then :mod:`stages.tokenizer_superbpe`) on the
+    """Plain BPE vs SuperBPE (stage 1 to ``transition``, then :mod:`stages.tokenizer.superbpe`) on the
     same training sample and at the same vocabulary size; tokens on held-out documents (every 50th,
     never trained on)."""
-    from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
-    from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+    from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
+    from stages.tokenizer.superbpe import count_chunks, extend_tokenizer
 
     docs = load_jsonl_zst(DEBIAN)
     held = [d["text"] for d in docs[::50]]

@@ -7,10 +7,10 @@ back from what the run already wrote (``run.json``, each ``<stage>/manifest.json
 ``pipeline report OUTPUT_DIR`` rebuilds the same page at any time.
 
 Charts are drawn with matplotlib (Agg) and inlined as base64 PNG: the page makes no network request.
-Each section appears only when the stage that feeds it ran, so the report degrades gracefully when a
-chain has fewer stages: the stage table, the funnel and the wall-time chart come from every manifest;
-language shares from ``balance``; cluster sizes from ``dedup``; token premiums and bytes per token
-from ``train_tokenizer``; share masked and masked spans from ``clean``; fill and padding from ``pack``.
+The engine draws what every run has (the stage table and funnel, the DAG, wall time, document
+lengths); each stage type adds its own charts, funnel notes, token counts and example sections
+through ``Stage.report`` (a :class:`~pipeline.stage_api.ReportPart`), so this module never names a
+stage type and a new stage brings its charts with it.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ def collect(output: Location | Path) -> dict[str, Any]:
         if m is None:
             continue
         extra: dict[str, Any] = {}
-        if m["type"] == "train_tokenizer" and (tok_report := read_json(output / name / "report.json")):
-            extra["tokenizer_report"] = tok_report
         parts = (output / name / "data").glob("*.parquet")
         hist = length_histogram(parts)
         if hist is not None:
@@ -120,13 +118,10 @@ def edges(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def tokens_of(stage: dict[str, Any]) -> int | None:
-    """Tokens a stage's output holds, where its manifest says so (encode, clean, pack)."""
-    st = stage.get("stats", {})
+    """Tokens a stage's output holds, where its report part says so (token stages)."""
     part = stage.get("report_part")
     if part is not None and part.tokens_out is not None:
         return part.tokens_out
-    if stage["type"] == "encode":
-        return st.get("tokens")
     return None
 
 
@@ -228,10 +223,6 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
         out["lengths"] = _png(fig)
 
     for s in stages:
-        for key, draw in _STAGE_CHARTS.get(s["type"], []):
-            fig = draw(plt, s)
-            if fig is not None:
-                out[f"{key}:{s['stage']}"] = _png(fig)
         part = s.get("report_part")
         for chart in part.charts if part is not None else []:
             fig = chart.draw(plt)
@@ -242,75 +233,12 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _languages(plt: Any, s: dict[str, Any]) -> Any:
-    st = s.get("stats", {})
-    table = st.get("languages") or {}
-    if not table:
-        return None
-    langs = sorted(table, key=lambda x: -table[x].get("share_before", 0))[:40]
-    xs = np.arange(len(langs))
-    fig, ax = plt.subplots(figsize=(11, 3.5))
-    ax.bar(xs - 0.27, [100 * table[x].get("share_before", 0) for x in langs], width=0.27, label="before")
-    ax.bar(xs, [100 * table[x].get("share_target", 0) for x in langs], width=0.27, label="target")
-    if all("byte_share_after" in table[x] for x in langs) and st.get("unit") == "bytes":
-        ax.bar(xs + 0.27, [100 * table[x]["byte_share_after"] for x in langs], width=0.27, label="after (sampled)")
-    ax.set_xticks(xs, langs, rotation=90)
-    ax.set_ylabel(f"share of {st.get('unit', 'data')} (%)")
-    ax.set_title(f"{s['stage']}: language distribution before and after balancing ({st.get('strategy')})")
-    ax.legend()
-    return fig
-
-
-def _premiums(plt: Any, s: dict[str, Any]) -> Any:
-    prem = s.get("tokenizer_report", {}).get("token_premium", {}).get("premiums", {})
-    items = sorted(((k, v) for k, v in prem.items() if v), key=lambda kv: kv[1])
-    if not items:
-        return None
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.plot(range(len(items)), [v for _, v in items], color="#55a868")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    for i in {0, len(items) // 2, len(items) - 1}:
-        ax.annotate(items[i][0], (i, items[i][1]), fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("token premium vs reference")
-    ax.set_xlabel(f"{len(items)} languages, sorted")
-    ax.set_title(f"{s['stage']}: token premiums on parallel text")
-    return fig
-
-
-def _bytes_per_token(plt: Any, s: dict[str, Any]) -> Any:
-    per = s.get("tokenizer_report", {}).get("per_language", {})
-    per = {k: v for k, v in per.items() if isinstance(v, dict) and v.get("bytes_per_token")}
-    if not per:
-        return None
-    langs = sorted(per, key=lambda k: -per[k]["bytes_per_token"])[:40]
-    fig, ax = plt.subplots(figsize=(10, 3))
-    ax.bar(langs, [per[k]["bytes_per_token"] for k in langs], color="#8172b3")
-    ax.set_ylabel("bytes per token")
-    ax.tick_params(axis="x", rotation=90)
-    ax.set_title(f"{s['stage']}: bytes per token per language (held-out documents)")
-    return fig
-
-
-_STAGE_CHARTS: dict[str, list[tuple[str, Any]]] = {
-    "balance": [("languages", _languages)],
-    "train_tokenizer": [("premiums", _premiums), ("bytes_per_token", _bytes_per_token)],
-}
-
-
 def expected_charts(data: dict[str, Any]) -> set[str]:
     """Chart names the stages that ran should produce (what tests check the page against)."""
     names = {"funnel", "stage_time"} if data["stages"] else set()
     for s in data["stages"]:
-        st = s.get("stats", {})
         if s.get("length_histogram", {}).get("documents"):
             names.add("lengths")
-        want = {"balance": st.get("languages")}
-        key = {"balance": "languages"}.get(s["type"])
-        if key and want.get(s["type"]):
-            names.add(f"{key}:{s['stage']}")
-        if s["type"] == "train_tokenizer" and s.get("tokenizer_report"):
-            names.add(f"premiums:{s['stage']}")
         part = s.get("report_part")
         names.update(f"{c.key}:{s['stage']}" for c in (part.charts if part is not None else []))
     return names
@@ -335,14 +263,11 @@ _CAPTIONS = {
     "funnel": "Documents, text MB and tokens after each stage",
     "stage_time": "Wall time per stage",
     "lengths": "Document lengths (UTF-8 bytes), per dataset stage",
-    "languages": "{}: language shares before, target and after balancing",
-    "premiums": "{}: token premiums on parallel text",
-    "bytes_per_token": "{}: bytes per token per language (held-out documents)",
 }
 
 
 def caption(key: str) -> str:
-    """A chart's human-readable caption (``clusters:dedup`` -> ``dedup: near-duplicate cluster sizes``)."""
+    """A built-in chart's human-readable caption; a stage's charts carry their own (``ReportChart.caption``)."""
     kind, _, stage = key.partition(":")
     text = _CAPTIONS.get(kind)
     return (text.format(stage) if stage else text) if text else key

@@ -14,7 +14,7 @@ import zstandard
 from conftest import DATA_DIR
 
 from pipeline.parquet_io import read_table
-from stages.balance import clamp_targets, copies_for, detect, temperature_targets, unimax_targets, weight_targets
+from stages.balance.stage import clamp_targets, copies_for, detect, temperature_targets, unimax_targets, weight_targets
 
 
 def test_unimax_by_hand_with_cap_and_redistribution():
@@ -138,7 +138,7 @@ def test_sample_is_identical_with_one_and_two_workers(run_spec, tmp_path, monkey
 def test_calibrated_rate_inverts_the_size_histogram():
     import numpy as np
 
-    from stages.balance import HASH_BINS, calibrated_rate
+    from stages.balance.stage import HASH_BINS, calibrated_rate
 
     hist = np.zeros(HASH_BINS)
     hist[0], hist[HASH_BINS // 2], hist[-1] = 100.0, 50.0, 10.0  # three documents

@@ -15,7 +15,7 @@ from conftest import DATA_DIR
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from pipeline.parquet_io import read_table
-from stages.balance import detect
+from stages.balance.stage import detect
 
 ISO3 = {"eng": "en", "deu": "de", "fra": "fr", "spa": "es", "rus": "ru", "ita": "it", "pol": "pl", "nld": "nl"}
 

@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.errors import TokenmillError
-from stages.encode import EncodeConfig, EncodeStage, encode_texts, find_special, ids_type
+from stages.encode.stage import EncodeConfig, EncodeStage, encode_texts, find_special, ids_type
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Le renard brun saute par-dessus le chien.",
          "", "Debian ist ein freies Betriebssystem. " * 20, "Ελληνικά και 日本語 mixed text"]

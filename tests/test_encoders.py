@@ -17,9 +17,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.errors import TokenmillError
-from stages.encode import EncodeConfig, EncodeStage
-from stages.encoders import load_encoder, split_points, split_safe
-from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+from stages.encode.engines import load_encoder, split_points, split_safe
+from stages.encode.stage import EncodeConfig, EncodeStage
+from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 KINDS = [("bpe", "gpt2"), ("bpe", "llama3"), ("bpe", "digits"), ("unigram", "llama3"), ("wordpiece", "llama3"),
@@ -46,7 +46,7 @@ def _train(kind: tuple[str, str], texts: list[str]) -> str:
     tok, trainer = build_tokenizer(cfg, 900 if model == "superbpe" else None)
     tok.train_from_iterator(texts, trainer=trainer)
     if model == "superbpe":
-        from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
+        from stages.tokenizer.superbpe import count_chunks, extend_tokenizer
 
         tok, _ = extend_tokenizer(tok, count_chunks(texts), vocab_size=1200)
     return tok.to_str()
@@ -135,7 +135,7 @@ def test_fallback_reencodes_the_shard_with_hf_and_records_it(tokenizers, docs, t
     from tokenizers import Tokenizer
 
     from pipeline.executor import ShardOutput, ShardTask
-    from stages.encode import EncodeJob
+    from stages.encode.stage import EncodeJob
 
     path = tokenizers[("bpe", "llama3")]
     cfg = EncodeConfig(name="encode", type="encode", tokenizer="tok", add_eos=False, batch_rows=20,

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.locations import Location
-from stages.tokenizer_files import hf_tokenizer_files, special_token_roles, write_hf_tokenizer_files
+from stages.tokenizer.hf_files import hf_tokenizer_files, special_token_roles, write_hf_tokenizer_files
 
 TEXTS = ["Debian is a free operating system.", "Le système Debian est libre.", "Debian ist frei."] * 20
 

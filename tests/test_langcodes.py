@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from pipeline.errors import SpecError
-from stages.langcodes import LabelNormaliser, normalise_lang
+from stages.balance.langcodes import LabelNormaliser, normalise_lang
 
 HOSTILE = ["EN_us", "en\n", "\U0001f600", "../../etc"]
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from pipeline.locations import Location
 from pipeline.parquet_io import read_table
 from pipeline.sampling import salted_hashes, salted_uniform
-from stages.tokenizer_report import quality_report, summary_rows
-from stages.tokenizer_sample import HashSample, calibrate, heldout_docs, iter_sample
+from stages.tokenizer.quality import quality_report, summary_rows
+from stages.tokenizer.sample import HashSample, calibrate, heldout_docs, iter_sample
 
 WORDS = [f"w{i}" for i in range(400)]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer, train
+from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer, train
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 

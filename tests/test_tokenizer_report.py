@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from stages.tokenizer_report import quality_report
-from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+from stages.tokenizer.quality import quality_report
+from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
 
 def tiny_tokenizer() -> Tokenizer:
@@ -59,7 +59,7 @@ def test_every_model_trains_and_round_trips_where_lossless():
 
 def test_superword_ending_in_space_is_context_only_not_unreachable():
     """'aĠ' exists only before a non-space ("a 0"): SuperBPE's stage-2 split isolates a trailing space."""
-    from stages.tokenizer_superbpe import stage2_pre_tokenizer
+    from stages.tokenizer.superbpe import stage2_pre_tokenizer
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {c: i for i, c in enumerate(alphabet)}

@@ -10,8 +10,8 @@ from collections import Counter
 import orjson
 from tokenizers import Tokenizer
 
-from stages.tokenizer_superbpe import count_chunks, extend_tokenizer, learn_merges, n_words
-from stages.tokenizer_train import TrainTokenizerConfig, build_tokenizer
+from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
+from stages.tokenizer.superbpe import count_chunks, extend_tokenizer, learn_merges, n_words
 
 WORDS = [
     "the", "of", "and", "to", "in", "is", "for", "on", "that", "with", "as", "by", "this", "are", "from", "at",

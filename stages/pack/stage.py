@@ -334,7 +334,7 @@ class PackStage(Stage[PackConfig]):
         import hashlib
         import json
 
-        from stages.tokenizer_files import write_hf_tokenizer_files
+        from stages.tokenizer.hf_files import write_hf_tokenizer_files
 
         # the encode stage's tokenizer: a tokenizer stage's artifact in this output (found through the
         # output root, which works on object stores too), else the artifact input's path as recorded

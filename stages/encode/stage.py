@@ -5,7 +5,7 @@ batch. With as many actors as cores, Rust-side threads are switched off (``TOKEN
 false in the workers): on 2 cores, 2 single-threaded actors beat 1 actor with 2 threads once
 Parquet reading and writing are counted (notes/ray.md; ``benchmarks/bench_encode.py``).
 
-Engine (``engine``, :mod:`stages.encoders`): ``auto`` runs gigatoken when it supports the
+Engine (``engine``, :mod:`stages.encode.engines`): ``auto`` runs gigatoken when it supports the
 ``tokenizer.json`` (10-17x HF on byte-level BPE), HF ``tokenizers`` otherwise; the manifest and
 ``pipeline inspect`` say which ran and why. Parity is checked, not assumed: in every batch a
 deterministic sample of documents (``xxh64("encode:parity" + id)``, at least ``parity.rate`` and
@@ -38,8 +38,8 @@ from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter, make_rejects
-from pipeline.stage_api import BatchResult, MapStage, RefKind, StageConfig, register_stage
-from stages.encoders import TextEncoder, choose_engine, load_encoder
+from pipeline.stage_api import BatchResult, MapStage, RefKind, ReportPart, StageConfig, register_stage
+from stages.encode.engines import TextEncoder, choose_engine, load_encoder
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", "<|eos|>")
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "[CLS]", "<|bos|>")
@@ -136,7 +136,7 @@ def frame(flat: np.ndarray, offsets: np.ndarray, bos: int | None, eos: int | Non
 def encode_texts(tokenizer: Any, texts: list[str], bos: int | None, eos: int | None,
                  dtype: pa.DataType) -> tuple[pa.Array, np.ndarray]:
     """Encode a batch; returns the ``list<dtype>`` ids array and the per-document token counts.
-    ``tokenizer``: a :class:`~stages.encoders.TextEncoder` or a ``tokenizers.Tokenizer``."""
+    ``tokenizer``: a :class:`~stages.encode.engines.TextEncoder` or a ``tokenizers.Tokenizer``."""
     if isinstance(tokenizer, TextEncoder):
         bodies = tokenizer.encode_arrays(texts)
     else:
@@ -193,6 +193,10 @@ class EncodeStage(MapStage[EncodeConfig]):
     job_class: ClassVar[type[MapStageJob]] = EncodeJob
     batch_rows: ClassVar[int] = 1024
     worker_cpus: ClassVar[float] = 1.0
+
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        return ReportPart(tokens_out=manifest.get("stats", {}).get("tokens"))
 
     def prepare(self, ctx: StageContext) -> dict[str, Any]:
         from tokenizers import Tokenizer

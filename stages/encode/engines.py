@@ -52,7 +52,7 @@ def split_safe(config: dict[str, Any]) -> bool:
     if kinds == ["ByteLevel"]:
         return bool(steps[0].get("use_regex", True)) and not steps[0].get("add_prefix_space", False)
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-        from stages.tokenizer_train import PRETOKENIZER_PATTERNS
+        from stages.tokenizer.pretokenizers import PRETOKENIZER_PATTERNS
 
         regex = (steps[0].get("pattern") or {}).get("Regex")
         return regex in PRETOKENIZER_PATTERNS.values() and steps[0].get("behavior") == "Isolated"

@@ -3,7 +3,7 @@
 Models: byte-level BPE (pre-tokenization presets: GPT-2, the cl100k/Llama-3 pattern, and a variant
 that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training text is a
 deterministic sample of the input: the documents with the lowest hash of (stage name, role, id, seed) whose
-UTF-8 text fits the byte budget (:mod:`stages.tokenizer_sample`; the hash is salted, so the sample is
+UTF-8 text fits the byte budget (:mod:`stages.tokenizer.sample`; the hash is salted, so the sample is
 independent of balance's and keeps the input's balanced language mix), whatever the block layout.
 The text streams from Parquet into ``train_from_iterator``: the trainer's memory is its word-count
 and pair tables (growing with distinct pre-tokens in the sample and with the vocabulary size), never
@@ -11,8 +11,8 @@ the corpus.
 
 Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 ``PreTrainedTokenizerFast(tokenizer_file=...)``), ``tokenizer_config.json`` and ``special_tokens_map.json``
-(so ``AutoTokenizer.from_pretrained(<stage folder>)`` works, see :mod:`stages.tokenizer_files`) and
-``report.json`` (see :mod:`stages.tokenizer_report`).
+(so ``AutoTokenizer.from_pretrained(<stage folder>)`` works, see :mod:`stages.tokenizer.hf_files`) and
+``report.json`` (see :mod:`stages.tokenizer.quality`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,11 @@ from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import read_table
-from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
-from stages.tokenizer_files import write_hf_tokenizer_files
-from stages.tokenizer_sample import HashSample, calibrate, heldout_docs, iter_sample
-
-PRETOKENIZER_PATTERNS = {
-    # GPT-2 (Radford et al. 2019)
-    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    # cl100k / Llama-3: case-insensitive contractions, numbers in groups of up to three
-    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",  # noqa: E501
-    # the same with single digits (Qwen2-style)
-    "digits": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",  # noqa: E501
-}
+from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
+from stages.tokenizer.charts import report_part
+from stages.tokenizer.hf_files import write_hf_tokenizer_files
+from stages.tokenizer.pretokenizers import PRETOKENIZER_PATTERNS
+from stages.tokenizer.sample import HashSample, calibrate, heldout_docs, iter_sample
 
 
 class ReportConfig(BaseModel):
@@ -148,9 +141,9 @@ def build_tokenizer(cfg: TrainTokenizerConfig, vocab_size: int | None = None) ->
 
 def train(cfg: TrainTokenizerConfig, tok: Any, trainer: Any, texts: Iterator[str],
           vocab_size: int) -> tuple[Any, dict[str, str]]:
-    """gigatoken's BPE trainer where its merges are exactly HF's (:mod:`stages.tokenizer_fast`),
+    """gigatoken's BPE trainer where its merges are exactly HF's (:mod:`stages.tokenizer.fast_trainer`),
     else HF ``train_from_iterator``; returns the trained tokenizer and which trainer ran and why."""
-    from stages.tokenizer_fast import fast_unsupported, train_fast
+    from stages.tokenizer.fast_trainer import fast_unsupported, train_fast
 
     why = fast_unsupported(cfg)
     if why is None:
@@ -172,8 +165,12 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
     produces_dataset: ClassVar[bool] = False
     artifacts: ClassVar[dict[str, str]] = {"tokenizer": "tokenizer.json", "report": "report.json"}
 
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        return report_part(manifest, stage_dir)
+
     def run(self, ctx: StageContext) -> None:
-        from stages.tokenizer_report import quality_report
+        from stages.tokenizer.quality import quality_report
 
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
@@ -238,7 +235,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
     def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location],
                          sample: HashSample) -> tuple[Any, dict[str, Any]]:
         """Count stage-2 pre-tokens of a hash subset of the sample (on Ray when large), then extend."""
-        from stages.tokenizer_superbpe import count_chunks, extend_tokenizer
+        from stages.tokenizer.superbpe import count_chunks, extend_tokenizer
 
         cfg = self.config
         sb = cfg.superbpe
@@ -261,7 +258,7 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         return tok, {**stats, "counted_on": where, "stage2_bytes": size2["sample_bytes"]}
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-        from stages.tokenizer_report import summary_rows
+        from stages.tokenizer.quality import summary_rows
 
         s = manifest.get("stats", {})
         rows = [("model", f"{s.get('model')} ({s.get('vocab_size', 0):,} tokens)"),
@@ -287,7 +284,7 @@ class ChunkCountJob:
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         import pyarrow as pa
 
-        from stages.tokenizer_superbpe import count_chunks
+        from stages.tokenizer.superbpe import count_chunks
 
         docs = list(iter_sample([task.payload], self.sample, self.max_chars))
         counts = count_chunks(d["text"] for d in docs)

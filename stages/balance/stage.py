@@ -49,8 +49,9 @@ from pipeline.executor import ShardOutput, ShardTask, SidePass
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.sampling import salted_uniform
-from pipeline.stage_api import RefKind, Stage, StageConfig, register_stage
-from stages.langcodes import LabelNormaliser, normalise_lang
+from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
+from stages.balance.langcodes import LabelNormaliser, normalise_lang
+from stages.balance.report import report_part
 
 
 class LangIdConfig(BaseModel):
@@ -277,7 +278,7 @@ class LabelJob:
 
     def setup(self) -> None:
         if self.tokenizer_path and self.tokenizer is None:
-            from stages.encoders import load_encoder
+            from stages.encode.engines import load_encoder
 
             self.tokenizer = load_encoder(self.tokenizer_path.read_text())  # fast engine where supported
 
@@ -403,6 +404,10 @@ class BalanceStage(Stage[BalanceConfig]):
     config_model = BalanceConfig
     code_version: ClassVar[str] = "3"
 
+    @classmethod
+    def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
+        return report_part(manifest, stage_dir)
+
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
@@ -455,7 +460,7 @@ class BalanceStage(Stage[BalanceConfig]):
                 "share_target": round(targets.get(lang, 0.0) / total_after, 6),
                 "rate": round(r, 6), "epochs": round(targets.get(lang, 0.0) / c[cfg.unit], 4) if c[cfg.unit] else 0.0,
             }
-        ctx.manifest.stats["labels"] = {  # source labels changed by stages.langcodes (rows)
+        ctx.manifest.stats["labels"] = {  # source labels changed by stages.balance.langcodes (rows)
             "normalised": relabelled["normalised"], "blank": relabelled["blank"],
             "not_a_language_code": relabelled["not_a_language_code"],
             "not_a_language_code_became": "und" if cfg.langid.mode == "off" else "language ID",

@@ -35,7 +35,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _lengths(tok: Any, texts: list[str]) -> list[int]:
-    """Token counts per text, with the fast engine when ``tok`` is a :class:`~stages.encoders.TextEncoder`."""
+    """Token counts per text, with the fast engine when ``tok`` is a :class:`~stages.encode.engines.TextEncoder`."""
     if not texts:
         return []
     if hasattr(tok, "count_tokens"):
@@ -137,7 +137,7 @@ def quality_report(tok: Any, heldout: list[dict[str, Any]], parallel: Path | Non
                    reference_lang: str = "eng", no_heldout: str | None = None) -> dict[str, Any]:
     """The report; with no held-out documents its held-out figures are None and ``heldout.none`` says
     why (``no_heldout``), rather than figures measured on text the tokenizer was trained on."""
-    from stages.encoders import load_encoder
+    from stages.encode.engines import load_encoder
 
     encoder = load_encoder(tok.to_str())  # the fast engine where it supports the tokenizer, else HF
     per_lang = compression_by_language(encoder, heldout)
