@@ -15,6 +15,9 @@ os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 DATA_DIR = Path(__file__).parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: every folder of test modules (tests/engine, tests/stages/<type>, ...): pytest imports test modules by
+#: their folder, and Ray workers unpickling a job defined in one need the same folders on their path
+TEST_DIRS = sorted({str(p.parent) for p in Path(__file__).parent.rglob("test_*.py")} | {str(Path(__file__).parent)})
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +36,7 @@ def ray_local():
         object_store_memory=512 << 20,
         # test modules (jobs and stages defined in tests) must import on the workers too
         runtime_env={"env_vars": {**WORKER_ENV, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}},
+            [*TEST_DIRS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}},
     )
     configure_data_context()
     yield ray

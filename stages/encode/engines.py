@@ -8,7 +8,7 @@ nothing is ever downloaded.
 
 Long documents are encoded in pieces (:func:`split_points`) cut only where the byte-level BPE
 pre-tokenizers this project trains always end a pre-token, so the ids equal those of the whole
-document (``tests/test_encoders.py`` checks it on real text) while memory stays bounded by the
+document (``tests/stages/encode/test_encoders.py`` checks it on real text) while memory stays bounded by the
 piece size (HF needs ~125 bytes of memory per input byte in one call).
 """
 

@@ -2,7 +2,7 @@
 
 ``gigatoken.train_bpe`` pre-tokenizes with the GPT-2 pattern and breaks ties as HF's BPE trainer
 does, so for ``pretokenizer: gpt2`` (no normalizer, no SuperBPE, no ``max_token_length``) it yields
-the same merges in the same order (``tests/test_tokenizer_fast.py`` checks it on real text) at a
+the same merges in the same order (``tests/stages/tokenizer/test_tokenizer_fast.py`` checks it on real text) at a
 fraction of the CPU. It has no ``min_frequency``: HF stops when the best pair occurs fewer times, so
 the pair count of the last merge is recomputed from the pre-token counts (the best count never rises
 from one merge to the next, so if the last one reaches ``min_frequency`` every one did). Anything

@@ -12,7 +12,7 @@ import pytest
 
 from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer, train
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
+CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 
 
 @pytest.fixture(scope="module")

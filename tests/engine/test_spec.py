@@ -128,7 +128,7 @@ def test_cli_validate_ok_and_schema(tmp_path):
     assert res.returncode == 0 and '"tokenmill pipeline spec"' in res.stdout
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "yaml_specs").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "yaml_specs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_spec_is_valid_and_compiles(path):
     from pipeline.spec import load_spec

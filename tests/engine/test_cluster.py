@@ -31,7 +31,7 @@ from conftest import s3_filesystem
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "dedup", "balance", "tokenizer", "encode", "clean", "pack")
 
 

@@ -15,7 +15,7 @@ import yaml
 from pipeline.errors import TokenmillError
 from pipeline.submit import build_job
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
 def _load(rel: str) -> dict:

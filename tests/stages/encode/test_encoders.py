@@ -21,7 +21,7 @@ from stages.encode.engines import load_encoder, split_points, split_safe
 from stages.encode.stage import EncodeConfig, EncodeStage
 from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
+CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 KINDS = [("bpe", "gpt2"), ("bpe", "llama3"), ("bpe", "digits"), ("unigram", "llama3"), ("wordpiece", "llama3"),
          ("superbpe", "llama3")]
 EXPECTED_ENGINE = {("bpe", "llama3"): "fast", ("bpe", "digits"): "fast"}  # gigatoken refuses the others
