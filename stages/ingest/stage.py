@@ -17,6 +17,9 @@ order mark at the start of a file is dropped.
 
 from __future__ import annotations
 
+import os
+import posixpath
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ from pydantic import Field
 from pipeline.context import StageContext
 from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
-from pipeline.locations import Location
+from pipeline.locations import Location, is_uri
 from pipeline.parquet_io import make_rejects
 from pipeline.stage_api import Stage, StageConfig, register_stage
 from stages.ingest.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
@@ -95,8 +98,10 @@ def _as_str(value: Any) -> str | None:
 class IngestJob:
     """Reads one shard (a line range of a file, row groups of a Parquet file, or a group of text files)."""
 
-    def __init__(self, inputs: dict[str, FilesInput], base_dir: str, on_error: str, min_chars: int):
+    def __init__(self, inputs: dict[str, FilesInput], base_dir: str, on_error: str, min_chars: int,
+                 id_names: dict[str, str] | None = None):
         self.inputs, self.base_dir, self.on_error, self.min_chars = inputs, base_dir, on_error, min_chars
+        self.id_names = id_names or {}  # file as rejects name it -> as derived ids name it
 
     def setup(self) -> None:
         return None
@@ -158,7 +163,7 @@ class IngestJob:
         if stripped < self.min_chars:
             self.counts["too_short"] += 1
             return None
-        doc_id = _as_str(id_) if id_ is not None else f"{rel}:{line}"
+        doc_id = _as_str(id_) if id_ is not None else f"{self.id_names.get(rel, rel)}:{line}"
         self.rows.add(doc_id, text, inp.lang or _as_str(lang), inp.source or _as_str(source) or name,
                       [_as_str(e) for e in extras])
         self.counts["out"] += 1
@@ -240,7 +245,8 @@ class IngestJob:
                 line = data[: exc.start].count(b"\n") + 1
                 self._reject(rel, line, "invalid_utf8", str(exc), data)
                 continue
-            self._accept(rel, 1, inp, p["input"], rel, text, None, None, [None] * len(inp.keep_fields), None)
+            self._accept(rel, 1, inp, p["input"], self.id_names.get(rel, rel), text, None, None,
+                         [None] * len(inp.keep_fields), None)
             self._flush(out)
 
     def _parquet(self, p: dict, inp: FilesInput, out: ShardOutput) -> None:
@@ -369,9 +375,14 @@ class IngestStage(Stage[IngestConfig]):
         target = int(cfg.shard_mb * (1 << 20))
         files: list[tuple[str, FilesInput, Location, str]] = []
         base = ctx.raw_inputs[0].base_dir if ctx.raw_inputs else Path.cwd()
+        id_names: dict[str, str] = {}
         for raw in ctx.raw_inputs:
+            root = id_root(raw.spec.paths, raw.base_dir)
             for src in raw.files():
-                files.append((raw.name, raw.spec, src, src.relative_to(raw.base_dir)))
+                rel = src.relative_to(raw.base_dir)
+                files.append((raw.name, raw.spec, src, rel))
+                if root is not None and src.is_local:
+                    id_names[rel] = posixpath.relpath(src.path, root)
         # planning reads each file's footer or scans it for line offsets: a pass of its own on the workers
         planned = ctx.map_function("plan", _plan_one, [(*f, target) for f in files])
         tasks: list[ShardTask] = []
@@ -385,7 +396,7 @@ class IngestStage(Stage[IngestConfig]):
             if text_group:
                 tasks.append(ShardTask(f"{fi:06d}-0000", text_group[0]))
         tasks = _group_text_files(tasks, target)
-        job = IngestJob({r.name: r.spec for r in ctx.raw_inputs}, str(base), cfg.on_error, cfg.min_chars)
+        job = IngestJob({r.name: r.spec for r in ctx.raw_inputs}, str(base), cfg.on_error, cfg.min_chars, id_names)
         results = ctx.map_shards(job, tasks)
         per_file: dict[str, int] = {}
         file_rejects: dict[str, dict[str, Any]] = {}
@@ -395,6 +406,23 @@ class IngestStage(Stage[IngestConfig]):
             file_rejects.update(r.get("stats", {}).get("file_rejects", {}))
         ctx.manifest.stats.update({"files": len(files), "shards": len(tasks), "rows_per_file": per_file,
                                    "file_rejects": dict(sorted(file_rejects.items()))})
+
+
+def id_root(patterns: list[str], base_dir: Path) -> str | None:
+    """The folder an input's derived ids (``<file>:<line>`` for rows without an id) are relative to:
+    the deepest folder holding every path and glob of the input (each taken up to its first
+    wildcard). Ids then stay the same when the spec file moves or the project is copied, and stay
+    unique, since distinct files below one folder have distinct relative paths. None for URIs (ids
+    keep the URI, which is already location-independent)."""
+    roots = []
+    for pattern in patterns:
+        if is_uri(pattern):
+            return None
+        path = Path(pattern).expanduser()
+        full = str(path if path.is_absolute() else base_dir / path)
+        wildcard = re.search(r"[*?\[]", full)
+        roots.append(os.path.dirname(full[: wildcard.start()] if wildcard else full))
+    return os.path.commonpath(roots) if roots else None
 
 
 def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:

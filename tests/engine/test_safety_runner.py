@@ -316,14 +316,18 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
 
 
 def test_derived_ids_do_not_depend_on_where_the_spec_folder_is(ray_local, tmp_path):
-    """Rows without an id are named ``<file relative to the spec>:<line>``: the same in a copy."""
+    """Rows without an id are named ``<file relative to the input's folder>:<line>``: the same in a copy
+    of the project, and the same when only the spec file moves (its paths edited to match)."""
     from pipeline.parquet_io import read_table
 
     ids = []
-    for d in (tmp_path / "a", tmp_path / "deeper" / "b"):
-        (d / "data").mkdir(parents=True)
-        (d / "data" / "x.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
-        spec = write_spec(d, SPEC.replace("udhr_articles_1-3.jsonl.zst", "data/x.jsonl").replace("SHARD", "1"))
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "x.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    for d, rel in ((tmp_path / "a", "../corpus/x.jsonl"), (tmp_path / "deeper" / "b", "../../corpus/x.jsonl"),
+                   (tmp_path, "corpus/x.jsonl")):
+        d.mkdir(parents=True, exist_ok=True)
+        spec = write_spec(d, SPEC.replace("udhr_articles_1-3.jsonl.zst", rel).replace("SHARD", "1"))
         _run(spec)
         ids.append(read_table(sorted((d / "out" / "ingest" / "data").glob("part-*.parquet")))["id"].to_pylist())
-    assert ids[0] == ids[1] == ["data/x.jsonl:1", "data/x.jsonl:2"]
+    assert ids[0] == ids[1] == ids[2] == ["x.jsonl:1", "x.jsonl:2"]

@@ -115,14 +115,15 @@ def test_plain_text_per_file_and_per_line_with_derived_ids(run_spec, tmp_path):
     (tmp_path / "txt" / "bad.txt").write_bytes(b"ok line\n\xff\xfe broken\n")
     _, out = run_spec(spec_for("txt/*.txt", extra_input="lang: en"))
     t = data(out)
-    assert t.column("id").to_pylist() == ["txt/one.txt", "txt/two.txt"]
+    # derived ids are relative to the input's own folder (txt/), rejects name the file as the spec does
+    assert t.column("id").to_pylist() == ["one.txt", "two.txt"]
     assert t.column("lang").to_pylist() == ["en", "en"]
     r = rejects(out).to_pylist()
     assert [(x["file"], x["line"], x["reason"]) for x in r] == [("txt/bad.txt", 2, "invalid_utf8")]
 
     _, out = run_spec(spec_for("txt/*.txt", extra_input="text_unit: line"), directory=tmp_path)
     t = data(out)
-    assert t.column("id").to_pylist() == ["txt/bad.txt:1", "txt/one.txt:1", "txt/one.txt:2", "txt/two.txt:1"]
+    assert t.column("id").to_pylist() == ["bad.txt:1", "one.txt:1", "one.txt:2", "two.txt:1"]
     assert [(x["line"], x["reason"]) for x in rejects(out).to_pylist()] == [(2, "invalid_utf8")]
 
 

@@ -158,12 +158,12 @@ def test_bad_input_matrix_is_quarantined_counted_and_reconciled(run_spec, tmp_pa
     if denied is not None:
         assert by_file["denied.jsonl"] == [(1, "unreadable_file")]
     # a BOM costs no row (plain, compressed, plain text); CRLF line ends are not part of the text
-    assert [i for i in ids if i.startswith("bom")] == ["bom0", "bom1", "bom2", "bomgz0", "bomgz1"]
+    assert [i for i in ids if i.startswith("bom")] == ["bom0", "bom1", "bom2", "bomgz0", "bomgz1", "bom.txt"]
     assert [i for i in ids if i.startswith("crlf")] == ["crlf0", "crlf1", "crlf2"]
     table = read_table(sorted((out / "ingest" / "data").glob("part-*.parquet")))
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
     assert not any(t.endswith("\r") or t.startswith("\ufeff") for t in texts.values())
-    assert texts["txt/bom.txt"] == "a text file with a byte order mark\n"
+    assert texts["bom.txt"] == "a text file with a byte order mark\n"  # ids: relative to the input's folder
     # NUL: escaped is text, a raw control byte is malformed JSON; a lone surrogate is malformed JSON
     assert texts["nul-escaped"] == "a\x00b" and "nul-raw" not in texts
     assert by_file["nul.jsonl"] == [(2, "malformed_json")]
