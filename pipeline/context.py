@@ -93,7 +93,7 @@ class StageContext:
         return self.work_dir / SCRATCH_DIR
 
     def artifact(self, field_name: str) -> Location:
-        """The file behind an ``ArtifactRef`` config field (a stage's artifact or an artifact input)."""
+        """The file behind a ``RefKind("artifact")`` config field (a stage's artifact or an artifact input)."""
         return self.artifact_paths[field_name]
 
     def input_files(self) -> list[tuple[DatasetInput, Location]]:

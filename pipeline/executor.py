@@ -1,7 +1,7 @@
 """Run per-shard work on Ray: Ray Data schedules, each shard streams Arrow batches to its own part file.
 
 Why shards and not ``read_parquet().map_batches().write_parquet()``: Ray Data's Parquet sink names
-files randomly and moves block boundaries between runs (notes/ray.md), so outputs would be neither
+files randomly and moves block boundaries between runs (measured on Ray 2.60), so outputs would be neither
 byte-identical nor resumable per file. Here the unit of work is a shard with a deterministic key;
 a worker streams the shard's input in bounded Arrow batches through the stage's pure transform
 into ``part-<key>.parquet`` (temp file, then rename), then writes ``_shards/<key>.json`` with its

@@ -7,7 +7,7 @@ The runtime environment carries the spec's folder as ``working_dir`` (so relativ
 spec still resolve on the head) and, for clusters whose image lacks tokenmill, a ``pip`` list
 (``--pip tokenmill`` or ``--pip /path/to/tokenmill.whl``). The entrypoint names an explicit
 interpreter (``--python``, default this one) because a bare ``python`` on the head may not be the
-environment that has Ray (notes/ray.md). Exit status: 0 when the job SUCCEEDED, 1 otherwise; the
+environment that has Ray (seen with Ray 2.60 job submission). Exit status: 0 when the job SUCCEEDED, 1 otherwise; the
 stage's error is in the streamed logs.
 """
 

@@ -22,7 +22,7 @@ TEST_DIRS = sorted({str(p.parent) for p in Path(__file__).parent.rglob("test_*.p
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray with 2 CPUs (notes/ray.md: the fast configuration for tests)."""
+    """A real local Ray with 2 CPUs, started once for the session (starting Ray costs seconds)."""
     import ray
 
     from pipeline.ray_session import WORKER_ENV, configure_data_context

@@ -393,7 +393,6 @@ class CleanStage(Stage[CleanConfig]):
         return report_part(manifest, stage_dir)
 
     def run(self, ctx: StageContext) -> None:
-
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         if files and "input_ids" not in read_schema(files[0]).names:

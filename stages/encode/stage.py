@@ -3,7 +3,7 @@
 The tokenizer is loaded once per Ray actor (``setup``), then ``encode_batch`` runs per Arrow
 batch. With as many actors as cores, Rust-side threads are switched off (``TOKENIZERS_PARALLELISM``
 false in the workers): on 2 cores, 2 single-threaded actors beat 1 actor with 2 threads once
-Parquet reading and writing are counted (notes/ray.md; ``benchmarks/bench_encode.py``).
+Parquet reading and writing are counted (``benchmarks/bench_encode.py``).
 
 Engine (``engine``, :mod:`stages.encode.engines`): ``auto`` runs gigatoken when it supports the
 ``tokenizer.json`` (10-17x HF on byte-level BPE), HF ``tokenizers`` otherwise; the manifest and

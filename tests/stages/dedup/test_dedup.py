@@ -196,7 +196,7 @@ def test_same_output_with_one_and_two_workers(run_spec, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_array_forests_match_union_find(seed):
-    """The numpy/scipy forests pick the same roots (smallest (k0, id) per cluster) as a union-find,
+    """The numpy/scipy forests pick the same roots (smallest (k0, id) per cluster) as a union-find (the reference),
     for one partition and after merging partitions that share documents."""
     import pyarrow as pa
 
