@@ -149,7 +149,7 @@ class Stage(Generic[C]):
     config_model: ClassVar[type[StageConfig]]
     #: whether downstream stages may read this stage's ``data/`` as a dataset
     produces_dataset: ClassVar[bool] = True
-    #: artifact files this stage writes in its folder (name -> relative path), for the stages whose ``RefKind("artifact")`` fields name it
+    #: artifact files this stage writes (name -> relative path), for stages whose RefKind("artifact") fields name it
     artifacts: ClassVar[dict[str, str]] = {}
     #: whether ``inputs`` name raw ``inputs:`` entries (ingest) instead of stages
     reads_raw_inputs: ClassVar[bool] = False
