@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="pipeline", description="tokenmill: raw text to training-ready tokens.",
                                 epilog=_examples("pipeline run yaml_specs/quickstart.yaml",
-                                                 "pipeline inspect out/quickstart/dedup"),
+                                                 "pipeline inspect out/quickstart/<stage>"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"tokenmill {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = _add("run", "validate, plan and run a spec",
                "pipeline run yaml_specs/quickstart.yaml",
-               "pipeline run spec.yaml --output /data/out --force dedup",
+               "pipeline run spec.yaml --output /data/out --force <stage>",
                "pipeline run spec.yaml --address ray://head:10001 --quiet")
     run.add_argument("spec")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -53,16 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("spec")
 
     plan = _add("plan", "print the DAG and what a run would do",
-                "pipeline plan yaml_specs/quickstart.yaml", "pipeline plan spec.yaml --force encode")
+                "pipeline plan yaml_specs/quickstart.yaml", "pipeline plan spec.yaml --force <stage>")
     plan.add_argument("spec")
     plan.add_argument("--output")
     plan.add_argument("--force", action="append", default=[], metavar="STAGE")
 
     ins = _add("inspect", "show a stage's output: schema, rows, manifest figures, side tables; or a file's summary",
                "pipeline inspect out/quickstart            # every stage: type and rows",
-               "pipeline inspect out/quickstart/dedup --rows 5",
+               "pipeline inspect out/quickstart/<stage> --rows 5",
                "pipeline inspect out/quickstart/tokenizer/tokenizer.json",
-               "pipeline inspect out/quickstart/pack/megatron/tokens.idx")
+               "pipeline inspect out/quickstart/<stage>/megatron/tokens.idx")
     ins.add_argument("path")
     ins.add_argument("--rows", type=int, default=3)
 

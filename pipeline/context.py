@@ -42,7 +42,7 @@ class DatasetInput:
 
 @dataclass
 class RawInput:
-    """A ``kind: files`` input for ingest stages; ``base_dir`` resolves its relative paths."""
+    """A ``kind: files`` input for stages that read raw inputs; ``base_dir`` resolves its relative paths."""
 
     name: str
     spec: FilesInput
@@ -77,7 +77,7 @@ class StageContext:
         return self.work_dir / REJECTS_DIR
 
     def side_dir(self, name: str) -> Location:
-        """The folder of side table ``name`` (dedup's clusters, ...): ``__<name>/``, which readers
+        """The folder of side table ``name`` (a cluster table, ...): ``__<name>/``, which readers
         pointed at the stage folder skip (see :mod:`pipeline.layout`); ``pipeline inspect`` lists it."""
         return self.work_dir / side_dir_name(name)
 
@@ -193,7 +193,7 @@ class StageContext:
 
 def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:
     """A pass's name for progress: a side pass's name, else the job class's (``CountJob`` -> ``count``);
-    empty for a stage's own pass (``IngestJob`` of ``ingest``)."""
+    empty for a stage's own pass (a stage's main job)."""
     import re
 
     prefix = getattr(job, "prefix", "")

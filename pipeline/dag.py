@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline.errors import SpecError
-from pipeline.registry import stage_class
+from pipeline.registry import discover_stages, stage_class
 from pipeline.stage_api import Stage, StageConfig, iter_ref_fields
 
 if TYPE_CHECKING:
@@ -72,9 +72,10 @@ def build_dag(spec: LoadedSpec) -> Dag:
             if ref in inputs:
                 inp = inputs[ref]
                 if kind == "dataset" and not cls.reads_raw_inputs:
+                    readers = ", ".join(t for t, c in discover_stages().items() if c.reads_raw_inputs)
                     problems.append(
-                        f"{where}: '{ref}' is a raw input; only ingest-type stages read inputs "
-                        f"(add an ingest stage and read that)"
+                        f"{where}: '{ref}' is a raw input; only stages of type {readers} read inputs "
+                        f"(add one and read that)"
                     )
                 elif kind == "dataset" and inp.kind != "files":
                     problems.append(f"{where}: '{ref}' is an artifact input, not files")

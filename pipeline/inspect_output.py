@@ -166,7 +166,7 @@ def inspect_file(path: Location, console: Console) -> dict[str, Any]:
             return facts
         from pipeline.registry import discover_stages
 
-        for cls in discover_stages().values():  # formats a stage writes (Megatron .idx: pack)
+        for cls in discover_stages().values():  # formats a stage writes (a Megatron .idx, ...)
             if (described := cls.describe_file(path)) is not None:
                 title, figures = described
                 facts.update(figures)

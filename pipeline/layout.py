@@ -1,7 +1,7 @@
 """Where things go inside a stage folder, so that readers pointed at the folder see the dataset only.
 
 * ``data/part-*.parquet``: the stage's dataset, and nothing else;
-* ``__<name>/``: side tables (``__rejects`` of every stage, ``__clusters`` of dedup, ...).
+* ``__<name>/``: side tables (``__rejects`` of every stage, a cluster table, ...).
 
 Why the double underscore: ``pyarrow.dataset``, Ray Data and polars skip paths whose names start
 with ``_`` or ``.``; Hugging Face ``datasets`` (``data_files.py``) skips ``.``-hidden paths and

@@ -1,7 +1,7 @@
 """Giving freed memory back to the OS, in the driver between stages and in workers after each shard.
 
 Why: Python, Arrow's pool and glibc keep freed memory for reuse. A stage that gathers a lot in one
-process (dedup's cluster forest, a tokenizer's training sample, an n-gram table) would otherwise
+process (a cluster forest, a training sample, an n-gram table) would otherwise
 leave that high-water mark in the driver, and in the Ray worker processes that Ray keeps alive and
 reuses, for the rest of the run: every later stage, streaming ones included, would carry it.
 """

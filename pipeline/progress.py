@@ -1,9 +1,9 @@
 """Progress for long runs: a live rich display on a terminal, periodic plain lines otherwise.
 
-Multi-pass stages (balance: label then sample; dedup: signatures then filter; clean: count, score,
-mask) report each pass by name with its own shard total, so a display never shows a stage at 100 %
+Multi-pass stages (label then sample; signatures, pairs, then filter; count, score, then mask)
+report each pass by name with its own shard total, so a display never shows a stage at 100 %
 after its first pass and then falling back. Rows are shown as rows in and, where a stage changes the
-count (pack: documents in, sequences out; balance: copies added), rows out; the done line adds up:
+count (documents in, sequences out; copies added), rows out; the done line adds up:
 ``in + added = out + dropped + rejected``.
 """
 

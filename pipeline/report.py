@@ -145,7 +145,7 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
         tokens_in = sum(up_tokens) if up_tokens else None
         rows.append({"stage": s["stage"], "type": s["type"], "status": s.get("status"),
                      "documents_in": s.get("rows_in", 0), "documents_out": s.get("rows_out", 0),
-                     # engine figures (raw input bytes for ingest, Arrow sizes elsewhere): kept in the JSON
+                     # engine figures (raw file bytes for readers of files, Arrow sizes elsewhere): kept in the JSON
                      "bytes_in": s.get("bytes_in", 0), "bytes_out": s.get("bytes_out", 0),
                      # the report's one MB definition: UTF-8 bytes of the text column (10^6 bytes per MB)
                      "text_mb_in": round(text_in / 1e6, 6) if text_in is not None else None,
@@ -376,8 +376,8 @@ figure{{margin:1.5em 0}}img{{max-width:100%}}code{{background:#f4f4f4}}</style><
 <th>text MB in (UTF-8)</th><th>text MB out (UTF-8)</th><th>tokens in</th><th>tokens out</th><th>seconds</th>
 <th>text MB/s (UTF-8)</th><th>tokens/s</th><th>docs/s</th><th>where rows went</th></tr>{rows}</table>
 <p><small>MB everywhere in this report: 10<sup>6</sup> UTF-8 bytes of the <code>text</code> column of a
-stage's dataset (text stages); token stages are measured in tokens. "-": the stage has no such figure (ingest
-reads raw files; a tokenizer or pack stage writes no text).</small></p>
+stage's dataset (text stages); token stages are measured in tokens. "-": the stage has no such figure (it
+reads raw files, or writes no text).</small></p>
 <h2>Charts</h2>{''.join(sections)}</body></html>
 """
 

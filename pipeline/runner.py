@@ -91,7 +91,7 @@ def file_identity(f: Location, base_dir: Path) -> list[Any]:
 
     Files up to 64 MB are hashed whole (xxh64 reads ~5 GB/s, so ~10 ms); bigger ones by size plus
     their first and last MB, which catches appends, truncations and rewrites of either end but
-    not an edit of the same length in the middle -- ``--force ingest`` covers that case. Hashing
+    not an edit of the same length in the middle -- ``--force <stage>`` covers that case. Hashing
     whole multi-GB corpora on every ``plan`` would cost minutes (and a full download from object
     stores)."""
     size = f.size()
@@ -107,7 +107,7 @@ def file_identity(f: Location, base_dir: Path) -> list[Any]:
                 fh.seek(size - _EDGE_BYTES)
                 h.update(fh.read(_EDGE_BYTES))
                 how = "xxh64-head-tail"
-    except OSError as exc:  # unreadable (denied, EIO): ingest rejects or names it; once readable, it re-runs
+    except OSError as exc:  # unreadable (denied, EIO): the reading stage rejects or names it; once readable, it re-runs
         return [f.relative_to(base_dir), size, f"unreadable:{type(exc).__name__}"]
     return [f.relative_to(base_dir), size, f"{how}:{h.hexdigest()}"]
 
@@ -131,11 +131,10 @@ def artifact_location(spec: LoadedSpec, inp: ArtifactInput) -> Location:
 
 
 def stage_code_hash(cls: type) -> str:
-    """A hash of the code a stage runs: its module and every module of tokenmill's own packages
-    (``stages``, ``pipeline``, or a plugin's top-level package) that it imports, transitively
-    (helpers such as ``stages/pack/packing.py``, ``clean/core.py``, and ``stages/ingest/sources.py`` for
-    ingest), read with :mod:`ast` from their source files and hashed in name order. Imports only
-    for type checking are not followed. Over-inclusive on purpose: an engine edit may re-run a
+    """A hash of the code a stage runs: every module of its stage package, and every module of
+    tokenmill's own packages (``stages``, ``pipeline``, or a plugin's top-level package) that they
+    import, transitively, read with :mod:`ast` from their source files and hashed in name order.
+    Imports only for type checking are not followed. Over-inclusive on purpose: an engine edit may re-run a
     stage needlessly, but a changed helper never leaves stale output "up to date"."""
     try:
         return sha256_text(canonical_json(_module_closure(cls.__module__, *_package_modules(cls.__module__))))[:16]
@@ -157,8 +156,8 @@ def _runtime_import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom
 
 
 def _package_modules(module: str) -> list[str]:
-    """Every module of the stage package ``module`` belongs to (``stages.dedup.*`` for
-    ``stages.dedup.stage``): a stage package's code is all of it, imported or not."""
+    """Every module of the stage package ``module`` belongs to (``stages.<family>.*`` for
+    ``stages.<family>.stage``): a stage package's code is all of it, imported or not."""
     parts = module.split(".")
     if parts[0] != "stages" or len(parts) < 3:
         return []

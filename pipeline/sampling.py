@@ -3,12 +3,12 @@
 A sampler keeps a document when a hash of its id falls under a threshold, which makes samples
 deterministic and independent of workers and block layout. Two samplers that hash the id the same way
 are *nested*: the one with the lower threshold keeps a subset of the other. That silently broke the
-tokenizer sample, which was the low-hash tail of balance's sample (its language mix lost, its budget
+tokenizer sample, which was the low-hash tail of the language-balancing sample (its language mix lost, its budget
 exceeded). Salting the hash with the stage and the sampler's role makes samples of different purposes
 independent, while each stays reproducible from (spec, seed).
 
 ``stage`` is the stage's *name* in the spec (unique in a pipeline), so even two stages of one type
-chained one after the other (a balance of a balance) draw independent samples; two tokenizer
+chained one after the other (a sampler of a sampler) draw independent samples; two tokenizer
 stages on one input train on different samples, and each report measures on text its own
 tokenizer never saw.
 """

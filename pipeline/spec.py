@@ -38,7 +38,7 @@ class RayOptions(_Strict):
     object_store_memory_mb: int | None = Field(default=None, ge=64, description="Embedded Ray's object store.")
 
 
-#: the columns ingest writes for every document
+#: the normalised columns every document has after reading
 NORMALISED_COLUMNS = ("id", "text", "lang", "source")
 
 
@@ -52,7 +52,7 @@ class FieldMap(_Strict):
 
 
 class FilesInput(_Strict):
-    """Raw files, read by an ``ingest`` stage: paths and globs, relative to the spec file."""
+    """Raw files, read by a stage that reads raw inputs: paths and globs, relative to the spec file."""
 
     kind: Literal["files"] = "files"
     paths: list[str] = Field(
@@ -82,7 +82,7 @@ class FilesInput(_Strict):
     @field_validator("keep_fields")
     @classmethod
     def _keep_fields_are_not_normalised_columns(cls, value: list[str]) -> list[str]:
-        # ingest writes id/text/lang/source itself: a kept field of that name would be a second column
+        # the reader writes id/text/lang/source itself: a kept field of that name would be a second column
         clash = [k for k in value if k in NORMALISED_COLUMNS]
         if clash:
             raise ValueError(f"{clash[0]!r} is a normalised column (id, text, lang, source); map a source field "
@@ -264,7 +264,7 @@ def format_validation_errors(exc: ValidationError, data: Any, root: type[BaseMod
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> list[Any]:
-    """Drop union tags that pydantic inserts (``stages.2.dedup.near`` -> ``stages[2].near``)."""
+    """Drop union tags that pydantic inserts (``stages.2.<type>.near`` -> ``stages[2].near``)."""
     out: list[Any] = []
     node = data
     for i, elem in enumerate(loc):

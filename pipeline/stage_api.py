@@ -60,7 +60,7 @@ class StageConfig(BaseModel):
                       description="Unique stage name; also its output folder.")
     type: str
     inputs: list[str] = Field(
-        default_factory=list, description="Stages (or, for ingest, inputs) whose datasets this stage reads."
+        default_factory=list, description="Stages (for readers of raw files: inputs) whose datasets this stage reads."
     )
     description: str | None = Field(default=None, description="Free text; not part of the fingerprint.")
     retries: RetryConfig = Field(
@@ -151,7 +151,7 @@ class Stage(Generic[C]):
     produces_dataset: ClassVar[bool] = True
     #: artifact files this stage writes (name -> relative path), for stages whose RefKind("artifact") fields name it
     artifacts: ClassVar[dict[str, str]] = {}
-    #: whether ``inputs`` name raw ``inputs:`` entries (ingest) instead of stages
+    #: whether ``inputs`` name raw ``inputs:`` entries instead of stages
     reads_raw_inputs: ClassVar[bool] = False
     #: rows in + added == rows out + dropped + rejected holds for this stage's rows
     reconciles_rows: ClassVar[bool] = True

@@ -82,7 +82,7 @@ def test_duplicate_names():
 
 def test_stage_cannot_read_raw_input_directly():
     (msg,) = problems(BASE + "  - {name: f, type: filter, inputs: [raw]}\n")
-    assert "only ingest-type stages read inputs" in msg
+    assert "only stages of type ingest read inputs" in msg
 
 
 def test_missing_required_and_yaml_syntax():
