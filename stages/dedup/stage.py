@@ -35,6 +35,7 @@ block order. The root is always kept; other members are kept when no kept docume
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -62,16 +63,12 @@ class DedupStage(Stage[DedupConfig]):
     code_version: ClassVar[str] = "2"  # 2: kept twins, all-pairs buckets, clusters table kept_id
 
     def run(self, ctx: StageContext) -> None:
-
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         keys = [f"{i:05d}" for i in range(len(files))]
         counts = [parquet_rows(f) for f in files]
         offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
-
-        import time
-
         t0 = time.perf_counter()
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
         sig_job = SignatureJob(cfg, ctx.work_dir, offsets)
