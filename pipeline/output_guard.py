@@ -73,13 +73,18 @@ def _pid_start_time(pid: int) -> float | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a local process runs; a zombie (killed, not yet reaped: PID 1 of a container or VM may
+    never reap it) is not running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def stale_reason(lock: dict[str, Any]) -> str | None:

@@ -323,7 +323,10 @@ def test_fault_driver_killed_then_resumed(cluster, corpus, reference, tmp_path):
         for part in marker.parent.parent.rglob(f"part-{marker.stem}*.parquet"):
             committed[part.name] = part.stat().st_mtime_ns
     assert committed
+    # the killed driver's lock is named as stale, never broken silently; --break-lock resumes
     r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs)
+    assert r.returncode != 0 and "looks stale" in r.stderr and "--break-lock" in r.stderr, r.stderr
+    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs, "--break-lock")
     assert r.returncode == 0, r.stderr
     assert digest(out) == reference
     for name, mtime in committed.items():  # files committed before the kill were not rewritten
@@ -356,7 +359,7 @@ def test_object_store_only_run_resumes_after_driver_kill(cluster, corpus, refere
     proc.wait(30)
     assert fs.get_file_info("cluster/out/ingest/manifest.json").type == pafs.FileType.NotFound
 
-    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs, "--output", out)
+    r = run_cli("run", str(spec), "--quiet", "--address", cluster.gcs, "--output", out, "--break-lock")
     assert r.returncode == 0, r.stderr
     files = {i.path.removeprefix("cluster/out/"): i for i in fs.get_file_info(
         pafs.FileSelector("cluster/out", recursive=True)) if i.type == pafs.FileType.File}
