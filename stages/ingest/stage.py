@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
@@ -381,8 +382,8 @@ class IngestStage(Stage[IngestConfig]):
             for src in raw.files():
                 rel = src.relative_to(raw.base_dir)
                 files.append((raw.name, raw.spec, src, rel))
-                if root is not None and src.is_local:
-                    id_names[rel] = posixpath.relpath(src.path, root)
+                if root is not None and src.scheme == root[1] and root[0]:
+                    id_names[rel] = posixpath.relpath(src.path, root[0])
         # planning reads each file's footer or scans it for line offsets: a pass of its own on the workers
         planned = ctx.map_function("plan", _plan_one, [(*f, target) for f in files])
         tasks: list[ShardTask] = []
@@ -408,21 +409,32 @@ class IngestStage(Stage[IngestConfig]):
                                    "file_rejects": dict(sorted(file_rejects.items()))})
 
 
-def id_root(patterns: list[str], base_dir: Path) -> str | None:
+def id_root(patterns: list[str], base_dir: Path) -> tuple[str, str] | None:
     """The folder an input's derived ids (``<file>:<line>`` for rows without an id) are relative to:
     the deepest folder holding every path and glob of the input (each taken up to its first
-    wildcard). Ids then stay the same when the spec file moves or the project is copied, and stay
-    unique, since distinct files below one folder have distinct relative paths. None for URIs (ids
-    keep the URI, which is already location-independent)."""
-    roots = []
+    wildcard), as (path, scheme) in its filesystem's namespace. Ids then stay the same when the spec
+    file moves, the project is copied, or the corpus moves to an object store, and stay unique, since
+    distinct files below one folder have distinct relative paths. None when the input mixes
+    filesystems (ids then name files as the rejects do)."""
+    roots: list[str] = []
+    schemes: set[str] = set()
     for pattern in patterns:
         if is_uri(pattern):
-            return None
+            parts = urlsplit(pattern)
+            wildcard = re.search(r"[*?\[]", parts.path)
+            static = posixpath.dirname(parts.path[: wildcard.start()] if wildcard else parts.path)
+            loc = Location.parse(urlunsplit((parts.scheme, parts.netloc, static or "/", parts.query, "")), base_dir)
+            roots.append(loc.path)
+            schemes.add(loc.scheme)
+            continue
         path = Path(pattern).expanduser()
         full = str(path if path.is_absolute() else base_dir / path)
         wildcard = re.search(r"[*?\[]", full)
         roots.append(os.path.dirname(full[: wildcard.start()] if wildcard else full))
-    return os.path.commonpath(roots) if roots else None
+        schemes.add("")
+    if not roots or len(schemes) > 1:
+        return None
+    return posixpath.commonpath(roots), schemes.pop()
 
 
 def _group_text_files(tasks: list[ShardTask], target: int) -> list[ShardTask]:
