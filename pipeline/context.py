@@ -216,12 +216,7 @@ class FunctionJob:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        from pipeline.memory import release_memory
-
-        try:
-            result = self.fn(task.payload)
-        finally:
-            release_memory()  # reused workers should not keep one call's peak
+        result = self.fn(task.payload)  # the executor releases the worker's memory after each task
         (self.folder / f"{task.key}.pkl").write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         return {}
 

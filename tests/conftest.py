@@ -43,6 +43,25 @@ def ray_local():
     ray.shutdown()
 
 
+#: the shared Debian corpus beside the project (on CI too); tests that need real multilingual text read its head
+SHARED_CORPUS = REPO_ROOT.parent / "shared" / "data" / "debian-multilingual.jsonl.zst"
+
+
+def shared_corpus_rows(n: int) -> list[dict]:
+    """The first ``n`` documents of the shared corpus (the test is skipped when it is not there)."""
+    import io
+    import itertools
+    import json
+
+    import zstandard
+
+    if not SHARED_CORPUS.is_file():
+        pytest.skip(f"corpus not found: {SHARED_CORPUS}")
+    with SHARED_CORPUS.open("rb") as f:
+        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        return [json.loads(line) for line in itertools.islice(reader, n)]
+
+
 def write_spec(directory: Path, text: str) -> Path:
     path = directory / "spec.yaml"
     path.write_text(textwrap.dedent(text))

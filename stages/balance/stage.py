@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
-from pipeline.executor import ShardOutput, ShardTask, SidePass
+from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_schema
 from pipeline.sampling import salted_uniform
@@ -413,8 +413,7 @@ class BalanceStage(Stage[BalanceConfig]):
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
-        label = SidePass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name))
-        results = ctx.map_shards(label, label.tasks(tasks), count_rows=False)
+        results = ctx.run_pass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name), tasks)
         per_lang: dict[str, Counter[str]] = {}
         relabelled: Counter[str] = Counter()
         examples: list[str] = []

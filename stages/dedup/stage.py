@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.context import StageContext
-from pipeline.executor import ShardTask, SidePass
+from pipeline.executor import ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import PartWriter, parquet_rows, read_one
 from pipeline.stage_api import ReportPart, Stage, register_stage
@@ -71,9 +71,7 @@ class DedupStage(Stage[DedupConfig]):
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
         t0 = time.perf_counter()
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
-        sig_job = SignatureJob(cfg, ctx.work_dir, offsets)
-        side = SidePass("sig", sig_job)
-        ctx.map_shards(side, side.tasks(tasks), count_rows=False)
+        ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets), tasks)
         t1 = time.perf_counter()
         # pass 2: per partition, candidate pairs, verified on the signatures (or shingles) they need,
         # reduced to a forest; pass 3: forests merged pairwise in rounds. Every step is an engine

@@ -7,21 +7,19 @@ the text is the first documents of the Debian corpus in ``../shared/data``.
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import shared_corpus_rows
 
 from pipeline.errors import TokenmillError
 from stages.encode.engines import load_encoder, split_points, split_safe
 from stages.encode.stage import EncodeConfig, EncodeStage
 from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
 
-CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 KINDS = [("bpe", "gpt2"), ("bpe", "llama3"), ("bpe", "digits"), ("unigram", "llama3"), ("wordpiece", "llama3"),
          ("superbpe", "llama3")]
 EXPECTED_ENGINE = {("bpe", "llama3"): "fast", ("bpe", "digits"): "fast"}  # gigatoken refuses the others
@@ -29,13 +27,7 @@ EXPECTED_ENGINE = {("bpe", "llama3"): "fast", ("bpe", "digits"): "fast"}  # giga
 
 @pytest.fixture(scope="module")
 def docs() -> list[dict]:
-    import zstandard
-
-    if not CORPUS.is_file():
-        pytest.skip(f"corpus not found: {CORPUS}")
-    with CORPUS.open("rb") as f:
-        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
-        rows = [json.loads(line) for line in itertools.islice(reader, 600)]
+    rows = shared_corpus_rows(600)
     return [{"id": r["id"], "text": r["text"][:20_000], "lang": r.get("lang")} for r in rows]
 
 

@@ -3,27 +3,17 @@ HF where it would differ (other pre-tokenizers, min_frequency cut-off), trainer 
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-from pathlib import Path
 
 import pytest
+from conftest import shared_corpus_rows
 
 from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer, train
-
-CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "debian-multilingual.jsonl.zst"
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    import zstandard
-
-    if not CORPUS.is_file():
-        pytest.skip(f"corpus not found: {CORPUS}")
-    with CORPUS.open("rb") as f:
-        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
-        rows = [json.loads(line) for line in itertools.islice(reader, 1200)]
+    rows = shared_corpus_rows(1200)
     return [r["text"][:50_000] for r in rows[::3]]  # ~3 MB, several languages
 
 
