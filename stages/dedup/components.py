@@ -1,17 +1,21 @@
-"""Connected components of verified pairs and the kept twins inside each one.
+"""Connected components of verified pairs and the kept twins inside each one: the pure core.
 
-The keep key orders documents (``longest``, ``shortest``, ``first``, ``column``; ties by id); forests
-are reduced with numpy/scipy connected components to the smallest-key root; ``representatives``
-chooses greedy centres in keep order so every removed document has a kept document with
-similarity >= threshold - twin_margin."""
+The keep key orders documents (``longest``, ``shortest``, ``first``, ``column``; ties by id). A
+partition's verified pairs are reduced locally with scipy's connected components (``_forest``); the
+global components are found by the *large-star / small-star* iterations of Kiveris, Lattanzi,
+Mirrokni, Rastogi & Vassilvitskii (2014), "Connected Components in MapReduce and Beyond" (SoCC '14):
+each step is a function of one node's neighbourhood, so each runs as a pass over edge files
+partitioned by node hash and no process ever holds more than one partition of the graph. Node
+numbers (row offsets) are the labels the iterations minimise; the root by the keep rule is then
+picked inside each component (``roots_by_key``). ``representatives`` chooses greedy centres in keep
+order so every removed document has a kept document with similarity >= threshold - twin_margin."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.locations import Location
-from pipeline.parquet_io import read_one, write_one
+from stages.dedup.signatures import _mix64
 
 
 def keep_key(keep: str, length: int, doc_id: str, column_value: float | None) -> tuple:
@@ -96,20 +100,6 @@ def _forest(edges: pa.Table) -> pa.Table:
     return _components(keys, edges.column("u").to_numpy(), edges.column("v").to_numpy())
 
 
-def _forest_table(uf: UnionFind) -> pa.Table:
-    nodes = sorted(uf.parent)
-    return pa.table({"node": pa.array(nodes, pa.int64()), "k0": pa.array([uf.key[n][0] for n in nodes], pa.float64()),
-                     "id": pa.array([uf.key[n][1] for n in nodes], pa.string()),
-                     "root": pa.array([uf.find(n) for n in nodes], pa.int64())})
-
-
-def _merge_forests(a: pa.Table, b: pa.Table) -> pa.Table:
-    """Merge two forests: every node is linked to its root in either forest."""
-    both = pa.concat_tables([a, b])
-    return _components(both.select(["node", "k0", "id"]), both.column("node").to_numpy(),
-                       both.column("root").to_numpy())
-
-
 def representatives(forest: pa.Table, edges: pa.Table, min_sim: float) -> pa.Table:
     """Which documents of the clusters are kept, and the kept document of each removed one.
 
@@ -164,8 +154,69 @@ def representatives(forest: pa.Table, edges: pa.Table, min_sim: float) -> pa.Tab
                      "similarity": pa.array(twin_sim), "reason": pa.array(reason.tolist(), pa.string())})
 
 
-def _merge_forest_files(job: tuple[Location, Location, Location]) -> Location:
-    """Pass 3 step: merge two forest files into a third (resumable: the engine marks the task)."""
-    a, b, out = job
-    write_one(_merge_forests(read_one(a), read_one(b)), out)
-    return out
+def node_partition(nodes: np.ndarray, parts: int) -> np.ndarray:
+    """The hash partition of each node (node numbers are dense row offsets: hashed, not taken modulo,
+    so a part of the corpus full of duplicates spreads over all partitions)."""
+    return (_mix64(nodes.astype(np.uint64)) % np.uint64(parts)).astype(np.int64)
+
+
+def _unique_pairs(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (src, dst) rows, sorted by src then dst."""
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    keep = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])] if len(src) else np.zeros(0, bool)
+    return src[keep], dst[keep]
+
+
+def large_star(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """One large-star step over the neighbourhoods of the nodes in ``src`` (both directions of every
+    edge of these nodes are present): each node u links its *larger* neighbours to m(u), the smallest
+    of u and its neighbours.
+
+    Returns (nodes, m(node), new edge larger end, new edge smaller end, violations). ``violations``
+    counts nodes of the *input* graph that are neither a star centre (only larger neighbours) nor a
+    leaf (exactly one neighbour, smaller): zero everywhere means the input is a forest of stars
+    centred on each component's smallest node, and then ``m`` is every node's component label.
+    """
+    src, dst = _unique_pairs(src, dst)
+    if not len(src):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty, 0
+    head = np.r_[True, src[1:] != src[:-1]]
+    group = np.cumsum(head) - 1
+    nodes = src[head]
+    m = np.minimum(dst[head], nodes)  # dst ascends inside each group: its first row is the smallest
+    smaller = np.bincount(group, dst < src)
+    larger = np.bincount(group, dst > src)
+    violations = int(np.count_nonzero((smaller >= 2) | ((smaller >= 1) & (larger >= 1))))
+    up = dst > src
+    return nodes, m, dst[up], m[group[up]], violations
+
+
+def small_star(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One small-star step: every edge is given once, larger end first (``dst < src``), at the
+    partition of its larger end. Each node u and its smaller neighbours are all linked to the
+    smallest of them. Returns the new edges (larger end, smaller end)."""
+    src, dst = _unique_pairs(src, dst)
+    if not len(src):
+        return src, dst
+    head = np.r_[True, src[1:] != src[:-1]]
+    group = np.cumsum(head) - 1
+    m = dst[head][group]  # the smallest neighbour of each row's node (all neighbours here are smaller)
+    other = dst != m
+    return np.r_[dst[other], src[head]], np.r_[m[other], dst[head]]
+
+
+def roots_by_key(nodes: pa.Table) -> np.ndarray:
+    """The root of each row's component: its best member by the keep key (smallest (k0, id), then
+    node). ``nodes``: (node, k0, id, label) rows, every member of a component present."""
+    n = nodes.num_rows
+    ranked = pa.table({"label": nodes.column("label"), "k0": nodes.column("k0"), "id": nodes.column("id"),
+                       "node": nodes.column("node"), "i": np.arange(n)})
+    ranked = ranked.sort_by([("label", "ascending"), ("k0", "ascending"), ("id", "ascending"),
+                             ("node", "ascending")])
+    lab, node, idx = (ranked.column(c).to_numpy() for c in ("label", "node", "i"))
+    head = np.r_[True, lab[1:] != lab[:-1]] if n else np.zeros(0, bool)
+    root = np.empty(n, np.int64)
+    root[idx] = np.repeat(node[head], np.diff(np.r_[np.flatnonzero(head), n]))
+    return root

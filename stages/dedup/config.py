@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.stage_api import StageConfig
 
@@ -89,11 +90,30 @@ class DedupConfig(StageConfig):
         default="longest", description="Which document of a cluster survives (ties: smallest id)."
     )
     keep_column: str | None = Field(default=None, description="Numeric column for keep: column (highest wins).")
-    partitions: int = Field(default=8, ge=1, le=4096, description="Hash partitions of the bucket shuffle.")
+    partitions: int | Literal["auto"] = Field(
+        default="auto",
+        description="Hash partitions of the bucket shuffle and of the components passes; `auto`: one per "
+        "`partition_rows` input rows, at least 8. A task's memory grows with its partition's size, so at a "
+        "fixed partition size it stays flat however large the corpus.",
+    )
+    partition_rows: int = Field(default=100_000, ge=1_000, description="Input rows per partition for auto.")
     warn_cluster_size: int = Field(default=10_000, ge=1, description="Warn when one cluster holds more documents.")
     warn_source_share: float = Field(
         default=0.5, ge=0, le=1, description="Warn when dedup removes more than this share of one source's documents."
     )
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 65536:
+            raise ValueError(f"partitions must be between 1 and 65536 or auto, not {value}")
+        return value
+
+    def partition_count(self, rows: int) -> int:
+        """The number of partitions for an input of ``rows`` rows."""
+        if self.partitions == "auto":
+            return max(8, math.ceil(rows / self.partition_rows))
+        return self.partitions
 
     @model_validator(mode="after")
     def _keep_column(self) -> DedupConfig:

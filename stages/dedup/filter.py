@@ -1,4 +1,5 @@
-"""Dedup's last pass: each input part joined with its drop file (node, reason), rows removed and counted."""
+"""Dedup's last pass: each input part joined with its cluster rows (node, reason, ...), duplicates
+removed and counted, and the part's share of the clusters table written."""
 
 from __future__ import annotations
 
@@ -7,22 +8,26 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_one, read_schema, write_one
+from stages.dedup.cluster_passes import CLUSTER_COLUMNS, RESULT_SCHEMA
 
 
 class FilterDuplicatesJob:
-    """Pass 4: keep a document unless the drop table of its input part names it.
+    """Last pass: keep a document unless its part's cluster rows remove it.
 
-    The drop set is data: one small Parquet file per input part (node, reason), so a worker holds
-    the drop rows of its own part only. Removal is also counted per ``source`` and per ``lang``
-    (when the rows have those columns), so a source that dedup wipes out shows in the manifest.
+    The drop set is data: the representatives pass wrote, per input part, one small file per label
+    partition (``<result>/<part key>/*.parquet``), so a worker holds the cluster rows of its own part
+    only. It writes that part's rows of the clusters table (sorted by cluster, then id: the same
+    bytes for any number of partitions or workers). Removal is also counted per ``source`` and per
+    ``lang`` (when the rows have those columns), so a source that dedup wipes out shows in the manifest.
     """
 
-    def __init__(self, drop_dir: Location, offsets: dict[str, int]):
-        self.drop_dir, self.offsets = drop_dir, offsets
+    def __init__(self, result_dir: Location, offsets: dict[str, int], clusters_dir: Location):
+        self.result_dir, self.offsets, self.clusters_dir = result_dir, offsets, clusters_dir
 
     def setup(self) -> None:
         return None
@@ -32,9 +37,13 @@ class FilterDuplicatesJob:
         base = self.offsets[task.key]
         schema = read_schema(path)
         out.data.schema = schema
-        drop_file = self.drop_dir / f"{task.key}.parquet"
-        drop = read_one(drop_file) if drop_file.exists() else pa.table({"node": pa.array([], pa.int64()),
-                                                                         "reason": pa.array([], pa.string())})
+        files = sorted((self.result_dir / task.key).glob("*.parquet"), key=lambda f: f.name)
+        rows = pa.concat_tables([read_one(f) for f in files]) if files else RESULT_SCHEMA.empty_table()
+        if rows.num_rows:
+            order = [("cluster_id", "ascending"), ("id", "ascending"), ("node", "ascending")]
+            write_one(rows.sort_by(order).select(CLUSTER_COLUMNS), self.clusters_dir / f"part-{task.key}.parquet")
+        drop = rows.filter(pc.invert(rows.column("kept"))).select(["node", "reason"]).sort_by("node")
+        del rows
         drop_nodes = drop.column("node").to_numpy()
         drop_reasons = drop.column("reason").to_numpy(zero_copy_only=False)
         groups = [c for c in ("source", "lang") if c in schema.names]
@@ -60,13 +69,3 @@ class FilterDuplicatesJob:
             b_out += kept.nbytes
         return {"rows_in": n_in, "rows_out": n_out, "bytes_in": b_in, "bytes_out": b_out, "dropped": dict(dropped),
                 "by_group": per}
-
-
-def _write_drop_tables(drop: pa.Table, folder: Location, offsets: dict[str, int], counts: list[int]) -> None:
-    """Split the (node, reason) drop table by input part: node ranges are the parts' row offsets."""
-    drop = drop.sort_by("node")
-    nodes = drop.column("node").to_numpy()
-    for (key, base), count in zip(offsets.items(), counts, strict=True):
-        lo, hi = np.searchsorted(nodes, [base, base + count])
-        if hi > lo:
-            write_one(drop.slice(int(lo), int(hi - lo)), folder / f"{key}.parquet")

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_one, write_one
+from stages.dedup.cluster_passes import write_pairs_outputs
 from stages.dedup.components import _forest, keep_key
 from stages.dedup.config import DedupConfig
 from stages.dedup.signatures import (
@@ -217,10 +218,11 @@ def _verify(edges: pa.Table, sigs: Signatures, threshold: float) -> pa.Table:
 
 
 class PairsJob:
-    """Pass 2, one task per bucket partition: candidate pairs, verified, and their forest, as Parquet."""
+    """Pass 2, one task per bucket partition: candidate pairs, verified, reduced to a local forest, and
+    written as the component passes' inputs (see :mod:`stages.dedup.cluster_passes`)."""
 
-    def __init__(self, window: int, sig_files: list[Location], verify_at: float, out: Location):
-        self.window, self.sig_files, self.verify_at, self.out = window, sig_files, verify_at, out
+    def __init__(self, window: int, sig_files: list[Location], verify_at: float, cc: Location, parts: int):
+        self.window, self.sig_files, self.verify_at, self.cc, self.parts = window, sig_files, verify_at, cc, parts
 
     def setup(self) -> None:
         return None
@@ -232,6 +234,5 @@ class PairsJob:
             else _merge_signatures(())
         verified = _verify(edges, sigs, self.verify_at)
         del sigs
-        write_one(verified, self.out / "edges" / f"{task.key}.parquet")
-        write_one(_forest(verified), self.out / "forest" / f"{task.key}.parquet")
+        write_pairs_outputs(_forest(verified), verified, self.parts, self.cc, task.key)
         return {"candidates": edges.num_rows, "verified": verified.num_rows}

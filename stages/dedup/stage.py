@@ -21,12 +21,18 @@ Execution, every step an engine pass (progress, resume markers, retries) writing
 2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
    a window in keep order for big ones; stars for exact buckets), verified on the true Jaccard of
    the shingle sets or on the signature estimate, reduced to a forest (connected components);
-3. *merge passes*: forests merged pairwise in rounds; a merge holds the documents that have a
-   duplicate (memory O(duplicated documents), never O(corpus));
-4. *kept twins* (driver, O(duplicated documents)): greedy centres in keep order inside each
-   component, so every removed document has a kept document with similarity >= threshold -
-   twin_margin; the clusters table; the drop set written as one (node, reason) file per input part;
-5. *filter pass* (one task per input part): drop the rows its part's drop file names.
+3. *components passes* (one task per node partition): large-star and small-star rounds (Kiveris
+   et al. 2014) over the local forests' edges, shuffled by node hash, until the graph is a forest
+   of stars; then nodes and edges move to the partition of their component (see
+   :mod:`stages.dedup.cluster_passes`);
+4. *representatives pass* (one task per component partition): each component's root by the keep
+   rule and greedy centres in keep order, so every removed document has a kept document with
+   similarity >= threshold - twin_margin; the cluster rows, split by input part;
+5. *filter pass* (one task per input part): drop the rows its part's cluster rows remove, and
+   write the part's share of the clusters table.
+
+No step holds more than one partition (or one component) in one process; the driver holds counts
+and file names (the memory model is in the README).
 
 The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
 by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
@@ -40,17 +46,22 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline.context import StageContext
 from pipeline.executor import ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import PartWriter, parquet_rows, read_one
+from pipeline.parquet_io import parquet_rows, write_one
 from pipeline.stage_api import ReportPart, Stage, register_stage
-from stages.dedup.components import UnionFind, _forest_table, _merge_forest_files, representatives
+from stages.dedup.cluster_passes import (
+    CLUSTER_COLUMNS,
+    RESULT_SCHEMA,
+    LabelJoinJob,
+    RepresentativesJob,
+    StarJob,
+)
 from stages.dedup.config import DedupConfig
-from stages.dedup.filter import FilterDuplicatesJob, _write_drop_tables
-from stages.dedup.pairs import _EDGE_SCHEMA, PairsJob, SignatureJob
+from stages.dedup.filter import FilterDuplicatesJob
+from stages.dedup.pairs import PairsJob, SignatureJob
 from stages.dedup.report import report_part
 from stages.dedup.signatures import lsh_params
 
@@ -60,7 +71,7 @@ class DedupStage(Stage[DedupConfig]):
     """Exact + MinHash-LSH near-duplicate removal with a deterministic keep rule."""
 
     config_model = DedupConfig
-    code_version: ClassVar[str] = "2"  # 2: kept twins, all-pairs buckets, clusters table kept_id
+    code_version: ClassVar[str] = "3"  # 3: components on workers, clusters table in parts
 
     def run(self, ctx: StageContext) -> None:
         cfg = self.config
@@ -69,86 +80,76 @@ class DedupStage(Stage[DedupConfig]):
         counts = [parquet_rows(f) for f in files]
         offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
-        t0 = time.perf_counter()
+        parts = cfg.partition_count(sum(counts))
+        cfg = cfg.model_copy(update={"partitions": parts})  # the passes see the resolved count
+        part_tasks = [ShardTask(f"p{p:04d}", p) for p in range(parts)]
+        cc = ctx.scratch_dir / "cc"
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[phase] = round(now - clock, 3)
+            clock = now
+
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
         ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets), tasks)
-        t1 = time.perf_counter()
-        # pass 2: per partition, candidate pairs, verified on the signatures (or shingles) they need,
-        # reduced to a forest; pass 3: forests merged pairwise in rounds. Every step is an engine
-        # pass writing Parquet (progress, resume markers, retries), nothing handed through the driver.
+        lap("signatures")
+        # pass 2: per bucket partition, candidate pairs verified on the signatures (or shingles) they
+        # need, reduced to a local forest and shuffled out as the component passes' inputs
         sig_files = (ctx.work_dir / "_signatures").glob("*.parquet") if cfg.near.verify else []
         verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
         pdirs = (ctx.work_dir / "_buckets").glob("p*")
-        pair_dir = ctx.work_dir / "_pairs"
-        ctx.run_pass("pairs", PairsJob(cfg.near.bucket_window, sig_files, verify_at, pair_dir),
-                     [ShardTask(pdir.name, pdir.glob("*.parquet")) for pdir in pdirs])
-        level = [pair_dir / "forest" / f"{pdir.name}.parquet" for pdir in pdirs]
-        rounds = 0
-        while len(level) > 1:
-            rounds += 1
-            jobs = [(level[i], level[i + 1], pair_dir / f"merge{rounds}" / f"{i:05d}.parquet")
-                    for i in range(0, len(level) - 1, 2)]
-            merged = ctx.map_function(f"merge{rounds}", _merge_forest_files, jobs)
-            level = merged + ([level[-1]] if len(level) % 2 else [])
-        forest = read_one(level[0]) if level else _forest_table(UnionFind())
-        edge_files = [pair_dir / "edges" / f"{pdir.name}.parquet" for pdir in pdirs]
-        edges = pa.concat_tables([read_one(f) for f in edge_files]) if edge_files else None
-        ctx.manifest.stats["merge_rounds"] = rounds
-
-        t2 = time.perf_counter()
-        # the clusters table and the drop set
-        drop, cluster_stats, clusters = self._clusters(forest, edges, files, offsets, keys)
-        w = PartWriter(ctx.side_dir("clusters"), "part-00000")
-        w.write(clusters)
-        w.commit()
-        drop_dir = ctx.work_dir / "_drop"
-        _write_drop_tables(drop, drop_dir, offsets, counts)
-        t3 = time.perf_counter()
-        # pass 4: filter
-        results = ctx.map_shards(FilterDuplicatesJob(drop_dir, offsets), tasks)
+        pairs = ctx.run_pass("pairs", PairsJob(cfg.near.bucket_window, sig_files, verify_at, cc, parts),
+                             [ShardTask(pdir.name, pdir.glob("*.parquet")) for pdir in pdirs])
+        for side in ("_buckets", "_signatures"):
+            (ctx.work_dir / side).rmtree()
+        lap("pairs")
+        # passes 3..: connected components (large-star / small-star), labels joined to the
+        # components' partitions, then roots and kept twins per component, all on workers
+        labels, rounds = self._components(ctx, cc, part_tasks)
+        ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts), part_tasks)
+        lap("components")
+        min_sim = cfg.near.threshold - cfg.near.twin_margin
+        cluster_stats = _sum_cluster_stats(
+            ctx.run_pass("representatives", RepresentativesJob(cc, parts, offsets, min_sim), part_tasks))
+        lap("representatives")
+        # last pass: filter, and each input part's share of the clusters table
+        clusters_dir = ctx.side_dir("clusters")
+        results = ctx.map_shards(FilterDuplicatesJob(cc / "result", offsets, clusters_dir), tasks)
+        if not clusters_dir.glob("*.parquet"):  # no cluster at all: an empty table, so readers see its columns
+            write_one(RESULT_SCHEMA.empty_table().select(CLUSTER_COLUMNS), clusters_dir / "part-00000.parquet")
+        lap("filter")
         self._group_stats(ctx, results, cluster_stats)
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
-        ctx.manifest.stats["seconds"] = {"signatures": round(t1 - t0, 3), "components": round(t2 - t1, 3),
-                                         "clusters": round(t3 - t2, 3),
-                                         "filter": round(time.perf_counter() - t3, 3)}
+        ctx.manifest.stats["candidate_pairs"] = sum(r.get("candidates", 0) for r in pairs)
+        ctx.manifest.stats["verified_pairs"] = sum(r.get("verified", 0) for r in pairs)
+        ctx.manifest.stats["component_rounds"] = rounds
+        ctx.manifest.stats["seconds"] = seconds
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
-                                            "partitions": cfg.partitions, "keep": cfg.keep}
-        for side in ("_buckets", "_signatures", "_drop", "_pairs"):
-            (ctx.work_dir / side).rmtree()
+                                            "partitions": parts, "keep": self.config.keep}
+        cc.rmtree()
 
-    def _clusters(self, forest: pa.Table, edges: pa.Table | None, files: list[Location], offsets: dict[str, int],
-                  keys: list[str]) -> tuple[pa.Table, dict[str, Any], pa.Table]:
-        near = self.config.near
-        if edges is None:
-            edges = _EDGE_SCHEMA.empty_table().append_column("sim", pa.array([], pa.float64()))
-        reps = representatives(forest, edges, near.threshold - near.twin_margin)
-        nodes = forest.column("node").to_numpy()
-        roots = forest.column("root").to_numpy()
-        ids = forest.column("id")
-        kept = reps.column("kept").to_numpy(zero_copy_only=False)
-        reason = reps.column("reason").to_numpy(zero_copy_only=False)
-        has_exact = np.zeros(len(nodes), bool)
-        has_exact[np.searchsorted(nodes, reps.column("kept_node").to_numpy()[reason == "exact"])] = True
-        linked = np.where(kept, np.where(has_exact, "exact", "near"), reason)
-        drop = pa.table({"node": pa.array(nodes[~kept], pa.int64()),
-                         "reason": pa.array([f"{r}_duplicate" for r in reason[~kept].tolist()], pa.string())})
-        clusters = pa.table({
-            "id": ids, "cluster_id": ids.take(pa.array(np.searchsorted(nodes, roots))), "kept": reps.column("kept"),
-            "kept_id": ids.take(pa.array(np.searchsorted(nodes, reps.column("kept_node").to_numpy()))),
-            "linked_by": pa.array(linked.tolist(), pa.string()), "similarity": reps.column("similarity"),
-        })
-        clusters = clusters.sort_by([("cluster_id", "ascending"), ("id", "ascending")])
-        sizes = Counter(roots.tolist())
-        hist: Counter[str] = Counter()
-        for size in sizes.values():
-            hist[str(size) if size < 10 else ("10-99" if size < 100 else "100+")] += 1
-        stats = {"clusters": len(sizes), "documents_in_clusters": len(nodes),
-                 "kept_in_clusters": int(kept.sum()), "largest_cluster": max(sizes.values(), default=0),
-                 "removed_exact": int((reason == "exact").sum()), "removed_near": int((reason == "near").sum()),
-                 "cluster_size_histogram": dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))}
-        return drop, stats, clusters
+    @staticmethod
+    def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int]:
+        """Large-star and small-star passes until a large-star pass finds a forest of stars; the
+        folder of its (node -> component label) files and the number of rounds. Each round's inputs
+        are removed once the round is done (a resumed run skips done passes without reading them)."""
+        parts = len(part_tasks)
+        graph = cc / "graph0"
+        for rnd in range(1, MAX_STAR_ROUNDS + 1):
+            labels, half = cc / f"labels{rnd}", cc / f"graph{rnd}-half"
+            done = ctx.run_pass(f"large-star{rnd}", StarJob("large", graph, half, labels, parts), part_tasks)
+            if not sum(r["violations"] for r in done):
+                return labels, rnd
+            ctx.run_pass(f"small-star{rnd}", StarJob("small", half, cc / f"graph{rnd}", None, parts), part_tasks)
+            for folder in (graph, half, labels):
+                folder.rmtree()
+            graph = cc / f"graph{rnd}"
+        raise RuntimeError(f"connected components did not converge in {MAX_STAR_ROUNDS} large-star rounds")
 
     def _group_stats(self, ctx: StageContext, results: list[dict[str, Any]], cluster_stats: dict[str, Any]) -> None:
         """Removed per source and per language into the manifest, and warnings past the thresholds."""
@@ -194,6 +195,23 @@ class DedupStage(Stage[DedupConfig]):
                      for v, g in s.get(f"removed_by_{column}", {}).items()]
         rows += [("warning", w) for w in s.get("warnings", [])]
         return rows
+
+
+#: large-star rounds before the components passes give up (Kiveris et al.: O(log² n); a few in practice)
+MAX_STAR_ROUNDS = 64
+
+
+def _sum_cluster_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The representatives tasks' statistics summed (each task holds whole components)."""
+    total: dict[str, Any] = {"clusters": 0, "documents_in_clusters": 0, "kept_in_clusters": 0, "largest_cluster": 0,
+                             "removed_exact": 0, "removed_near": 0}
+    hist: Counter[str] = Counter()
+    for r in results:
+        for key in total:
+            total[key] = max(total[key], r[key]) if key == "largest_cluster" else total[key] + r[key]
+        hist.update(r["cluster_size_histogram"])
+    total["cluster_size_histogram"] = dict(sorted(hist.items(), key=lambda kv: _size_order(kv[0])))
+    return total
 
 
 def _size_order(label: str) -> int:

@@ -139,7 +139,7 @@ class LocalCluster:
                 sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
             except (OSError, ValueError, IndexError):
                 continue
-            if sid in sessions and cmd.startswith("ray::") and "Map" in cmd:
+            if sid in sessions and cmd.startswith("ray::") and ("Map" in cmd or "_run_task" in cmd):
                 pids.append(int(proc.name))
         return pids
 
@@ -215,7 +215,8 @@ def node_ids_of_tasks(dashboard: str) -> set[str]:
         from ray.util.state import list_tasks
         ts = list_tasks(address={dashboard!r}, filters=[("state", "=", "FINISHED")], limit=10000,
                         raise_on_missing_output=False)
-        print("NODES", " ".join(sorted({{t.node_id for t in ts if "MapBatches" in t.name and t.node_id}})))
+        shard_tasks = [t for t in ts if ("MapBatches" in t.name or "_run_task" in t.name) and t.node_id]
+        print("NODES", " ".join(sorted({{t.node_id for t in shard_tasks}})))
     """)
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
     for line in r.stdout.splitlines():

@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 from datasketch import MinHash
 
 from pipeline.parquet_io import read_table
-from stages.dedup.components import UnionFind, _forest, _forest_table, _merge_forests
+from stages.dedup.components import UnionFind
 from stages.dedup.config import NearConfig, ShingleConfig
 from stages.dedup.signatures import band_keys, lsh_params, minhash_signatures, permutations, shingle_hashes
 
@@ -192,39 +192,6 @@ def test_same_output_with_one_and_two_workers(run_spec, tmp_path, monkeypatch):
         out = run_dedup(run_spec, d)
         outs.append({p.relative_to(out / "dedup"): p.read_bytes() for p in sorted((out / "dedup").rglob("*.parquet"))})
     assert outs[0] == outs[1]
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_array_forests_match_union_find(seed):
-    """The numpy/scipy forests pick the same roots (smallest (k0, id) per cluster) as a union-find (the reference),
-    for one partition and after merging partitions that share documents."""
-    import pyarrow as pa
-
-    rng = random.Random(seed)
-    key = {n: (float(rng.choice([0.0, 1.0, 2.5])), f"doc-{rng.randrange(10**6):06d}") for n in range(400)}
-
-    def edges(n_edges: int) -> pa.Table:
-        pairs = [(rng.randrange(400), rng.randrange(400)) for _ in range(n_edges)]
-        return pa.table({"u": pa.array([a for a, _ in pairs], pa.int64()),
-                         "v": pa.array([b for _, b in pairs], pa.int64()),
-                         "ku0": [key[a][0] for a, _ in pairs], "kuid": [key[a][1] for a, _ in pairs],
-                         "kv0": [key[b][0] for _, b in pairs], "kvid": [key[b][1] for _, b in pairs]})
-
-    def reference(*tables: pa.Table) -> pa.Table:
-        uf = UnionFind()
-        for t in tables:
-            for a, b in zip(t["u"].to_pylist(), t["v"].to_pylist(), strict=True):
-                uf.add(a, key[a])
-                uf.add(b, key[b])
-                uf.union(a, b)
-        return _forest_table(uf)
-
-    e1, e2 = edges(150), edges(150)
-    f1, f2 = _forest(e1), _forest(e2)
-    assert f1.equals(reference(e1)) and f2.equals(reference(e2))
-    merged = _merge_forests(f1, f2)
-    assert merged.equals(reference(e1, e2))
-    assert len(set(merged["root"].to_pylist())) < merged.num_rows  # clusters were formed
 
 
 def _reference_word_shingles(text: str, n: int) -> np.ndarray:
