@@ -4,20 +4,25 @@ The corpus is the Debian corpus followed by ``scale - 1`` copies of it in which 
 carries small random word edits (seeded: each word is replaced with probability 0.02), so every
 copy is a near-duplicate of its original and the number of clustered documents grows with the
 scale. Each size runs ``ingest -> dedup`` in a child process (``pipeline run``) at a fixed shard
-size (so a fixed partition size) and reports, from the manifest and from /proc sampling:
+size and a fixed partition size (``partition_rows: 14000``: 8 partitions at 1x, 64 at 8x) and
+reports, from the manifest and from /proc sampling:
 
-* seconds per dedup phase (signatures, components, clusters, filter) and per document;
+* seconds per dedup phase (signatures, pairs, components, representatives, filter), per document,
+  and the number of large-star rounds;
 * peak driver memory (PSS of the ``pipeline`` process) and peak per-worker memory (the largest PSS
   of one Ray worker process without its object-store pages), during the dedup stage only;
 * documents in clusters and removed.
 
 Targets (issue 19): driver peak at 8x <= 1.2x its 1x figure, per-worker peak at 8x <= 1.3x.
+``--repeat 4`` runs the largest scale four times and checks that the outputs (kept documents and
+clusters table) are byte-identical.
 Run: ``python benchmarks/bench_dedup_scale.py --scales 1 2`` (8x takes a while on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import random
@@ -39,7 +44,7 @@ output: out
 inputs: {docs: {paths: [corpus.jsonl.zst]}}
 stages:
   - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}
-  - {name: dedup, type: dedup, inputs: [ingest]}
+  - {name: dedup, type: dedup, inputs: [ingest], partition_rows: 14000}
 """
 
 
@@ -82,12 +87,24 @@ class WorkerPeak(PeakMemory):
                 return
 
 
-def run_scale(scale: int, root: Path) -> dict[str, Any]:
+def output_digest(out: Path) -> str:
+    """sha256 over the dedup stage's Parquet files (kept documents and clusters table), in name order."""
+    h = hashlib.sha256()
+    for f in sorted((out / "dedup").rglob("*.parquet")):
+        h.update(str(f.relative_to(out)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_scale(scale: int, root: Path, run: int = 0) -> dict[str, Any]:
+    import shutil
     import subprocess
 
     d = root / f"x{scale}"
     d.mkdir(parents=True, exist_ok=True)
-    docs = build_corpus(scale, d / "corpus.jsonl.zst")
+    corpus = d / "corpus.jsonl.zst"
+    docs = build_corpus(scale, corpus) if not run else sum(1 for _ in _lines(corpus))
+    shutil.rmtree(d / "out", ignore_errors=True)
     (d / "spec.yaml").write_text(SPEC)
     env = {**__import__("os").environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     t0 = time.perf_counter()
@@ -108,7 +125,13 @@ def run_scale(scale: int, root: Path) -> dict[str, Any]:
     return {"scale": scale, "docs": docs, "dedup_s": m.get("wall_time_s"), **{f"{k}_s": v for k, v in
             st.get("seconds", {}).items()}, "us_per_doc": round(1e6 * m.get("wall_time_s", 0) / docs, 1),
             "in_clusters": st.get("documents_in_clusters"), "removed": sum(m["dropped"].values()),
-            "driver_peak_MB": round(driver), "worker_peak_MB": round(worker), "run_wall_s": round(wall, 1)}
+            "rounds": st.get("component_rounds"), "partitions": st.get("parameters", {}).get("partitions"),
+            "driver_peak_MB": round(driver), "worker_peak_MB": round(worker), "run_wall_s": round(wall, 1),
+            "digest": output_digest(d / "out")[:16]}
+
+
+def _lines(path: Path) -> list[bytes]:
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes())).read().splitlines()
 
 
 def main() -> None:
@@ -116,6 +139,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--repeat", type=int, default=1, help="runs of the largest scale (outputs must be identical)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_dedup_scale_") as tmp:
@@ -125,6 +149,14 @@ def main() -> None:
             rows[-1]["driver_ratio"] = round(rows[-1]["driver_peak_MB"] / max(1, base["driver_peak_MB"]), 2)
             rows[-1]["worker_ratio"] = round(rows[-1]["worker_peak_MB"] / max(1, base["worker_peak_MB"]), 2)
             print_table("dedup scale", rows[-1:])
+        largest = max(args.scales)
+        digests = [next(r["digest"] for r in rows if r["scale"] == largest)]
+        for k in range(1, args.repeat):
+            digests.append(run_scale(largest, Path(tmp), run=k)["digest"])
+            print(f"run {k + 1} of {largest}x: {digests[-1]}")
+        for r in rows:
+            if r["scale"] == largest:
+                r["identical_runs"] = f"{sum(d == digests[0] for d in digests)} of {len(digests)}"
     print_table("dedup at scale", rows)
     save("dedup_scale", rows, quick=args.scales != [1, 2, 4, 8])
 

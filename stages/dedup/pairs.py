@@ -1,6 +1,7 @@
 """Dedup's shuffle and pairs passes: band keys hash-partitioned into bucket files by the signature
-pass, then per partition the pairs inside each bucket (all pairs of small buckets, a window in keep
-order for big ones), verified on true Jaccard or the signature estimate."""
+pass (signatures and shingle sets shuffled by node for the verification passes), then per
+partition the pairs inside each bucket (all pairs of small buckets, a window in keep order for big
+ones)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_one, write_one
-from stages.dedup.cluster_passes import write_pairs_outputs
-from stages.dedup.components import _forest, keep_key
+from stages.dedup.cluster_passes import scatter, write_pairs_outputs
+from stages.dedup.components import _forest, keep_key, node_partition
 from stages.dedup.config import DedupConfig
 from stages.dedup.signatures import (
     _mix64,
@@ -92,8 +92,10 @@ class SignatureJob:
         for p, tables in writers.items():
             if tables:
                 write_one(pa.concat_tables(tables), _bucket_path(self.work, p, task.key))
-        if sig_rows:
-            write_one(pa.concat_tables(sig_rows), self.work / "_signatures" / f"{task.key}.parquet")
+        if sig_rows and cfg.near.verify:  # by node: a verification task reads its own nodes' rows only
+            table = pa.concat_tables(sig_rows)
+            scatter(table, node_partition(table.column("node").to_numpy(), parts), parts, self.work / "_signatures",
+                    task.key)
         return {"docs": n, "stats": {}}
 
 
@@ -152,87 +154,23 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
                      "kv0": k0.take(ja), "kvid": ids.take(ja)}, schema=_EDGE_SCHEMA)
 
 
-# (sorted node ids, one signature row per node, each node's distinct shingles or None)
-Signatures = tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]
-
-
-def _needed_signatures(sig_file: Location, *edge_tables: pa.Table) -> Signatures:
-    """Signatures (and shingle sets, if stored), from one signature file, of the documents that
-    some candidate edge touches."""
-    nodes = np.unique(np.concatenate([np.r_[e.column("u").to_numpy(), e.column("v").to_numpy()]
-                                      for e in edge_tables] or [np.zeros(0, np.int64)]))
-    t = read_one(sig_file)
-    nd = t.column("node").to_numpy()
-    mask = np.isin(nd, nodes)
-    flat = t.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nd), -1)
-    order = np.argsort(nd[mask], kind="stable")
-    shingles = None
-    if "shingles" in t.column_names:
-        picked = t.column("shingles").filter(pa.array(mask)).take(pa.array(order)).combine_chunks()
-        offs = picked.offsets.to_numpy()
-        values = picked.values.to_numpy()
-        shingles = [values[offs[k]:offs[k + 1]] for k in range(len(picked))]
-    return nd[mask][order], flat[mask][order], shingles
-
-
-def _merge_signatures(parts: tuple[Signatures, ...]) -> Signatures:
-    parts = tuple(p for p in parts if len(p[0]))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.uint64), None
-    nodes = np.concatenate([p[0] for p in parts])
-    order = np.argsort(nodes, kind="stable")
-    shingles = None
-    if all(p[2] is not None for p in parts):
-        every = [x for p in parts for x in (p[2] or [])]
-        shingles = [every[k] for k in order.tolist()]
-    return nodes[order], np.concatenate([p[1] for p in parts])[order], shingles
-
-
-def _verify(edges: pa.Table, sigs: Signatures, threshold: float) -> pa.Table:
-    """Keep exact edges and near edges whose Jaccard reaches the threshold: the true Jaccard of
-    the shingle sets when they were stored, else the signature estimate (vectorised: row gathers
-    and one comparison). An edge whose documents have no signature here (verification off)
-    counts as similarity 1.
-    """
-    if not edges.num_rows:
-        return edges.append_column("sim", pa.array([], pa.float64()))
-    u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
-    nodes, matrix, shingles = sigs
-    sims = np.ones(len(u))
-    if len(nodes):
-        iu = np.minimum(np.searchsorted(nodes, u), len(nodes) - 1)
-        iv = np.minimum(np.searchsorted(nodes, v), len(nodes) - 1)
-        near = (edges.column("kind").to_numpy(zero_copy_only=False) != "exact") & (nodes[iu] == u) & (nodes[iv] == v)
-        sel = np.flatnonzero(near)
-        if shingles is not None:
-            for k, a, b in zip(sel.tolist(), iu[sel].tolist(), iv[sel].tolist(), strict=True):
-                sa, sb = shingles[a], shingles[b]
-                inter = len(np.intersect1d(sa, sb, assume_unique=True))
-                union = len(sa) + len(sb) - inter
-                sims[k] = inter / union if union else 1.0
-        else:
-            sims[sel] = np.count_nonzero(matrix[iu[sel]] == matrix[iv[sel]], axis=1) / matrix.shape[1]
-    t = edges.append_column("sim", pa.array(sims))
-    keep = pc.or_(pc.equal(t["kind"], "exact"), pc.greater_equal(t["sim"], threshold))
-    return t.filter(keep)
-
-
 class PairsJob:
-    """Pass 2, one task per bucket partition: candidate pairs, verified, reduced to a local forest, and
-    written as the component passes' inputs (see :mod:`stages.dedup.cluster_passes`)."""
+    """Pass 2, one task per bucket partition: candidate pairs. With verification they go to the
+    verification passes, shuffled by their first document (:mod:`stages.dedup.verify`); without,
+    they are the verified pairs (similarity 1) and go straight to the component passes."""
 
-    def __init__(self, window: int, sig_files: list[Location], verify_at: float, cc: Location, parts: int):
-        self.window, self.sig_files, self.verify_at, self.cc, self.parts = window, sig_files, verify_at, cc, parts
+    def __init__(self, window: int, verify: bool, cc: Location, parts: int):
+        self.window, self.verify, self.cc, self.parts = window, verify, cc, parts
 
     def setup(self) -> None:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         edges = _edges_for_partition(task.payload, self.window)
-        # the signatures these pairs need, one signature file at a time (only rows that have a pair)
-        sigs = _merge_signatures(tuple(_needed_signatures(f, edges) for f in self.sig_files)) if edges.num_rows \
-            else _merge_signatures(())
-        verified = _verify(edges, sigs, self.verify_at)
-        del sigs
-        write_pairs_outputs(_forest(verified), verified, self.parts, self.cc, task.key)
-        return {"candidates": edges.num_rows, "verified": verified.num_rows}
+        if self.verify:
+            scatter(edges, node_partition(edges.column("u").to_numpy(), self.parts), self.parts, self.cc / "cand_u",
+                    task.key)
+        else:
+            verified = edges.append_column("sim", pa.array(np.ones(edges.num_rows)))
+            write_pairs_outputs(_forest(verified), verified, self.parts, self.cc, task.key)
+        return {"candidates": edges.num_rows}

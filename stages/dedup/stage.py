@@ -19,8 +19,9 @@ Execution, every step an engine pass (progress, resume markers, retries) writing
    true-Jaccard verification, each document's distinct shingle hashes); band keys are written
    hash-partitioned into ``P`` bucket files (a shuffle write);
 2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
-   a window in keep order for big ones; stars for exact buckets), verified on the true Jaccard of
-   the shingle sets or on the signature estimate, reduced to a forest (connected components);
+   a window in keep order for big ones; stars for exact buckets); *verification passes* (two
+   joins over node partitions, :mod:`stages.dedup.verify`): each pair verified on the true Jaccard
+   of the shingle sets or on the signature estimate, reduced to a local forest;
 3. *components passes* (one task per node partition): large-star and small-star rounds (Kiveris
    et al. 2014) over the local forests' edges, shuffled by node hash, until the graph is a forest
    of stars; then nodes and edges move to the partition of their component (see
@@ -64,6 +65,7 @@ from stages.dedup.filter import FilterDuplicatesJob
 from stages.dedup.pairs import PairsJob, SignatureJob
 from stages.dedup.report import report_part
 from stages.dedup.signatures import lsh_params
+from stages.dedup.verify import AttachFirstJob, VerifyJob
 
 
 @register_stage
@@ -96,13 +98,18 @@ class DedupStage(Stage[DedupConfig]):
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
         ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets), tasks)
         lap("signatures")
-        # pass 2: per bucket partition, candidate pairs verified on the signatures (or shingles) they
-        # need, reduced to a local forest and shuffled out as the component passes' inputs
-        sig_files = (ctx.work_dir / "_signatures").glob("*.parquet") if cfg.near.verify else []
-        verify_at = cfg.near.threshold - cfg.near.verify_margin if cfg.near.verify else 0.0
+        # pass 2: per bucket partition, candidate pairs; passes 3-4: verified on the signatures or
+        # shingle sets of both documents (two joins over node partitions), reduced to local forests
+        verify_on = cfg.near.enabled and cfg.near.verify
         pdirs = (ctx.work_dir / "_buckets").glob("p*")
-        pairs = ctx.run_pass("pairs", PairsJob(cfg.near.bucket_window, sig_files, verify_at, cc, parts),
+        pairs = ctx.run_pass("pairs", PairsJob(cfg.near.bucket_window, verify_on, cc, parts),
                              [ShardTask(pdir.name, pdir.glob("*.parquet")) for pdir in pdirs])
+        verified = []
+        if verify_on:
+            signatures = ctx.work_dir / "_signatures"
+            pairs = ctx.run_pass("verify-join", AttachFirstJob(cc, signatures, parts), part_tasks)
+            verify_at = cfg.near.threshold - cfg.near.verify_margin
+            verified = ctx.run_pass("verify", VerifyJob(cc, signatures, parts, verify_at), part_tasks)
         for side in ("_buckets", "_signatures"):
             (ctx.work_dir / side).rmtree()
         lap("pairs")
@@ -125,7 +132,8 @@ class DedupStage(Stage[DedupConfig]):
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         ctx.manifest.stats.update(cluster_stats)
         ctx.manifest.stats["candidate_pairs"] = sum(r.get("candidates", 0) for r in pairs)
-        ctx.manifest.stats["verified_pairs"] = sum(r.get("verified", 0) for r in pairs)
+        ctx.manifest.stats["verified_pairs"] = (sum(r.get("verified", 0) for r in verified) if verify_on
+                                                else ctx.manifest.stats["candidate_pairs"])
         ctx.manifest.stats["component_rounds"] = rounds
         ctx.manifest.stats["seconds"] = seconds
         ctx.manifest.stats["parameters"] = {"num_perm": cfg.near.num_perm, "bands": bands, "rows": rows,

@@ -278,7 +278,7 @@ def test_histogram_labels_in_size_order():
 def test_true_jaccard_verification_uses_the_shingle_sets():
     import pyarrow as pa
 
-    from stages.dedup.pairs import _verify
+    from stages.dedup.verify import verify as _verify
 
     a = np.arange(100, dtype=np.uint32)
     b = np.arange(30, 130, dtype=np.uint32)  # J = 70 / 130
