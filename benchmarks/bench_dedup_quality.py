@@ -15,6 +15,10 @@ Scores, per threshold t (default settings otherwise):
   its best-matching query result) has J >= t - 0.1 with them;
 * removed documents and the largest cluster.
 
+datatrove (0.10, its four-step MinHash pipeline with the same n-gram size, bands and rows, one
+task so that document indices are line numbers) keeps one document per cluster: a removed document's
+kept twin is the one kept member of its cluster.
+
 The datasketch loop is what a user writes: for each document in corpus order, ``MinHashLSH.query``
 then ``insert`` if nothing matched, same num_perm, bands and rows as the stage. tokenmill runs the
 real stage (``ingest -> dedup``) in a child process on the local Ray.
@@ -126,6 +130,59 @@ def run_datasketch(docs: list[dict[str, Any]], sets: list[set[str]], t: float,
     return cluster, kept
 
 
+DT_CLUSTERS = """
+import sys
+sys.path.insert(0, {root!r})
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.dedup import MinhashDedupSignature, MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.dedup.minhash import MinhashConfig
+from datatrove.utils.hashing import HashConfig
+from benchmarks.bench_datatrove import WhitespaceWords, patch_xxhash
+patch_xxhash()
+cfg = MinhashConfig(n_grams=5, num_buckets={bands}, hashes_per_bucket={rows}, hash_config=HashConfig(precision=64))
+if __name__ == "__main__":
+    LocalPipelineExecutor([JsonlReader("in"), MinhashDedupSignature(output_folder="sigs", config=cfg,
+                           language=WhitespaceWords())], tasks=1, logging_dir="logs/1").run()
+    LocalPipelineExecutor([MinhashDedupBuckets(input_folder="sigs", output_folder="buckets", config=cfg)],
+                          tasks=cfg.num_buckets, workers=2, logging_dir="logs/2").run()
+    LocalPipelineExecutor([MinhashDedupCluster(input_folder="buckets", output_folder="remove", config=cfg,
+                           save_cluster_id=True)], tasks=1, logging_dir="logs/3").run()
+"""
+
+
+def run_datatrove(docs: list[dict[str, Any]], t: float, tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """datatrove's clusters: (cluster label per clustered id, kept id per removed id)."""
+    import subprocess
+
+    from benchmarks.common import ROOT
+    from stages.dedup.config import NearConfig
+    from stages.dedup.signatures import lsh_params
+
+    bands, rows = lsh_params(NearConfig(threshold=t))
+    d = tmp / f"dt{t}"
+    (d / "in").mkdir(parents=True)
+    write_jsonl([{"id": x["id"], "text": x["text"]} for x in docs], d / "in" / "docs.jsonl")
+    (d / "run.py").write_text(DT_CLUSTERS.format(root=str(ROOT), bands=bands, rows=rows))
+    subprocess.run([sys.executable, "run.py"], cwd=d, check=True, capture_output=True)
+    removed = set(np.fromfile(d / "remove" / "000000.remove", "<u4").tolist()) \
+        if (d / "remove" / "000000.remove").exists() else set()
+    pairs = np.fromfile(d / "remove" / "000000.clusters", "<u4").reshape(-1, 2) \
+        if (d / "remove" / "000000.clusters").exists() else np.zeros((0, 2), np.uint32)
+    members: dict[int, list[int]] = {}
+    for doc, c in pairs.tolist():
+        members.setdefault(c, []).append(doc)
+    cluster: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for group in members.values():
+        (keeper,) = [x for x in group if x not in removed]  # datatrove keeps one document per cluster
+        for x in group:
+            cluster[docs[x]["id"]] = docs[keeper]["id"]
+            if x != keeper:
+                kept[docs[x]["id"]] = docs[keeper]["id"]
+    return cluster, kept
+
+
 def score(name: str, t: float, docs: list[dict[str, Any]], truth: Truth, cluster: dict[str, str],
           kept: dict[str, str]) -> dict[str, Any]:
     ids = [d["id"] for d in docs]
@@ -154,7 +211,8 @@ def run(quick: bool, thresholds: tuple[float, ...] = (0.7, 0.8)) -> list[dict[st
             cluster, kept, _ = run_tokenmill(docs, t, Path(tmp))
             rows.append(score("tokenmill", t, docs, truth, cluster, kept))
             rows.append(score("datasketch query-then-insert", t, docs, truth, *run_datasketch(docs, sets, t, truth)))
-            print_table("dedup quality", rows[-2:])
+            rows.append(score("datatrove", t, docs, truth, *run_datatrove(docs, t, Path(tmp))))
+            print_table("dedup quality", rows[-3:])
     return rows
 
 
