@@ -23,8 +23,8 @@ output: out
 inputs:
   docs: {{paths: [{docs}]}}
 stages:
-  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.05}}
-  - {{name: dedup, type: dedup, inputs: [ingest], partitions: 16}}
+  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.2}}
+  - {{name: dedup, type: dedup, inputs: [ingest], partitions: 8}}
 """
 
 
