@@ -1,21 +1,46 @@
-"""Byte-level BPE training with ``gigatoken.train_bpe`` where its merges are exactly HF's.
+"""Byte-level BPE training with ``gigatoken.train_bpe`` where its merges are exactly HF's, from pre-token counts.
 
 ``gigatoken.train_bpe`` pre-tokenizes with the GPT-2 pattern and breaks ties as HF's BPE trainer
 does, so for ``pretokenizer: gpt2`` (no normalizer, no SuperBPE, no ``max_token_length``) it yields
-the same merges in the same order (``tests/stages/tokenizer/test_tokenizer_fast.py`` checks it on real text) at a
-fraction of the CPU. It has no ``min_frequency``: HF stops when the best pair occurs fewer times, so
-the pair count of the last merge is recomputed from the pre-token counts (the best count never rises
-from one merge to the next, so if the last one reaches ``min_frequency`` every one did). Anything
-else trains with HF ``train_from_iterator``; the manifest says which trainer ran and why.
+the same merges in the same order (``tests/stages/tokenizer/test_tokenizer_fast.py`` checks it on real
+text) at a fraction of the CPU. Its pre-tokenizer is fixed (the binding calls the GPT-2 one for
+bytes, paths and file sources alike), so the ``llama3`` and ``digits`` patterns train with HF: feeding
+gigatoken their pre-tokens would not help, since GPT-2's pattern splits some of them again
+(``(Hello``, ``.com``, ``.\\n``, ``'S``) and BPE never merges across a split.
+
+Training from counts. BPE's merges depend only on the distinct pre-tokens and their counts, so the
+sample is first reduced to (pre-token, count) pairs (:func:`count_pretokens`; on Ray workers for large
+samples, :mod:`stages.tokenizer.counts`). gigatoken takes no counts, only text, so each pre-token is
+written ``count`` times to a scratch file, each copy followed by the NUL separator (a document
+boundary for gigatoken), and gigatoken memory-maps the file: a GPT-2 pre-token alone in a document
+pre-tokenizes to itself (the only context-dependent rule, ``\\s+(?!\\S)``, splits whitespace runs
+only before a non-space), so gigatoken counts exactly the same pre-tokens and learns the same merges
+(the tests check both the counts and the merges on real text). The file is as large as the sample,
+but it is file-backed memory (the page cache), not the process's: the process holds the distinct
+pre-tokens, as gigatoken and HF's trainer do.
+
+``min_frequency``: gigatoken has none; HF stops at the first best pair seen fewer times. The best
+count never rises from one merge to the next (old pairs only lose occurrences, a new pair occurs at
+most as often as the merge that made it), so the merges HF keeps are a prefix of gigatoken's: the
+count of merge k is recomputed, by encoding with merges[:k] only the pre-tokens that contain the
+merge's bytes, first for the last merge and, if that one is too rare, by bisection for the first one
+that is. This replaced re-encoding every distinct pre-token, which cost more than the training.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SEPARATOR = b"\x00"
+#: documents are handed to gigatoken's (parallel) pre-tokenizer in buffers of about this size
+COUNT_BATCH_BYTES = 64 << 20
 
 
 def fast_unsupported(cfg: Any) -> str | None:
@@ -33,7 +58,31 @@ def fast_unsupported(cfg: Any) -> str | None:
     return None
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def count_pretokens(docs: Iterable[bytes], counts: Counter[bytes] | None = None) -> Counter[bytes]:
+    """GPT-2 pre-tokens of UTF-8 documents (none may contain NUL) and their counts, added to ``counts``."""
+    from gigatoken.gigatoken_rs import pretokenized_counts
+
+    counts = Counter() if counts is None else counts
+    batch: list[bytes] = []
+    size = 0
+
+    def flush() -> None:
+        if batch:
+            for word, n in pretokenized_counts(SEPARATOR.join(batch), SEPARATOR):
+                counts[word] += n
+            batch.clear()
+
+    for d in docs:
+        batch.append(d)
+        size += len(d) + 1
+        if size >= COUNT_BATCH_BYTES:
+            flush()
+            size = 0
+    flush()
+    return counts
+
+
+def byte_to_unicode() -> dict[int, str]:
     """The GPT-2 byte-level alphabet (what ``pre_tokenizers.ByteLevel`` maps bytes to)."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = list(bs)
@@ -46,53 +95,93 @@ def _byte_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
-def _last_merge_count(data: bytes, merges: list[tuple[str, str]], vocab: dict[str, int]) -> int:
-    """How often the last merge's pair occurs once all earlier merges are applied."""
-    from gigatoken.gigatoken_rs import pretokenized_counts
-    from tokenizers import Tokenizer, models
-
-    b2u = _byte_to_unicode()
-    words = pretokenized_counts(data, SEPARATOR)
-    model = Tokenizer(models.BPE(vocab=vocab, merges=merges[:-1]))
-    a, b = vocab[merges[-1][0]], vocab[merges[-1][1]]
-    total = 0
-    texts = ["".join(b2u[c] for c in w) for w, _ in words]
-    for (_, count), enc in zip(words, model.encode_batch(texts, add_special_tokens=False), strict=True):
-        ids = np.asarray(enc.ids)
-        if len(ids) > 1:
-            total += count * int(np.count_nonzero((ids[:-1] == a) & (ids[1:] == b)))
-    return total
+def write_repeated(words: Sequence[bytes], counts: Sequence[int], path: Path) -> int:
+    """Write each word ``count`` times, each copy followed by the separator; returns the bytes written."""
+    n = 0
+    with open(path, "wb", buffering=1 << 20) as f:
+        for w, c in zip(words, counts, strict=True):
+            n += f.write((w + SEPARATOR) * int(c))
+    return n
 
 
-def train_fast(cfg: Any, tok: Any, docs: list[bytes], vocab_size: int) -> tuple[Any, str | None]:
-    """Train an untrained byte-level BPE ``tok`` (from ``build_tokenizer``) with gigatoken on the
-    UTF-8 documents; returns (trained tokenizer, None), or (None, why not) and HF must train."""
-    import json
+class _PairCounter:
+    """The count of merge k's pair once merges[:k] are applied, over the counted pre-tokens."""
 
+    def __init__(self, words: Sequence[bytes], counts: Sequence[int], merges: list[tuple[str, str]],
+                 merges_b: list[tuple[bytes, bytes]], vocab: dict[str, int]):
+        self.words, self.counts, self.merges, self.merges_b, self.vocab = words, counts, merges, merges_b, vocab
+        self.b2u = byte_to_unicode()
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, k: int) -> int:
+        if k in self.seen:
+            return self.seen[k]
+        from tokenizers import Tokenizer, models
+
+        left, right = self.merges_b[k]
+        joined = left + right  # the pair can only occur in a pre-token holding its bytes
+        idx = [i for i, w in enumerate(self.words) if joined in w]
+        model = Tokenizer(models.BPE(vocab=self.vocab, merges=self.merges[:k]))
+        a, b = self.vocab[self.merges[k][0]], self.vocab[self.merges[k][1]]
+        texts = ["".join(self.b2u[c] for c in self.words[i]) for i in idx]
+        total = 0
+        for i, enc in zip(idx, model.encode_batch(texts, add_special_tokens=False), strict=True):
+            ids = np.asarray(enc.ids)
+            if len(ids) > 1:
+                total += int(self.counts[i]) * int(np.count_nonzero((ids[:-1] == a) & (ids[1:] == b)))
+        self.seen[k] = total
+        return total
+
+
+def _kept_merges(count: _PairCounter, n: int, min_frequency: int) -> int:
+    """How many of the ``n`` merges HF keeps: the first whose count is below ``min_frequency`` (at least
+    1, as HF never merges an absent pair) ends them; counts never rise, so bisect."""
+    floor = max(min_frequency, 1)
+    if n == 0 or count(n - 1) >= floor:
+        return n
+    lo, hi = 0, n - 1  # merges[:lo] kept for sure; merge hi is below the floor
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) >= floor:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _vocab(specials: list[str], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """HF's trainer's ids: special tokens, the 256 byte symbols in code point order, then merge results."""
+    vocab: dict[str, int] = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(byte_to_unicode().values()):
+        vocab.setdefault(ch, len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return vocab
+
+
+def train_from_counts(cfg: Any, tok: Any, words: Sequence[bytes], counts: Sequence[int], vocab_size: int,
+                      ) -> tuple[Any, dict[str, Any]]:
+    """Train the untrained byte-level BPE ``tok`` (from ``build_tokenizer``) with gigatoken on counted
+    GPT-2 pre-tokens; returns the trained tokenizer and figures (merges, how many ``min_frequency`` cut)."""
     import gigatoken
     from tokenizers import Tokenizer
 
-    if not docs:
-        return None, "empty sample"
-    if any(SEPARATOR in d for d in docs):
-        return None, "a document contains NUL (gigatoken's document separator here)"
     specials = list(dict.fromkeys(cfg.special_tokens))
-    data = SEPARATOR.join(docs)
-    _, merges_b = gigatoken.train_bpe(data, vocab_size, specials, separator=SEPARATOR)
-    b2u = _byte_to_unicode()
-    vocab: dict[str, int] = {s: i for i, s in enumerate(specials)}
-    for ch in sorted(b2u.values()):
-        vocab.setdefault(ch, len(vocab))
-    merges = []
-    for left, right in merges_b:
-        a, b = "".join(b2u[c] for c in left), "".join(b2u[c] for c in right)
-        merges.append((a, b))
-        vocab.setdefault(a + b, len(vocab))
-    if merges and cfg.min_frequency > 1 and _last_merge_count(data, merges, vocab) < cfg.min_frequency:
-        return None, f"its last merges occur fewer than min_frequency={cfg.min_frequency} times"
+    b2u = byte_to_unicode()
+    with tempfile.TemporaryDirectory(prefix="tokenmill-bpe-") as d:
+        path = Path(d) / "pretokens.bin"
+        write_repeated(words, counts, path)
+        _, merges_b = gigatoken.train_bpe(str(path), vocab_size, specials, separator=SEPARATOR)
+    merges = [("".join(b2u[c] for c in left), "".join(b2u[c] for c in right)) for left, right in merges_b]
+    vocab = _vocab(specials, merges)
+    kept = _kept_merges(_PairCounter(words, counts, merges, merges_b, vocab), len(merges), cfg.min_frequency)
+    if kept < len(merges):
+        merges = merges[:kept]
+        vocab = _vocab(specials, merges)
     spec = json.loads(tok.to_str())
     spec["model"]["vocab"] = vocab
     spec["model"]["merges"] = [[a, b] for a, b in merges]
     trained = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
     trained.add_special_tokens(specials)  # as HF's trainer registers them (ids 0.. already in the vocab)
-    return trained, None
+    return trained, {"merges": len(merges), "merges_cut_by_min_frequency": len(merges_b) - kept,
+                     "distinct_pretokens": len(words)}

@@ -180,10 +180,10 @@ def calibrate(files: list[Location], sampler: HashSample, budget_bytes: float, m
     return out, {**figures, "sample_bytes": size}
 
 
-def iter_sample(files: list[Location], sample: HashSample, max_chars: int, heldout: bool = False,
-                ) -> Iterator[dict[str, Any]]:
-    """Stream the rows in (or, with ``heldout``, outside) the sample, in part order, text cut to
-    ``max_chars``. Rows are filtered in Arrow before they become Python objects."""
+def iter_sample_tables(files: list[Location], sample: HashSample, max_chars: int, heldout: bool = False,
+                       ) -> Iterator[pa.Table]:
+    """Stream the rows in (or, with ``heldout``, outside) the sample as Arrow tables, in part order,
+    text cut to ``max_chars``."""
     for f in files:
         for batch in read(f, ["id", "text", "lang"], 2048):
             m = sample.mask(row_keys(batch), batch.column("lang").to_pylist())
@@ -192,9 +192,15 @@ def iter_sample(files: list[Location], sample: HashSample, max_chars: int, heldo
             if not m.any():
                 continue
             t = batch.filter(pa.array(m))
-            t = t.set_column(t.schema.get_field_index("text"), "text",
-                             pc.utf8_slice_codeunits(t.column("text"), 0, max_chars))
-            yield from t.to_pylist()
+            yield t.set_column(t.schema.get_field_index("text"), "text",
+                               pc.utf8_slice_codeunits(t.column("text"), 0, max_chars))
+
+
+def iter_sample(files: list[Location], sample: HashSample, max_chars: int, heldout: bool = False,
+                ) -> Iterator[dict[str, Any]]:
+    """:func:`iter_sample_tables` as rows; rows are filtered in Arrow before they become Python objects."""
+    for t in iter_sample_tables(files, sample, max_chars, heldout):
+        yield from t.to_pylist()
 
 
 def heldout_docs(files: list[Location], sample: HashSample, n: int, max_chars: int) -> list[dict[str, Any]]:

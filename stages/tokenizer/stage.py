@@ -76,6 +76,9 @@ class TrainTokenizerConfig(StageConfig):
     )
     sample_mb: float = Field(default=256, gt=0, description="Training text budget (MB of UTF-8 text, as cut to "
                              "max_doc_chars), sampled by a salted hash; exceeded never, missed by under one document.")
+    parallel_count_mb: float = Field(
+        default=128, ge=0, description="Fast BPE trainer: count the sample's pre-tokens on Ray workers "
+        "(map per input part, reduce per hash partition) above this many MB of sample text.")
     max_doc_chars: int = Field(default=100_000, ge=100, description="Documents are cut to this for training.")
     parallel_text: Annotated[str | None, RefKind("artifact")] = Field(
         default=None, description="An input (kind: artifact) of parallel JSONL[.zst] text with lang, article, "
@@ -139,22 +142,44 @@ def build_tokenizer(cfg: TrainTokenizerConfig, vocab_size: int | None = None) ->
     return tok, trainer
 
 
+FAST_REASON = "byte-level BPE with the GPT-2 pattern: same merges as HF"
+NUL_REASON = "a document contains NUL (gigatoken's document separator)"
+
+
+def _hf_info(why: str) -> dict[str, Any]:
+    return {"trainer": "hf", "reason": f"gigatoken.train_bpe does not reproduce HF here: {why}"}
+
+
 def train(cfg: TrainTokenizerConfig, tok: Any, trainer: Any, texts: Iterator[str],
-          vocab_size: int) -> tuple[Any, dict[str, str]]:
-    """gigatoken's BPE trainer where its merges are exactly HF's (:mod:`stages.tokenizer.fast_trainer`),
-    else HF ``train_from_iterator``; returns the trained tokenizer and which trainer ran and why."""
-    from stages.tokenizer.fast_trainer import fast_unsupported, train_fast
+          vocab_size: int) -> tuple[Any, dict[str, Any]]:
+    """gigatoken's BPE trainer on the texts' pre-token counts where its merges are exactly HF's
+    (:mod:`stages.tokenizer.fast_trainer`), else HF ``train_from_iterator``; returns the trained
+    tokenizer and which trainer ran and why. The texts are consumed once, streaming."""
+    from stages.tokenizer.fast_trainer import SEPARATOR, count_pretokens, fast_unsupported, train_from_counts
 
     why = fast_unsupported(cfg)
-    if why is None:
-        docs = [t.encode("utf-8") for t in texts]
-        fast, why = train_fast(cfg, tok, docs, vocab_size)
-        if fast is not None:
-            return fast, {"trainer": "gigatoken", "reason": "byte-level BPE with the GPT-2 pattern: same merges as HF"}
-        tok.train_from_iterator((d.decode("utf-8") for d in docs), trainer=trainer)
-    else:
+    if why is not None:
         tok.train_from_iterator(texts, trainer=trainer)
-    return tok, {"trainer": "hf", "reason": f"gigatoken.train_bpe does not reproduce HF here: {why}"}
+        return tok, _hf_info(why)
+    held: list[str] = []  # only to retrain with HF if a NUL turns up (gigatoken's document separator)
+    nul = False
+
+    def docs() -> Iterator[bytes]:
+        nonlocal nul
+        for t in texts:
+            held.append(t)
+            b = t.encode("utf-8")
+            nul = nul or SEPARATOR in b
+            yield b
+
+    counts = count_pretokens(docs())
+    if nul:
+        tok.train_from_iterator(held, trainer=trainer)
+        return tok, _hf_info(NUL_REASON)
+    held.clear()
+    words = sorted(counts)
+    fast, figures = train_from_counts(cfg, tok, words, [counts[w] for w in words], vocab_size)
+    return fast, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "driver", **figures}
 
 
 @register_stage
@@ -191,7 +216,12 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
                 yield row["text"]
 
         t0 = time.perf_counter()
-        tok, trainer_info = train(cfg, tok, trainer, texts(), stage1_vocab or cfg.vocab_size)
+        trained, trainer_info = self._train_fast(ctx, files, sample, eligible["sample_bytes"], tok, counts,
+                                                 per_lang)
+        if trained is None:  # HF streams the sample (and fills the figures)
+            tok.train_from_iterator(texts(), trainer=trainer)
+        else:
+            tok = trained
         train_s = time.perf_counter() - t0
         if counts["documents"] == 0:
             raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
@@ -231,6 +261,38 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         ctx.manifest.rows_in = sum(ds.manifest.get("rows_out", 0) for ds in ctx.datasets)
         ctx.manifest.rows_out = ctx.manifest.rows_in
         ctx.manifest.bytes_in = total
+
+    def _train_fast(self, ctx: StageContext, files: list[Location], sample: HashSample, sample_bytes: int,
+                    tok: Any, counts: dict[str, int], per_lang: Counter[str]) -> tuple[Any, dict[str, Any]]:
+        """gigatoken from the sample's pre-token counts, counted on Ray workers when the sample is larger
+        than ``parallel_count_mb``; fills the sample figures. (None, info): HF must train, info says why."""
+        from stages.tokenizer.counts import count_sample, count_sample_on_ray, read_counts
+        from stages.tokenizer.fast_trainer import fast_unsupported, train_from_counts
+
+        cfg = self.config
+        why = fast_unsupported(cfg)
+        if why is not None:
+            return None, _hf_info(why)
+        if sample_bytes > cfg.parallel_count_mb * 1e6 and len(files) > 1:
+            parts, figures = count_sample_on_ray(ctx, files, sample, cfg.max_doc_chars, sample_bytes)
+            where = "ray"
+        else:
+            table, figures = count_sample(files, sample, cfg.max_doc_chars)
+            where = "driver"
+        if figures.has_nul:
+            return None, _hf_info(NUL_REASON)
+        counts["documents"], counts["bytes"] = figures.documents, figures.bytes
+        per_lang.update(figures.per_lang)
+        if figures.documents == 0:
+            raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
+        if where == "ray":
+            words, n = read_counts(parts)
+        else:
+            words = sorted(table)
+            n = [table[w] for w in words]
+            del table
+        trained, stats = train_from_counts(cfg, tok, words, n, cfg.vocab_size)
+        return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": where, **stats}
 
     def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location],
                          sample: HashSample) -> tuple[Any, dict[str, Any]]:
