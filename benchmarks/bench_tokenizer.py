@@ -59,7 +59,7 @@ def run_training(quick: bool, vocab: int = 32000, pretokenizer: str = "gpt2") ->
                      f" sample_mb: 100000, pretokenizer: {pretokenizer},{extra} report: {{heldout_docs: 0}}}}\n")
         (d / "spec.yaml").write_text(spec)
         run_cli(["run", "spec.yaml", "--quiet"], d)
-        for name in stages:
+        for name, extra in stages.items():
             m = manifest(d / "out", name)
             stage_tok = Tokenizer.from_file(str(d / "out" / name / "tokenizer.json"))
             merges = json.loads(stage_tok.to_str())["model"]["merges"]

@@ -5,9 +5,11 @@ that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training 
 deterministic sample of the input: the documents with the lowest hash of (stage name, role, id, seed) whose
 UTF-8 text fits the byte budget (:mod:`stages.tokenizer.sample`; the hash is salted, so the sample is
 independent of balance's and keeps the input's balanced language mix), whatever the block layout.
-The text streams from Parquet into ``train_from_iterator``: the trainer's memory is its word-count
-and pair tables (growing with distinct pre-tokens in the sample and with the vocabulary size), never
-the corpus.
+Byte-level BPE with the GPT-2 pattern trains with gigatoken from the sample's pre-token counts
+(:mod:`stages.tokenizer.fast_trainer`), counted on Ray workers (map per part, reduce per hash
+partition, :mod:`stages.tokenizer.counts`) when the sample exceeds ``parallel_count_mb``; anything else
+streams from Parquet into HF's ``train_from_iterator``. Either way the trainer's memory is its
+word-count and pair tables (growing with distinct pre-tokens in the sample), never the corpus.
 
 Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 ``PreTrainedTokenizerFast(tokenizer_file=...)``), ``tokenizer_config.json`` and ``special_tokens_map.json``
@@ -325,13 +327,21 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         s = manifest.get("stats", {})
         rows = [("model", f"{s.get('model')} ({s.get('vocab_size', 0):,} tokens)"),
                 ("trained on", f"{s.get('training_documents', 0):,} docs, {s.get('training_bytes', 0) / 1e6:.1f} MB "
-                               f"in {s.get('train_seconds', 0)} s")]
+                               f"in {s.get('train_seconds', 0)} s"),
+                ("trainer", _trainer_summary(s.get("trainer", {})))]
         sb = s.get("superbpe")
         if sb:
             rows.append(("superbpe", f"{sb['transition_vocab']:,} subwords + {sb['stage2_merges']:,} stage-2 merges "
                                      f"({sb['superwords']:,} superwords) on {sb['distinct_chunks']:,} chunks, "
                                      f"{sb.get('seconds', 0)} s"))
         return rows + summary_rows(s.get("report", {}))
+
+
+def _trainer_summary(info: dict[str, Any]) -> str:
+    if info.get("trainer") != "gigatoken":
+        return f"{info.get('trainer', 'hf')} ({info.get('reason', '')})"
+    return (f"gigatoken, {info.get('distinct_pretokens', 0):,} distinct pre-tokens counted on "
+            f"{info.get('counted_on')}, {info.get('merges', 0):,} merges")
 
 
 class ChunkCountJob:
