@@ -113,9 +113,9 @@ class StageContext:
         pass_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest."""
+        label = pass_name if pass_name is not None else _pass_name(job, tasks, self.config.type)
         if self.reporter:
-            self.reporter.stage_total(self.name, len(tasks), pass_name if pass_name is not None
-                                      else _pass_name(job, tasks, self.config.type))
+            self.reporter.stage_total(self.name, len(tasks), label)
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
@@ -140,6 +140,10 @@ class StageContext:
         if count_rows:
             for stats in results:
                 self.manifest.add_shard(stats)
+        peaks = [s["peak_rss_mb"] for s in results if isinstance(s.get("peak_rss_mb"), int | float)]
+        if peaks:  # the largest worker resident size of one shard, per pass: the memory model, measured
+            memory = self.manifest.stats.setdefault("peak_task_rss_mb", {})
+            memory[label or "main"] = max([*peaks, memory.get(label or "main", 0)])
         return results
 
     def run_pass(

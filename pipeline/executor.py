@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.layout import REJECTS_DIR
 from pipeline.locations import Location
 from pipeline.manifest import read_json
-from pipeline.memory import release_memory, release_memory_if_grown
+from pipeline.memory import peak_rss_mb, release_memory, release_memory_if_grown, reset_peak_rss
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter
 from pipeline.retries import RetryConfig
 
@@ -107,10 +107,13 @@ def _run_one(job: ShardJob, work_dir: Location, task: ShardTask) -> dict[str, An
     from pipeline.errors import TokenmillError
 
     out = ShardOutput(work_dir, task.key)
+    reset_peak_rss()
     try:
         stats = job.run(task, out)
         data_bytes, _ = out.commit()
         stats.setdefault("part_bytes", data_bytes)
+        # the worker's peak resident size during this shard: the manifest's memory per pass
+        stats.setdefault("peak_rss_mb", peak_rss_mb())
     except TokenmillError as exc:
         out.abort()
         return {"__error__": str(exc), "__user__": True}

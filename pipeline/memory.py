@@ -53,6 +53,24 @@ def release_memory_if_grown() -> None:
         _LAST_RSS = _rss()
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window for this process (Linux: ``clear_refs`` 5 resets ``VmHWM``)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident size (MB) since the last :func:`reset_peak_rss`; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def releasing(fn: F) -> F:
     """``fn`` that releases memory after it returns: for ``ray.remote`` helpers run in reused workers."""
 
