@@ -156,40 +156,42 @@ def unsafe_class(nfkc: bool) -> str:
                          for a, b in zip(lo.tolist(), hi.tolist(), strict=True)) + "]"
 
 
-def _normalised_words(texts: pa.Array, words: Words, nfkc: bool) -> tuple[pa.Array, np.ndarray]:
-    """The words of each text's normalised form (NFKC if asked, Python's ``str.lower``, whitespace
-    runs folded): pyarrow's lower-cased words, except words holding an :func:`unsafe_class`
-    character, which Python normalises (all at once, joined by newlines). Exact per word because
-    NFKC and ``str.lower`` never act across whitespace (a starter that composes with nothing, and
-    not cased). Returns (words, offsets per text)."""
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges [lo[i], hi[i])."""
+    return np.repeat(hi - np.cumsum(hi - lo), hi - lo) + np.arange(int((hi - lo).sum()))
+
+
+def normalised_texts(texts: pa.Array, words: Words, nfkc: bool) -> pa.Array:
+    """Each text's normalised form (NFKC if asked, Python's ``str.lower``, whitespace runs folded
+    to one space, stripped), equal to :func:`normalise_text`: pyarrow's lower-cased words joined by
+    spaces, except words holding an :func:`unsafe_class` character, which Python normalises (all at
+    once, joined by newlines). Exact word by word because NFKC and ``str.lower`` never act across
+    whitespace (a starter that composes with nothing, and not cased)."""
     cls = unsafe_class(nfkc)
-    docs = np.flatnonzero(pc.match_substring_regex(texts, cls).to_numpy(zero_copy_only=False))
     lower, offsets = words.lower, words.offsets
-    if not len(docs):
-        return lower, offsets
-    lo, hi = offsets[docs], offsets[docs + 1]
-    cand = np.repeat(hi - np.cumsum(hi - lo), hi - lo) + np.arange(int((hi - lo).sum()))
-    cand_words = words.raw.take(pa.array(cand))
-    non_ascii = ~pc.string_is_ascii(cand_words).to_numpy(zero_copy_only=False)
-    cand, cand_words = cand[non_ascii], cand_words.filter(pa.array(non_ascii))
-    hit = pc.match_substring_regex(cand_words, cls).to_numpy(zero_copy_only=False)
-    bad = cand[hit]
-    if not len(bad):
-        return lower, offsets
-    joined = "\n".join(cand_words.filter(pa.array(hit)).to_pylist())
-    if nfkc:
-        joined = unicodedata.normalize("NFKC", joined)
-    fixed = [" ".join(w.split()) for w in joined.lower().split("\n")]
-    empty = np.array([not w for w in fixed], bool)
-    keep = np.ones(len(lower), bool)
-    keep[bad[empty]] = False
-    idx = np.arange(len(lower))
-    idx[bad[~empty]] = len(lower) + np.arange(int((~empty).sum()))
-    values = pa.concat_arrays([lower, pa.array([w for w in fixed if w], pa.string())]).take(pa.array(idx[keep]))
-    if empty.any():  # a word that NFKC turned into whitespace only
-        owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        offsets = np.r_[0, np.cumsum(np.bincount(owner[keep], minlength=len(offsets) - 1))]
-    return values, offsets
+    docs = np.flatnonzero(pc.match_substring_regex(texts, cls).to_numpy(zero_copy_only=False))
+    if len(docs):
+        cand = _ranges(offsets[docs], offsets[docs + 1])  # the words of texts holding such a character
+        cand_words = words.raw.take(pa.array(cand))
+        non_ascii = ~pc.string_is_ascii(cand_words).to_numpy(zero_copy_only=False)
+        cand, cand_words = cand[non_ascii], cand_words.filter(pa.array(non_ascii))
+        hit = pc.match_substring_regex(cand_words, cls).to_numpy(zero_copy_only=False)
+        if hit.any():
+            text = "\n".join(cand_words.filter(pa.array(hit)).to_pylist())
+            if nfkc:
+                text = unicodedata.normalize("NFKC", text)
+            fixed = [" ".join(w.split()) for w in text.lower().split("\n")]
+            mask = np.zeros(len(lower), bool)
+            mask[cand[hit]] = True
+            lower = pc.replace_with_mask(lower, pa.array(mask), pa.array(fixed, pa.string()))
+            empty = [i for i, w in zip(cand[hit].tolist(), fixed, strict=True) if not w]
+            if empty:  # a word that NFKC turned into whitespace only
+                keep = np.ones(len(lower), bool)
+                keep[empty] = False
+                owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+                offsets = np.r_[0, np.cumsum(np.bincount(owner[keep], minlength=len(offsets) - 1))]
+                lower = lower.filter(pa.array(keep))
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), lower), " ")
 
 
 def _digests(strings: pa.Array, bits: int) -> np.ndarray:
@@ -213,14 +215,12 @@ def exact_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, cfg: ExactConfig
 
     With the default switches (NFKC or not, lower case, whitespace) the normalised texts are the
     batch's words (:func:`split_words`, reused from the shingler when given) lower-cased, fixed where
-    pyarrow and Python could differ (:func:`_normalised_words`) and joined by single spaces: the
+    pyarrow and Python could differ (:func:`normalised_texts`) and joined by single spaces: the
     same bytes as :func:`normalise_text`, about 10x faster than its per-document NFKC and regex.
     """
     arr = text_array(texts)
     if normalises_from_words(cfg.normalise):
-        values, offsets = _normalised_words(arr, words or split_words(arr), cfg.normalise.nfkc)
-        lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
-        return _digests(pc.binary_join(lists, " "), cfg.hash_bits)
+        return _digests(normalised_texts(arr, words or split_words(arr), cfg.normalise.nfkc), cfg.hash_bits)
     normalised = pa.array([normalise_text(t, cfg.normalise) for t in arr.to_pylist()], pa.string())
     return _digests(normalised, cfg.hash_bits)
 
