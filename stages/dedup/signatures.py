@@ -297,8 +297,9 @@ def _combine(units: np.ndarray, n: int) -> np.ndarray:
     count = len(units) - n + 1
     with np.errstate(over="ignore"):
         acc = units[:count].copy()
-        for k in range(1, n):
-            acc = acc * np.uint64(0x9E3779B97F4A7C15) + units[k:k + count]
+        for k in range(1, n):  # in place: no temporary array per step
+            np.multiply(acc, np.uint64(0x9E3779B97F4A7C15), out=acc)
+            np.add(acc, units[k:k + count], out=acc)
     return (_mix64(acc) >> np.uint64(32)).astype(np.uint32)
 
 
@@ -337,17 +338,19 @@ def batch_shingles(texts: list[str] | pa.Array | pa.ChunkedArray, shingle: Shing
     # pyarrow kernels; 4x faster than a Unicode-aware regex split, which RE2 needs: its \W is ASCII-only
     words = words or split_words(texts)
     docs = len(words.offsets) - 1
-    flat = pc.utf8_trim(words.lower, characters=_PUNCTUATION)
-    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
-    doc_of = np.repeat(np.arange(docs), np.diff(words.offsets))[keep]
-    kept = flat.filter(pa.array(keep))
     # one hash-table pass gives both the distinct words and each word's index (unique + index_in
-    # took two, about 30% of the shingling time)
-    encoded = pc.dictionary_encode(kept) if len(kept) else None
-    uniq = encoded.dictionary if encoded is not None else pa.array([], pa.string())
+    # took two, about 30% of the shingling time); punctuation is trimmed from the distinct words
+    # only, and each hashed once with xxh64 (words that trim to nothing are dropped)
+    if not len(words.lower):
+        return Csr(np.empty(0, np.uint32), np.zeros(docs + 1, np.int64))
+    encoded = pc.dictionary_encode(words.lower)
+    uniq = pc.utf8_trim(encoded.dictionary, characters=_PUNCTUATION)
     uhash = np.fromiter((xxhash.xxh64_intdigest(w) for w in uniq.cast(pa.binary()).to_pylist()),
                         dtype=np.uint64, count=len(uniq))
-    units = uhash[encoded.indices.to_numpy()] if encoded is not None else np.empty(0, np.uint64)
+    index = encoded.indices.to_numpy()
+    keep = (pc.binary_length(uniq).to_numpy() > 0)[index]
+    doc_of = np.repeat(np.arange(docs), np.diff(words.offsets))[keep]
+    units = uhash[index[keep]]
     counts = np.bincount(doc_of, minlength=docs)
     n = shingle.n
     grams, owner = np.empty(0, np.uint32), np.empty(0, np.int64)
