@@ -44,7 +44,8 @@ def signature_pass(docs: list[dict], tmp: Path) -> Callable[[], int]:
 
     src = tmp / "docs.parquet"
     pq.write_table(pa.table({"id": [str(d["id"]) for d in docs], "text": [d["text"] for d in docs]}), src)
-    job = SignatureJob(DedupConfig(type="dedup", name="dedup", inputs=["ingest"]), Location.of(tmp / "work"), {"k": 0})
+    cfg = DedupConfig(type="dedup", name="dedup", inputs=["ingest"], partitions=8)  # as the stage resolves "auto"
+    job = SignatureJob(cfg, Location.of(tmp / "work"), {"k": 0})
     return lambda: job.run(ShardTask("k", Location.of(src)), None)["docs"]
 
 
