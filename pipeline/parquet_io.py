@@ -111,11 +111,12 @@ def read_one(source: Source, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(loc.path, columns=columns, filesystem=loc.fs)
 
 
-def write_one(table: pa.Table, dest: Location | Path) -> None:
-    """Write a whole table as one Parquet file (same options as the parts)."""
+def write_one(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = True) -> None:
+    """Write a whole table as one Parquet file (same options as the parts). ``use_dictionary``: False
+    (or the columns that repeat) for columns of random hashes, where dictionary pages only cost time."""
     loc = Location.of(dest)
     loc.parent.mkdir()
-    pq.write_table(table, loc.path, filesystem=loc.fs)
+    pq.write_table(table, loc.path, filesystem=loc.fs, use_dictionary=use_dictionary)
 
 
 def read_table(paths: Sequence[Source], columns: list[str] | None = None) -> pa.Table:

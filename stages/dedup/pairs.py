@@ -9,26 +9,55 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_one, write_one
 from stages.dedup.cluster_passes import scatter, write_pairs_outputs
-from stages.dedup.components import _forest, keep_key, node_partition
+from stages.dedup.components import _forest, node_partition
 from stages.dedup.config import DedupConfig
 from stages.dedup.signatures import (
     _mix64,
     band_keys,
-    batch_shingle_hashes,
+    batch_shingles,
     exact_hashes,
     lsh_params,
     minhash_signatures,
+    normalises_from_words,
     permutations,
+    split_words,
+    text_array,
 )
 
 
 def _bucket_path(work: Location, part: int, shard: str) -> Location:
     return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
+
+
+def _keep_k0(keep: str, text: pa.Array, column: pa.ChunkedArray | None) -> np.ndarray:
+    """The first field of :func:`keep_key` for a whole batch (its second is the id), vectorised."""
+    if keep in ("longest", "shortest"):
+        length = pc.utf8_length(text).to_numpy().astype(np.float64)  # code points, as len(str)
+        return -length if keep == "longest" else length
+    if keep == "column" and column is not None:
+        values = pc.cast(column, pa.float64(), safe=False).fill_null(-np.inf)
+        return -np.asarray(values.to_numpy(), dtype=np.float64)
+    return np.zeros(len(text), np.float64)
+
+
+_KINDS = pa.array(["exact", "near"], pa.string())
+
+
+def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], node: np.ndarray, k0: np.ndarray,
+                 ids: pa.ChunkedArray, parts: int) -> pa.Table:
+    """One batch's bucket rows (key, kind, node, k0, id) and each row's partition, in keyset order
+    then document order: gathered with numpy and ``take`` instead of a table per key kind and partition."""
+    key = np.concatenate([k for k, _, _ in keyset])
+    idx = np.concatenate([i for _, i, _ in keyset])
+    kind = np.concatenate([np.full(len(i), c, np.int8) for _, i, c in keyset])
+    return pa.table({"key": key, "kind": _KINDS.take(pa.array(kind)), "node": node[idx], "k0": k0[idx],
+                     "id": ids.take(pa.array(idx)), "part": (key % np.uint64(parts)).astype(np.int64)})
 
 
 class SignatureJob:
@@ -46,56 +75,55 @@ class SignatureJob:
         self.setup()
         cfg, path = self.cfg, task.payload
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
-        parts = cfg.partitions
-        writers: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
         base = self.offsets[task.key]
+        buckets: list[pa.Table] = []
         sig_rows: list[pa.Table] = []
         n = 0
         cols = ["id", "text"] + ([cfg.keep_column] if cfg.keep_column else [])
+        # the batch's words once, for the exact hashes and the word shingles alike
+        split = (cfg.exact.enabled and normalises_from_words(cfg.exact.normalise)) or \
+            (cfg.near.enabled and cfg.near.shingle.kind == "word")
         for batch in iter_batches(path, 2048, columns=cols):
-            texts = batch.column("text").to_pylist()
-            ids = batch.column("id").to_pylist()
-            lengths = np.array([len(t) for t in texts], dtype=np.int64)
-            colv = batch.column(cfg.keep_column).to_pylist() if cfg.keep_column else [None] * len(texts)
-            node = np.arange(base + n, base + n + len(texts), dtype=np.int64)
-            n += len(texts)
-            keys = [keep_key(cfg.keep, int(ln), i, c) for ln, i, c in zip(lengths, ids, colv, strict=True)]
-            k0 = np.array([k[0] for k in keys], dtype=np.float64)
-            keyset: list[tuple[np.ndarray, np.ndarray, str]] = []
+            text = text_array(batch.column("text"))
+            ids = batch.column("id")
+            node = np.arange(base + n, base + n + len(text), dtype=np.int64)
+            n += len(text)
+            k0 = _keep_k0(cfg.keep, text, batch.column(cfg.keep_column) if cfg.keep_column else None)
+            words = split_words(text) if split else None
+            keyset: list[tuple[np.ndarray, np.ndarray, int]] = []  # (keys, their documents, kind)
             if cfg.exact.enabled:
-                eh = exact_hashes(texts, cfg.exact)
+                eh = exact_hashes(text, cfg.exact, words)
                 ek = eh if eh.ndim == 1 else _mix64(eh[:, 0] ^ _mix64(eh[:, 1]))
-                keyset.append((ek, np.arange(len(texts)), "exact"))
-            sig = None
+                keyset.append((ek, np.arange(len(text)), 0))
             if cfg.near.enabled:
                 assert self.perm is not None
-                shingles = batch_shingle_hashes(texts, cfg.near.shingle)
-                sig = minhash_signatures(shingles, *self.perm)
-                has = np.array([len(s) > 0 for s in shingles])
+                sets = batch_shingles(text, cfg.near.shingle, words).distinct()  # duplicates change no minimum
+                sig = minhash_signatures(sets, *self.perm)
+                idx = np.flatnonzero(np.diff(sets.offsets) > 0)
                 bk = band_keys(sig, bands, rows)
-                for band in range(bands):
-                    idx = np.flatnonzero(has)
-                    keyset.append((bk[idx, band], idx, "near"))
-                cols = {"node": node, "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()),
-                                                                               cfg.near.num_perm)}
+                keyset += [(bk[idx, band], idx, 1) for band in range(bands)]
+                table = {"node": node, "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()),
+                                                                                cfg.near.num_perm)}
                 if cfg.near.verify and cfg.near.jaccard:  # distinct shingles, for true-Jaccard verification
-                    cols["shingles"] = pa.array([np.unique(x) for x in shingles], pa.list_(pa.uint32()))
-                sig_rows.append(pa.table(cols))
-            for key, idx, kind in keyset:
-                part = (key % np.uint64(parts)).astype(np.int64)
-                for p in np.unique(part):
-                    sel = idx[part == p]
-                    writers[int(p)].append(pa.table({
-                        "key": key[part == p], "kind": pa.array([kind] * len(sel)),
-                        "node": node[sel], "k0": k0[sel], "id": pa.array([ids[i] for i in sel], pa.string()),
-                    }))
-        for p, tables in writers.items():
-            if tables:
-                write_one(pa.concat_tables(tables), _bucket_path(self.work, p, task.key))
+                    table["shingles"] = sets.to_arrow()
+                sig_rows.append(pa.table(table))
+            if keyset:
+                buckets.append(_bucket_rows(keyset, node, k0, ids, cfg.partitions))
+        if buckets:
+            # rows grouped by partition, in batch, key kind and document order within each
+            t = pa.concat_tables(buckets)
+            part = t.column("part").to_numpy()
+            order = np.argsort(part, kind="stable")
+            t = t.drop_columns(["part"]).take(pa.array(order))
+            bounds = np.searchsorted(part[order], np.arange(cfg.partitions + 1))
+            for p in range(cfg.partitions):
+                if bounds[p + 1] > bounds[p]:
+                    write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, task.key),
+                              use_dictionary=["kind", "id"])
         if sig_rows and cfg.near.verify:  # by node: a verification task reads its own nodes' rows only
             table = pa.concat_tables(sig_rows)
-            scatter(table, node_partition(table.column("node").to_numpy(), parts), parts, self.work / "_signatures",
-                    task.key)
+            scatter(table, node_partition(table.column("node").to_numpy(), cfg.partitions), cfg.partitions,
+                    self.work / "_signatures", task.key)
         return {"docs": n, "stats": {}}
 
 
