@@ -5,12 +5,17 @@ with the Rust thread pool on (all cores) -- the reference rate --, and ``gigatok
 .encode_batch`` with its thread pool (all cores). The stage row runs ``pipeline run`` with the encode
 stage's defaults (``engine: auto``, one actor per core, the sampled HF parity check on): it reads
 Parquet, encodes and writes Parquet, and its rate counts all of that (wall time from its
-manifest). Ids are compared with HF's on every document (gigatoken's raw output and the stage's
-Parquet output), not a sample; a difference fails the benchmark. Ratios are tokens/s over the raw
-HF rate; ``vs fast`` is over the raw gigatoken rate (the stage's own overhead). The 1-minute load
-average is printed beside each row: on a shared host rows under different loads are not comparable.
+manifest: Ray Data and actor start included). A second stage row runs the same stage as one actor
+whose engines use their thread pools (``rust_threads: true``, ``TOKENMILL_MAX_WORKERS=1``), the
+alternative to one single-threaded actor per core. Ids are compared with HF's on every document
+(gigatoken's raw output and each stage run's Parquet output), not a sample; a difference fails the
+benchmark. ``stage/HF`` and ``stage/fast`` are MB/s over the raw HF and raw gigatoken rates (the
+latter shows the stage's own overhead). A second table is the stage's own profile from its manifest
+(``stats.seconds``): driver-side start, the span in which shards ran, and seconds per phase summed
+over workers. The 1-minute load average is printed beside each row: on a shared host rows under
+different loads are not comparable.
 
-    python benchmarks/bench_encode.py [--quick | --docs N]
+    python benchmarks/bench_encode.py [--quick | --docs N] [--no-threads-variant]
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ inputs:
   tok: {kind: artifact, path: tokenizer.json}
 stages:
   - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}
-  - {name: encode, type: encode, inputs: [ingest], tokenizer: tok}
+  - {name: encode, type: encode, inputs: [ingest], tokenizer: tok%s}
 """
+
+
+#: the stage runs' profiles of the last :func:`run` (printed and saved beside the rows)
+PROFILES: dict[str, dict] = {}
 
 
 def _row(what: str, docs: int, mb: float, n_tok: int, secs: float, peak: float) -> dict:
@@ -50,9 +59,39 @@ def _row(what: str, docs: int, mb: float, n_tok: int, secs: float, peak: float) 
             "MB/s": mb / secs, "peak MB": peak, "load avg": os.getloadavg()[0]}
 
 
-def run(limit: int | None) -> list[dict]:
-    import gigatoken
+def _check_stage_ids(out: Path, docs: list[dict], hf_ids: list[list[int]]) -> int:
+    """Every document of the stage's output equals HF's ids (plus the EOS); the number checked."""
     import pyarrow.parquet as pq
+
+    by_id = {doc["id"]: ids for doc, ids in zip(docs, hf_ids, strict=True)}
+    checked = 0
+    for part in sorted((out / "encode" / "data").glob("*.parquet")):
+        t = pq.read_table(part, columns=["id", "input_ids"])
+        for doc_id, ids in zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True):
+            assert ids[:-1] == by_id[doc_id], f"stage ids differ from HF on {doc_id}"  # last id: EOS
+            checked += 1
+    assert checked == len(docs), (checked, len(docs))
+    return checked
+
+
+def profile_rows(profiles: dict[str, dict]) -> list[dict]:
+    """One row per stage run: the manifest's ``stats.seconds`` flattened (driver, span, per phase)."""
+    rows = []
+    for what, sec in profiles.items():
+        row: dict = {"stage run": what}
+        row |= {k: v for k, v in sec.items() if k not in ("worker", "worker_first_shard")}
+        row["worker starts (s)"] = ", ".join(f"{t:.2f}" for t in sec.get("worker_first_shard", []))
+        row |= {f"Σ {k}": v for k, v in sec.get("worker", {}).items()}
+        rows.append(row)
+    return rows
+
+
+def run(limit: int | bool | None, threads_variant: bool = True) -> list[dict]:
+    """The rows; ``limit``: first N documents, or run_all's quick flag (True: 5,000, False: all)."""
+    if isinstance(limit, bool):
+        limit = 5000 if limit else None
+    PROFILES.clear()
+    import gigatoken
     from tokenizers import Tokenizer
 
     from stages.tokenizer.stage import TrainTokenizerConfig, build_tokenizer
@@ -93,35 +132,43 @@ def run(limit: int | None) -> list[dict]:
         fast_ids.clear()
         del fast_lists
         write_jsonl(docs, d / "docs.jsonl")
-        (d / "spec.yaml").write_text(SPEC)
-        os.environ.pop("TOKENMILL_MAX_WORKERS", None)
-        _, peak = run_cli(["run", "spec.yaml", "--quiet"], d)
-        m = manifest(d / "out", "encode")
-        secs, n_stage = m["wall_time_s"], m["stats"]["tokens"]
-        eng = m["stats"]["engine"]["engine"]
-        rows.append(_row(f"encode stage, defaults (engine {eng}, parity {m['stats']['parity_checked']} docs)",
-                         len(texts), mb, n_stage, secs, peak))
-        by_id = {doc["id"]: ids for doc, ids in zip(docs, hf_ids, strict=True)}
-        checked = 0
-        for part in sorted((d / "out" / "encode" / "data").glob("*.parquet")):
-            t = pq.read_table(part, columns=["id", "input_ids"])
-            for doc_id, ids in zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist(), strict=True):
-                assert ids[:-1] == by_id[doc_id], f"stage ids differ from HF on {doc_id}"  # last id: EOS
-                checked += 1
-        assert checked == len(docs), (checked, len(docs))
-    hf_rate, fast_rate = rows[0]["tokens/s"], rows[1]["tokens/s"]
+        (d / "spec.yaml").write_text(SPEC % "")
+        (d / "spec-threads.yaml").write_text(SPEC % ", rust_threads: true")
+        variants = [("spec.yaml", "encode stage, defaults", {})]
+        if threads_variant:
+            variants.append(("spec-threads.yaml", "encode stage, 1 actor, engine threads",
+                             {"TOKENMILL_MAX_WORKERS": "1"}))
+        for spec, label, env in variants:
+            os.environ.pop("TOKENMILL_MAX_WORKERS", None)
+            os.environ.update(env)
+            try:
+                _, peak = run_cli(["run", spec, "--quiet"], d)  # ingest runs once, encode per variant
+            finally:
+                os.environ.pop("TOKENMILL_MAX_WORKERS", None)
+            m = manifest(d / "out", "encode")
+            secs, n_stage = m["wall_time_s"], m["stats"]["tokens"]
+            eng = m["stats"]["engine"]["engine"]
+            rows.append(_row(f"{label} (engine {eng}, parity {m['stats']['parity_checked']} docs)",
+                             len(texts), mb, n_stage, secs, peak))
+            _check_stage_ids(d / "out", docs, hf_ids)
+            PROFILES[label] = m["stats"].get("seconds", {})
+    hf_rate, fast_rate = rows[0]["MB/s"], rows[1]["MB/s"]
     for r in rows:
-        r["vs HF"] = r["tokens/s"] / hf_rate
-        r["vs fast"] = r["tokens/s"] / fast_rate
+        r["stage/HF"] = r["MB/s"] / hf_rate
+        r["stage/fast"] = r["MB/s"] / fast_rate
         r["ids = HF"] = f"{len(docs):,}/{len(docs):,} docs"
+    save("encode_profile", profile_rows(PROFILES), quick=limit is not None)
     return rows
+
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="first 5k documents")
     p.add_argument("--docs", type=int, default=None, help="first N documents (default: the whole corpus)")
+    p.add_argument("--no-threads-variant", action="store_true", help="skip the 1-actor, engine-threads stage run")
     a = p.parse_args()
-    out = run(5000 if a.quick else a.docs)
-    print_table("encode stage vs HF encode_batch vs gigatoken (vs HF / vs fast: tokens/s ratios)", out)
+    out = run(5000 if a.quick else a.docs, threads_variant=not a.no_threads_variant)
+    print_table("encode stage vs HF encode_batch vs gigatoken (stage/HF, stage/fast: MB/s ratios)", out)
+    print_table("encode stage profile (manifest stats.seconds; Σ = summed over workers)", profile_rows(PROFILES))
     save("encode", out, quick=a.quick or a.docs is not None)

@@ -48,15 +48,19 @@ class PartWriter:
     Locally it is written under a hidden temp name and renamed by ``commit``; on an object store
     the upload completes on ``commit`` (an object is never visible half-written).
     Nothing is written when no row ever arrives and ``write_empty`` is false, so optional outputs
-    (rejects) leave no empty files behind.
+    (rejects) leave no empty files behind. ``options`` override :data:`WRITE_OPTIONS` for this file
+    (per-column ``use_dictionary`` / ``write_statistics`` lists: a stage that writes large columns
+    nobody filters on can skip work that costs more than compressing them); settable until the
+    first write.
     """
 
     def __init__(self, directory: Location | Path, name: str, schema: pa.Schema | None = None,
-                 write_empty: bool = True):
+                 write_empty: bool = True, options: dict | None = None):
         self.final = Location.of(directory) / f"{name}.parquet"
         self.tmp = self.final if not self.final.is_local else self.final.parent / f".{name}.parquet.tmp"
         self.schema = schema
         self.write_empty = write_empty
+        self.options = {**WRITE_OPTIONS, **(options or {})}
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
 
@@ -67,7 +71,7 @@ class PartWriter:
             table = table.cast(self.schema)
         if self._writer is None:
             self.final.parent.mkdir()
-            self._writer = pq.ParquetWriter(self.tmp.path, self.schema, filesystem=self.tmp.fs, **WRITE_OPTIONS)
+            self._writer = pq.ParquetWriter(self.tmp.path, self.schema, filesystem=self.tmp.fs, **self.options)
         if table.num_rows:
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows

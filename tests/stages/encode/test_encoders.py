@@ -86,18 +86,73 @@ def test_every_tokenizer_kind_encodes_as_hf_with_the_engine_recorded(kind, token
         assert "parity_checked" not in res.stats  # HF is the reference: nothing to check
 
 
-def test_parity_sample_is_deterministic_and_meets_both_minimums(tokenizers, docs):
-    stage = _stage(tokenizers[("bpe", "llama3")], parity={"rate": 0.05, "min_docs": 16})
-    ids = [d["id"] for d in docs]
-    stage.begin_shard()
-    rows = stage.parity_sample(ids)
-    stage.begin_shard()
-    assert rows == stage.parity_sample(ids)
-    assert len(rows) >= max(16, int(0.05 * len(ids)) // 2)
-    stage.begin_shard()  # a shard of 20 documents in two batches: 16 checked in all
-    assert len(stage.parity_sample(ids[:10])) == 10
-    assert 6 <= len(stage.parity_sample(ids[10:20])) <= 10
-    assert stage.shard_checked >= 16
+def test_parity_sample_is_exact_deterministic_and_the_smallest_hashes(docs):
+    import math
+
+    import xxhash
+
+    from stages.encode.stage import ALL, PARITY_SALT, ParityConfig, parity_sample
+
+    ids = pa.array([d["id"] for d in docs])
+    p = ParityConfig(rate=0.05, min_docs=16)
+    chosen = parity_sample(ids, p)
+    assert len(chosen) == math.ceil(0.05 * len(ids)) == 30  # exactly the rate, not a binomial count
+    assert chosen.equals(parity_sample(ids, p))
+    assert sorted(parity_sample(ids[::-1], p).to_pylist()) == sorted(chosen.to_pylist())  # order-free
+    h = {d: xxhash.xxh64_intdigest(PARITY_SALT + d.encode()) for d in ids.to_pylist()}
+    picked = set(chosen.to_pylist())
+    assert max(h[d] for d in picked) < min(h[d] for d in h if d not in picked)  # unbiased: by hash alone
+    assert len(parity_sample(ids[:100], p)) == 16  # min_docs on a small shard
+    assert parity_sample(ids[:16], p) is ALL
+    assert parity_sample(ids, ParityConfig(rate=1.0)) is ALL
+
+
+@pytest.mark.parametrize("batch_rows", [37, 8192])
+def test_the_shard_job_checks_the_same_documents_whatever_the_batch_size(batch_rows, tokenizers, docs, tmp_path):
+    """Through the stage's shard job: the parity sample is drawn from the whole shard, its size is
+    max(ceil(rate x n), min_docs), and the stage's profile (seconds per phase) is in the stats."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    from pipeline.executor import ShardOutput, ShardTask
+    from stages.encode.stage import EncodeJob
+
+    path = tokenizers[("bpe", "llama3")]
+    cfg = EncodeConfig(name="encode", type="encode", tokenizer="tok", batch_rows=batch_rows,
+                       parity={"rate": 0.05, "min_docs": 16})
+    tok = Tokenizer.from_file(str(path))
+    job = EncodeJob(EncodeStage, cfg, {"path": str(path), "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+                                       "bos_id": None, "eos_id": tok.token_to_id("<|endoftext|>")})
+    src = tmp_path / "part-0.parquet"
+    pq.write_table(_batch(docs[:400]), src)
+    out = ShardOutput(tmp_path / "work", "0")
+    result = job.run(ShardTask("0", src), out)
+    out.commit()
+    assert result["stats"]["parity_checked"] == 20 and result["stats"]["parity_mismatches"] == 0
+    seconds = result["stats"]["seconds"]
+    assert {"encode", "parity", "frame", "read_write", "worker_setup"} <= set(seconds)
+    assert seconds["encode"] > 0 and seconds["worker_setup"] > 0
+    assert len(result["stats"]["shard_spans"]) == 1
+    written = pq.read_table(tmp_path / "work" / "data" / "part-0.parquet")
+    eos = tok.token_to_id("<|endoftext|>")
+    hf = tok.encode_batch([d["text"] for d in docs[:400]], add_special_tokens=False)
+    assert written.column("input_ids").to_pylist() == [[*e.ids, eos] for e in hf]
+    meta = pq.ParquetFile(tmp_path / "work" / "data" / "part-0.parquet").metadata.row_group(0)
+    cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in cols["input_ids.list.element"].encodings
+    assert not cols["text"].is_stats_set and cols["id"].is_stats_set  # no min/max of whole documents
+
+
+def test_a_batch_mixing_long_and_short_documents_encodes_as_hf(tokenizers, docs):
+    """Only the documents above the piece size go piece by piece; the rest stay on Arrow buffers."""
+    encoder = load_encoder(tokenizers[("bpe", "llama3")].read_text(encoding="utf-8"), piece_bytes=4000)
+    texts = [d["text"] for d in docs[:60]]
+    texts[7] = "\n".join(texts[:30])  # one long document in the middle, ~ tens of pieces
+    flat, offsets = encoder.encode_column(pa.array(texts))
+    assert encoder.stats["split_documents"] >= 1
+    hf = encoder.reference.encode_batch(texts, add_special_tokens=False)
+    got = [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))]
+    assert got == [e.ids for e in hf]
 
 
 def _perturbed(path: Path) -> str:
