@@ -10,7 +10,9 @@ reports, from the manifest and from /proc sampling:
 * seconds per dedup phase (signatures, pairs, components, representatives, filter), per document,
   and the number of large-star rounds;
 * peak driver memory (PSS of the ``pipeline`` process) and peak per-worker memory (the largest PSS
-  of one Ray worker process without its object-store pages), during the dedup stage only;
+  of one Ray worker process without its object-store pages), during the dedup stage only (from its
+  manifest's ``started_at`` for its wall time), and the largest peak RSS of one shard as the
+  manifest records it per pass (``task_peak_rss_MB``, shared libraries included);
 * documents in clusters and removed.
 
 Targets (issue 19): driver peak at 8x <= 1.2x its 1x figure, per-worker peak at 8x <= 1.3x.
@@ -22,6 +24,7 @@ Run: ``python benchmarks/bench_dedup_scale.py --scales 1 2`` (8x takes a while o
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import io
 import json
@@ -41,22 +44,26 @@ from benchmarks.common import DEBIAN, PeakMemory, is_ray_worker, print_table, pr
 EDIT_RATE = 0.02
 SPEC = """name: scale
 output: out
-inputs: {docs: {paths: [corpus.jsonl.zst]}}
+inputs: {docs: {paths: [corpus/*.jsonl.zst]}}
 stages:
   - {name: ingest, type: ingest, inputs: [docs], shard_mb: 8}
   - {name: dedup, type: dedup, inputs: [ingest], partition_rows: 14000}
 """
 
 
-def build_corpus(scale: int, path: Path, seed: int = 19) -> int:
-    """The Debian corpus and ``scale - 1`` edited copies (ids suffixed ``~copyK``); returns the count."""
+def build_corpus(scale: int, folder: Path, seed: int = 19) -> int:
+    """The Debian corpus and ``scale - 1`` edited copies (ids suffixed ``~copyK``), one file per copy
+    (as a crawl arrives in many files: a compressed file is cut into at most 16 shards, so one file
+    per copy keeps the shard size, hence every per-part task's memory, the same at every scale);
+    returns the count."""
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(DEBIAN.read_bytes())).read()
     lines = raw.splitlines()
     rng = random.Random(seed)
-    out = io.BytesIO()
+    folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as w:
-        for k in range(scale):
+    for k in range(scale):
+        out = io.BytesIO()
+        with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as w:
             for line in lines:
                 d = orjson.loads(line)
                 if k:
@@ -65,7 +72,7 @@ def build_corpus(scale: int, path: Path, seed: int = 19) -> int:
                     d["id"] = f"{d['id']}~copy{k}"
                 w.write(orjson.dumps(d) + b"\n")
                 n += 1
-    path.write_bytes(out.getvalue())
+        (folder / f"copy-{k:03d}.jsonl.zst").write_bytes(out.getvalue())
     return n
 
 
@@ -102,8 +109,8 @@ def run_scale(scale: int, root: Path, run: int = 0) -> dict[str, Any]:
 
     d = root / f"x{scale}"
     d.mkdir(parents=True, exist_ok=True)
-    corpus = d / "corpus.jsonl.zst"
-    docs = build_corpus(scale, corpus) if not run else sum(1 for _ in _lines(corpus))
+    corpus = d / "corpus"
+    docs = build_corpus(scale, corpus) if not run else sum(len(_lines(f)) for f in corpus.glob("*.jsonl.zst"))
     shutil.rmtree(d / "out", ignore_errors=True)
     (d / "spec.yaml").write_text(SPEC)
     env = {**__import__("os").environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -116,17 +123,18 @@ def run_scale(scale: int, root: Path, run: int = 0) -> dict[str, Any]:
     if proc.returncode:
         raise RuntimeError(err.decode(errors="replace")[-3000:])
     m = json.loads((d / "out" / "dedup" / "manifest.json").read_text())
-    # the dedup stage's window: its manifest's wall time, counted back from the run's end
-    end = max(s[0] for s in mem.samples)
-    start = end - m.get("wall_time_s", wall)
-    driver = max((s[2] for s in mem.samples if s[0] >= start), default=0.0)
-    worker = max((w for t, w in mem.per_worker if t >= start), default=0.0)
+    # the dedup stage's window: from its manifest's start, for its wall time (not the report after it)
+    start = datetime.datetime.fromisoformat(m["started_at"].replace("Z", "+00:00")).timestamp()
+    end = start + 1 + m.get("wall_time_s", wall)
+    driver = max((s[2] for s in mem.samples if start <= s[0] <= end), default=0.0)
+    worker = max((w for t, w in mem.per_worker if start <= t <= end), default=0.0)
     st = m["stats"]
     return {"scale": scale, "docs": docs, "dedup_s": m.get("wall_time_s"), **{f"{k}_s": v for k, v in
             st.get("seconds", {}).items()}, "us_per_doc": round(1e6 * m.get("wall_time_s", 0) / docs, 1),
             "in_clusters": st.get("documents_in_clusters"), "removed": sum(m["dropped"].values()),
             "rounds": st.get("component_rounds"), "partitions": st.get("parameters", {}).get("partitions"),
-            "driver_peak_MB": round(driver), "worker_peak_MB": round(worker), "run_wall_s": round(wall, 1),
+            "driver_peak_MB": round(driver), "worker_peak_MB": round(worker),
+            "task_peak_rss_MB": round(max(st.get("peak_task_rss_mb", {0: 0}).values())), "run_wall_s": round(wall, 1),
             "digest": output_digest(d / "out")[:16]}
 
 
@@ -148,6 +156,7 @@ def main() -> None:
             base = rows[0]
             rows[-1]["driver_ratio"] = round(rows[-1]["driver_peak_MB"] / max(1, base["driver_peak_MB"]), 2)
             rows[-1]["worker_ratio"] = round(rows[-1]["worker_peak_MB"] / max(1, base["worker_peak_MB"]), 2)
+            rows[-1]["task_ratio"] = round(rows[-1]["task_peak_rss_MB"] / max(1, base["task_peak_rss_MB"]), 2)
             print_table("dedup scale", rows[-1:])
         largest = max(args.scales)
         digests = [next(r["digest"] for r in rows if r["scale"] == largest)]
