@@ -50,10 +50,17 @@ def partition_folder(folder: Location, part: int) -> Location:
     return folder / f"to{part:04d}"
 
 
+def read_folder(folder: Location) -> pa.Table | None:
+    """Every Parquet file of a folder written by several tasks, in name order (a stable row order);
+    None when no task wrote one."""
+    files = sorted(folder.glob("*.parquet"), key=lambda f: f.name)
+    return pa.concat_tables([read_one(f) for f in files]) if files else None
+
+
 def read_partition(folder: Location, part: int, schema: pa.Schema) -> pa.Table:
-    """Every file written to one partition of a shuffled table (sorted names: a stable row order)."""
-    files = sorted(partition_folder(folder, part).glob("*.parquet"), key=lambda f: f.name)
-    return pa.concat_tables([read_one(f) for f in files]) if files else schema.empty_table()
+    """Every file written to one partition of a shuffled table (``schema``'s empty table if none)."""
+    table = read_folder(partition_folder(folder, part))
+    return table if table is not None else schema.empty_table()
 
 
 def scatter(table: pa.Table, by: np.ndarray, parts: int, folder: Location, writer: str) -> None:

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_one, read_schema, write_one
-from stages.dedup.cluster_passes import CLUSTER_COLUMNS, RESULT_SCHEMA
+from pipeline.parquet_io import iter_batches, read_schema, write_one
+from stages.dedup.cluster_passes import CLUSTER_COLUMNS, RESULT_SCHEMA, read_folder
 
 
 class FilterDuplicatesJob:
@@ -37,8 +37,8 @@ class FilterDuplicatesJob:
         base = self.offsets[task.key]
         schema = read_schema(path)
         out.data.schema = schema
-        files = sorted((self.result_dir / task.key).glob("*.parquet"), key=lambda f: f.name)
-        rows = pa.concat_tables([read_one(f) for f in files]) if files else RESULT_SCHEMA.empty_table()
+        rows = read_folder(self.result_dir / task.key)
+        rows = rows if rows is not None else RESULT_SCHEMA.empty_table()
         if rows.num_rows:
             order = [("cluster_id", "ascending"), ("id", "ascending"), ("node", "ascending")]
             write_one(rows.sort_by(order).select(CLUSTER_COLUMNS), self.clusters_dir / f"part-{task.key}.parquet")

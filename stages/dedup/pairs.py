@@ -127,7 +127,7 @@ class SignatureJob:
         return {"docs": n, "stats": {}}
 
 
-_EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),
+CANDIDATE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),
                           ("kuid", pa.string()), ("kv0", pa.float64()), ("kvid", pa.string())])
 
 
@@ -143,7 +143,7 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
     """
     tables = [read_one(f) for f in files]
     if not tables:
-        return _EDGE_SCHEMA.empty_table()
+        return CANDIDATE_SCHEMA.empty_table()
     t = pa.concat_tables(tables)
     t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending")])
     key = t.column("key").to_numpy()
@@ -154,7 +154,7 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
     size = np.bincount(group)[group]
     rows = np.flatnonzero(size > 1)  # singleton buckets (almost all) pair with nothing
     if not len(rows):
-        return _EDGE_SCHEMA.empty_table()
+        return CANDIDATE_SCHEMA.empty_table()
     head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))
     pairs = [np.c_[head[rows], rows]]  # stars from each bucket's best member
     near_rows = rows[kind[rows] == "near"]
@@ -167,19 +167,27 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
     ij = np.concatenate(pairs)
     ij = ij[node[ij[:, 0]] != node[ij[:, 1]]]
     if not len(ij):
-        return _EDGE_SCHEMA.empty_table()
+        return CANDIDATE_SCHEMA.empty_table()
     i, j = ij[:, 0], ij[:, 1]
     swap = node[i] > node[j]
     i, j = np.where(swap, j, i), np.where(swap, i, j)
-    is_near = (kind[i] == "near").astype(np.int64)
-    order = np.lexsort((is_near, node[j], node[i]))  # per pair, the exact row first
-    i, j = i[order], j[order]
-    first = np.r_[True, (node[i][1:] != node[i][:-1]) | (node[j][1:] != node[j][:-1])]
-    i, j = i[first], j[first]
     k0, ids = t.column("k0"), t.column("id")
     ia, ja = pa.array(i), pa.array(j)
-    return pa.table({"u": node[i], "v": node[j], "kind": kind[i], "ku0": k0.take(ia), "kuid": ids.take(ia),
-                     "kv0": k0.take(ja), "kvid": ids.take(ja)}, schema=_EDGE_SCHEMA)
+    return unique_candidates(pa.table({"u": node[i], "v": node[j], "kind": kind[i], "ku0": k0.take(ia),
+                                       "kuid": ids.take(ia), "kv0": k0.take(ja), "kvid": ids.take(ja)},
+                                      schema=CANDIDATE_SCHEMA))
+
+
+def unique_candidates(edges: pa.Table) -> pa.Table:
+    """Each (u, v) pair once; where one partition found it exact and another near, the exact row."""
+    if not edges.num_rows:
+        return edges
+    u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
+    is_near = (edges.column("kind").to_numpy(zero_copy_only=False) != "exact").astype(np.int64)
+    order = np.lexsort((is_near, v, u))
+    u, v = u[order], v[order]
+    first = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])]
+    return edges.take(pa.array(order[first]))
 
 
 class PairsJob:

@@ -26,27 +26,12 @@ import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import read_one
-from stages.dedup.cluster_passes import partition_folder, read_partition, scatter, write_pairs_outputs
+from stages.dedup.cluster_passes import partition_folder, read_folder, read_partition, scatter, write_pairs_outputs
 from stages.dedup.components import _forest, node_partition
-
-_CANDIDATE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),
-                               ("kuid", pa.string()), ("kv0", pa.float64()), ("kvid", pa.string())])
+from stages.dedup.pairs import CANDIDATE_SCHEMA, unique_candidates
 
 # (sorted node ids, one signature row per node, each node's distinct shingles or None)
 Signatures = tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]
-
-
-def unique_candidates(edges: pa.Table) -> pa.Table:
-    """Each (u, v) pair once; where one partition found it exact and another near, the exact row."""
-    if not edges.num_rows:
-        return edges
-    u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
-    is_near = (edges.column("kind").to_numpy(zero_copy_only=False) != "exact").astype(np.int64)
-    order = np.lexsort((is_near, v, u))
-    u, v = u[order], v[order]
-    first = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])]
-    return edges.take(pa.array(order[first]))
 
 
 def signatures_of(table: pa.Table, nodes: np.ndarray) -> Signatures:
@@ -109,11 +94,6 @@ def verify(edges: pa.Table, sigs: Signatures, threshold: float) -> pa.Table:
     return t.filter(keep)
 
 
-def _signature_rows(folder: Location, part: int) -> pa.Table | None:
-    files = sorted(partition_folder(folder, part).glob("*.parquet"), key=lambda f: f.name)
-    return pa.concat_tables([read_one(f) for f in files]) if files else None
-
-
 class AttachFirstJob:
     """Verification, first join (one task per node partition of ``u``)."""
 
@@ -125,12 +105,12 @@ class AttachFirstJob:
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         part = int(task.payload)
-        edges = unique_candidates(read_partition(self.cc / "cand_u", part, _CANDIDATE_SCHEMA))
+        edges = unique_candidates(read_partition(self.cc / "cand_u", part, CANDIDATE_SCHEMA))
         target = node_partition(edges.column("v").to_numpy(), self.parts)
         scatter(edges, target, self.parts, self.cc / "cand_v", task.key)
         near = edges.column("kind").to_numpy(zero_copy_only=False) != "exact"
         u = edges.column("u").to_numpy()[near]
-        sig_rows = _signature_rows(self.signatures, part) if len(u) else None
+        sig_rows = read_folder(partition_folder(self.signatures, part)) if len(u) else None
         if sig_rows is not None:
             # each (u, target partition) once: a partition receives a document's row once
             pairs = np.unique(np.c_[u, target[near]], axis=0)
@@ -154,14 +134,14 @@ class VerifyJob:
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         part = int(task.payload)
-        edges = read_partition(self.cc / "cand_v", part, _CANDIDATE_SCHEMA)
+        edges = read_partition(self.cc / "cand_v", part, CANDIDATE_SCHEMA)
         near = edges.column("kind").to_numpy(zero_copy_only=False) != "exact"
         sigs = merge_signatures(())
         if near.any():
             u, v = edges.column("u").to_numpy()[near], edges.column("v").to_numpy()[near]
-            firsts = _signature_rows(self.cc / "sig_u", part)
+            firsts = read_folder(partition_folder(self.cc / "sig_u", part))
             a = signatures_of(firsts, np.unique(u)) if firsts is not None else merge_signatures(())
-            own = _signature_rows(self.signatures, part)
+            own = read_folder(partition_folder(self.signatures, part))
             b = signatures_of(own, np.setdiff1d(np.unique(v), a[0])) if own is not None else merge_signatures(())
             del firsts, own  # a document can be both a u and a v here: its row is taken once
             sigs = merge_signatures((a, b))
