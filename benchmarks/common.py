@@ -201,7 +201,8 @@ def save(name: str, rows: list[dict[str, Any]], quick: bool | None = None) -> No
     RESULTS.mkdir(parents=True, exist_ok=True)
     if quick is None:
         quick = "--quick" in sys.argv
-    doc = {"measured": {**machine(), "quick": quick}, "rows": rows}
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    doc = {"measured": {**machine(), "quick": quick, "command": command}, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
 
 

@@ -31,7 +31,8 @@ def render(name: str) -> str:
     if not measured:
         return table + "\n"
     quick = " --quick" if measured.get("quick") else ""
-    return (f"{table}\n\n<sub>Measured {measured['date']} by `python benchmarks/run_all.py{quick}` on "
+    command = measured.get("command") or f"python benchmarks/run_all.py{quick}"  # older files: run_all
+    return (f"{table}\n\n<sub>Measured {measured['date']} by `{command}` on "
             f"{measured['cores']} cores, {measured['memory_GiB']:g} GiB (1-min load average "
             f"{measured['load_avg_1m']:g} at the end).</sub>\n")
 
