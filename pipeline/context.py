@@ -107,6 +107,7 @@ class StageContext:
         tasks: Sequence[ShardTask],
         *,
         use_actors: bool = False,
+        reuse_setup: bool = False,
         worker_cpus: float = 1.0,
         max_workers: int | None = None,
         count_rows: bool = True,
@@ -125,7 +126,7 @@ class StageContext:
 
         try:
             results = run_shards(
-                job, tasks, self.work_dir, use_actors=use_actors, worker_cpus=worker_cpus,
+                job, tasks, self.work_dir, use_actors=use_actors, reuse_setup=reuse_setup, worker_cpus=worker_cpus,
                 max_workers=max_workers, on_result=on_result, retries=self.config.retries,
             )
         except WorkerError as exc:
@@ -186,8 +187,8 @@ class StageContext:
             key = path.stem.removeprefix("part-")
             tasks.append(ShardTask(f"{ds.name}-{key}" if multi else key, path))
         job = getattr(stage, "job_class", MapStageJob)(type(stage), stage.config, state)
-        results = self.map_shards(job, tasks, use_actors=stage.use_actors, worker_cpus=stage.worker_cpus,
-                                  pass_name="")
+        results = self.map_shards(job, tasks, use_actors=stage.use_actors, reuse_setup=stage.reuse_setup,
+                                  worker_cpus=stage.worker_cpus, pass_name="")
         merged: dict[str, Any] = {}
         for stats in results:
             merge_stats(merged, stats.get("stats", {}))

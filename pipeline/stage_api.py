@@ -191,6 +191,9 @@ class MapStage(Stage[C]):
 
     #: use an actor pool (state loaded once per actor) instead of stateless tasks
     use_actors: ClassVar[bool] = False
+    #: plain tasks whose worker processes keep the set-up stage for the pass's later shards: ``setup``
+    #: once per worker like an actor pool, without its process start (preferred over ``use_actors``)
+    reuse_setup: ClassVar[bool] = False
     #: rows per Arrow batch read from the input parts
     batch_rows: ClassVar[int] = 4096
     #: CPUs one worker occupies

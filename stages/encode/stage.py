@@ -1,9 +1,11 @@
 """Encode: any ``tokenizer.json`` over Arrow batches, ids stored in the smallest dtype that fits.
 
-The tokenizer is loaded once per Ray actor (``setup``), then ``encode_batch`` runs per Arrow
-batch. With as many actors as cores, Rust-side threads are switched off (``TOKENIZERS_PARALLELISM``
-false in the workers): on 2 cores, 2 single-threaded actors beat 1 actor with 2 threads once
-Parquet reading and writing are counted (``benchmarks/bench_encode.py``).
+The tokenizer is loaded once per Ray worker process (``setup``; the stage's shards run as plain
+tasks whose workers keep the set-up stage, ``reuse_setup``: no actor start), then ``encode_batch``
+runs per Arrow batch. With as many workers as cores, Rust-side threads are switched off
+(``TOKENIZERS_PARALLELISM`` false during the stage's shards): on 2 cores, 2 single-threaded workers
+beat 1 worker with 2 threads once Parquet reading and writing are counted
+(``benchmarks/bench_encode.py``).
 
 Engine (``engine``, :mod:`stages.encode.engines`): ``auto`` runs gigatoken when it supports the
 ``tokenizer.json`` (10-17x HF on byte-level BPE), HF ``tokenizers`` otherwise; the manifest and
@@ -84,8 +86,8 @@ class EncodeConfig(StageConfig):
         default=1 << 30, ge=1, description="Documents above this UTF-8 size are rejected (reason doc_too_large).")
     rust_threads: bool = Field(
         default=False,
-        description="Let each actor use the tokenizers Rust thread pool (only useful with fewer actors than "
-                    "cores, e.g. TOKENMILL_MAX_WORKERS=1); off by default so actors and threads do not "
+        description="Let each worker use the tokenizers Rust thread pool (only useful with fewer workers than "
+                    "cores, e.g. TOKENMILL_MAX_WORKERS=1); off by default so workers and threads do not "
                     "oversubscribe the cores.",
     )
 
@@ -226,6 +228,10 @@ class EncodeJob(MapStageJob):
         # the shard's ids (a small column) first: the parity sample is drawn from the whole shard
         ids = read_one(path, columns=["id"]).column("id").combine_chunks() if "id" in schema.names else None
         stage.begin_shard(ids=ids)
+        # tokenizers reads this on every encode_batch call; the worker process outlives the shard
+        # (later shards and stages run in it), so the setting is the shard's and is put back after it
+        threads_before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if stage.config.rust_threads else "false"
         try:
             result = self._run(task, out, schema)
         except ParityFallback as fb:
@@ -242,6 +248,10 @@ class EncodeJob(MapStageJob):
             s["parity_mismatch_examples"] = [f"shard {task.key}: {fb.detail}"[:600]]
         finally:
             stage.begin_shard()
+            if threads_before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = threads_before
         ended = time.time()
         seconds = result["stats"].setdefault("seconds", {})
         setup_s, stage.setup_s = getattr(stage, "setup_s", 0.0), 0.0  # counted on the worker's first shard
@@ -258,10 +268,10 @@ class EncodeJob(MapStageJob):
 
 @register_stage
 class EncodeStage(MapStage[EncodeConfig]):
-    """Tokenize documents with a tokenizer.json (actor pool, tokenizer loaded once per actor)."""
+    """Tokenize documents with a tokenizer.json (tokenizer loaded once per worker process)."""
 
     config_model = EncodeConfig
-    use_actors: ClassVar[bool] = True
+    reuse_setup: ClassVar[bool] = True  # the tokenizer loads once per worker process
     job_class: ClassVar[type[MapStageJob]] = EncodeJob
     batch_rows: ClassVar[int] = 8192
     worker_cpus: ClassVar[float] = 1.0
@@ -297,16 +307,14 @@ class EncodeStage(MapStage[EncodeConfig]):
     def setup(self, state: dict[str, Any]) -> None:
         started = time.perf_counter()
         self.state = state
-        # tokenizers reads this on every encode_batch call; Ray workers default to "false" (WORKER_ENV)
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if self.config.rust_threads else "false"
         cfg = self.config
-        self.encoder = load_encoder(Location.of(state["path"]).read_text(), cfg.engine,  # once per actor
+        self.encoder = load_encoder(Location.of(state["path"]).read_text(), cfg.engine,  # once per worker process
                                     threads=cfg.rust_threads, piece_bytes=cfg.piece_bytes)
         self.tokenizer = self.encoder.reference
         self.dtype = ids_type(state["vocab_size"])
         self.begin_shard()
         self.batch_rows = self.config.batch_rows  # the runner streams parts in batches of this many rows
-        self.setup_s = time.perf_counter() - started  # once per actor; EncodeJob reports it with its first shard
+        self.setup_s = time.perf_counter() - started  # once per worker; EncodeJob reports it with its first shard
 
     def begin_shard(self, force_hf: bool = False, ids: pa.Array | None = None) -> None:
         """Called by :class:`EncodeJob` before each shard with the ids of all its documents: the
@@ -420,7 +428,7 @@ class EncodeStage(MapStage[EncodeConfig]):
 
     def profile(self, worker: dict[str, float], spans: list[list[float]]) -> dict[str, Any]:
         """Where the stage's wall time went: on the driver (``prepare``; ``to_first_shard``: Ray Data
-        start, actor start and set-up until a worker began its first shard; ``after_last_shard``),
+        start and set-up until a worker began its first shard; ``after_last_shard``),
         the span in which shards ran, and CPU-side seconds summed over workers per phase (``encode``
         is the engine itself; ``read_write`` the Parquet read, write and the engine's per-shard
         bookkeeping). Span figures come from the workers' clocks: on one host exact, on a cluster
