@@ -290,9 +290,9 @@ def _wait_committed(out: Path, stage: str, n: int, proc: subprocess.Popen, timeo
     raise AssertionError("timed out waiting for committed shards")
 
 
-@pytest.mark.parametrize("stage", ["ingest", "encode"], ids=["task-worker", "tokenizer-actor"])
+@pytest.mark.parametrize("stage", ["ingest", "encode"], ids=["task-worker", "tokenizer-worker"])
 def test_fault_worker_killed_mid_stage(cluster, corpus, reference, tmp_path, stage):
-    """Ingest runs Ray tasks (retried); encode runs actors that hold the tokenizer (restarted, reloaded)."""
+    """Ingest runs Ray tasks (retried); encode's workers keep the tokenizer (retried, reloaded)."""
     spec = write_spec(tmp_path, corpus, shard_mb=0.5)
     proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
