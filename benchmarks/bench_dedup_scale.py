@@ -13,7 +13,10 @@ reports, from the manifest and from /proc sampling:
   of one Ray worker process without its object-store pages), during the dedup stage only (from its
   manifest's ``started_at`` for its wall time), and the largest peak RSS of one shard as the
   manifest records it per pass (``task_peak_rss_MB``, shared libraries included);
-* documents in clusters and removed.
+* documents in clusters and removed, candidate pairs, and time per unit of each pass's own work:
+  signatures per document, pairs per candidate pair, components per clustered document (the copies
+  make the clustered share rise from about 5 % at 1x to about 77 % at 8x, so the passes that work on
+  duplicates grow faster than the document count while their cost per unit of work stays flat).
 
 Targets (issue 19): driver peak at 8x <= 1.2x its 1x figure, per-worker peak at 8x <= 1.3x.
 ``--repeat 4`` runs the largest scale four times and checks that the outputs (kept documents and
@@ -132,6 +135,15 @@ def run_scale(scale: int, root: Path, run: int = 0) -> dict[str, Any]:
     return {"scale": scale, "docs": docs, "dedup_s": m.get("wall_time_s"), **{f"{k}_s": v for k, v in
             st.get("seconds", {}).items()}, "us_per_doc": round(1e6 * m.get("wall_time_s", 0) / docs, 1),
             "in_clusters": st.get("documents_in_clusters"), "removed": sum(m["dropped"].values()),
+            # the pair and cluster passes grow with the duplicates, not the documents: their time per
+            # unit of their own work is what must stay flat as the clustered share rises with the copies
+            "clustered_share": round(st.get("documents_in_clusters", 0) / docs, 3),
+            "candidate_pairs": st.get("candidate_pairs"),
+            "pairs_us_per_candidate": round(1e6 * st.get("seconds", {}).get("pairs", 0)
+                                            / max(1, st.get("candidate_pairs") or 0), 2),
+            "components_us_per_clustered": round(1e6 * st.get("seconds", {}).get("components", 0)
+                                                 / max(1, st.get("documents_in_clusters") or 0), 2),
+            "signatures_us_per_doc": round(1e6 * st.get("seconds", {}).get("signatures", 0) / docs, 2),
             "rounds": st.get("component_rounds"), "partitions": st.get("parameters", {}).get("partitions"),
             "driver_peak_MB": round(driver), "worker_peak_MB": round(worker),
             "task_peak_rss_MB": round(max(st.get("peak_task_rss_mb", {0: 0}).values())), "run_wall_s": round(wall, 1),
