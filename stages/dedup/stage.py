@@ -62,6 +62,7 @@ from stages.dedup.cluster_passes import (
 )
 from stages.dedup.config import DedupConfig
 from stages.dedup.filter import FilterDuplicatesJob
+from stages.dedup.giant import giant_labels, resolve_giants
 from stages.dedup.pairs import PairsJob, SignatureJob
 from stages.dedup.report import report_part
 from stages.dedup.signatures import lsh_params
@@ -116,11 +117,16 @@ class DedupStage(Stage[DedupConfig]):
         # passes 3..: connected components (large-star / small-star), labels joined to the
         # components' partitions, then roots and kept twins per component, all on workers
         labels, rounds = self._components(ctx, cc, part_tasks)
-        ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts), part_tasks)
+        # components above giant_component_docs members are set aside by the join and resolved by
+        # the giant passes (bounded memory per task); the others in one task each (fast)
+        giant = giant_labels(ctx, cc, labels, part_tasks, cfg.giant_component_docs)
+        ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts, np.array(sorted(giant), np.int64)), part_tasks)
         lap("components")
         min_sim = cfg.near.threshold - cfg.near.twin_margin
-        cluster_stats = _sum_cluster_stats(
-            ctx.run_pass("representatives", RepresentativesJob(cc, parts, offsets, min_sim), part_tasks))
+        reps = ctx.run_pass("representatives", RepresentativesJob(cc, parts, offsets, min_sim), part_tasks)
+        if giant:
+            reps.append(resolve_giants(ctx, cc, giant, part_tasks, offsets, sum(counts), min_sim))
+        cluster_stats = _sum_cluster_stats(reps)
         lap("representatives")
         # last pass: filter, and each input part's share of the clusters table
         clusters_dir = ctx.side_dir("clusters")

@@ -1,0 +1,525 @@
+"""Giant components: the kept twins of a component too big for one task, with bounded memory.
+
+:class:`~stages.dedup.cluster_passes.RepresentativesJob` resolves a component in one task (its nodes
+and edges in memory: fast, and fine for the clusters of ordinary corpora). A web crawl's
+boilerplate component can hold 10^7-10^8 documents, so components with more than
+``giant_component_docs`` members take this path instead, which gives the same cluster rows as
+:func:`~stages.dedup.components.representatives` (tests compare the two byte for byte) with every
+task bounded by one partition, except one sequential task that holds a bitmap of N/8 bytes.
+
+Why it works: the greedy rule of ``representatives`` visits the component's exact-group heads in
+keep order, and a head's fate depends only on the fate of heads *earlier* in keep order. So if
+every near edge between heads is oriented (lo = earlier, hi = later) and all edges are sorted by
+(hi key, -sim, lo key), one sequential scan decides every head: the first edge of ``hi`` whose
+``lo`` is still kept removes ``hi`` (its twin is that ``lo``); a head with no such edge is kept.
+The scan needs only the "removed" bit of every head seen so far: a bitmap indexed by node number.
+Edges only join nodes of one component, so one scan over all giant components at once (in the
+global keep order) decides each of them exactly as a per-component scan would.
+
+Passes (each through ``ctx.run_pass``: resume markers, progress, retries; ``P`` node partitions):
+
+1. ``giant-sizes`` (node partition): members per component label in the partition, scattered to
+   the label's partition; ``giant-labels`` (label partition) sums them and returns the labels of
+   the components above the threshold (at most ``N / giant_component_docs`` of them, so the driver
+   holds the list). The second pass is skipped when the partitions' largest counts cannot add up
+   to a giant component.
+2. ``label-join`` (:class:`~stages.dedup.cluster_passes.LabelJoinJob`) leaves a giant component's
+   nodes and edges in their node partition (``giant_nodes``, ``giant_edges``) instead of moving
+   them to the label's partition.
+3. ``giant-exact-u``, ``giant-exact-v``: the keys of both ends of each exact edge by two hash
+   joins (as in :mod:`stages.dedup.verify`); the worse copy's head is the better copy (exact
+   buckets give stars from the bucket's best copy).
+4. ``giant-heads`` (node partition): each node's exact-group head and the head's keep key;
+   members are sent to their head's partition; near edges with ``sim >= min_sim`` get their first
+   end's head; a bounded sample of the heads' keys and each component's best node come back to the
+   driver (range splitters and the cluster ids).
+5. ``giant-range`` (partition of the second end): the second end's head; edges between distinct
+   heads are oriented by keep key and range-partitioned by the later end's key (an
+   order-preserving binary encoding of (k0, id, node): ``keep: first`` makes k0 constant).
+6. ``giant-greedy`` (one task): the range partitions in order, each sorted by (hi key, -sim, lo
+   key), through the greedy rule; removed heads (with their twin) go to their node partition.
+7. ``giant-rows`` (node partition): every giant node's cluster row (``RESULT_SCHEMA``), split by
+   input part like the representatives pass's rows, and the counts for the cluster statistics.
+
+Memory: every task but one holds one partition of the giant nodes or edges (or of one range of
+the sorted edges); ``giant-greedy`` holds a bitmap of ``N / 8`` bytes (125 MB for 10^9 documents),
+one range partition of edges and a bounded output buffer, and its time is linear in the giant
+components' edges. The driver holds the giant labels with their sizes and roots, and the splitters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.context import StageContext
+from pipeline.executor import ShardOutput, ShardTask
+from pipeline.locations import Location
+from pipeline.parquet_io import read_one, write_one
+from stages.dedup.cluster_passes import RESULT_SCHEMA, read_partition, scatter
+from stages.dedup.components import node_partition
+
+_LABEL_NODE_SCHEMA = pa.schema([("node", pa.int64()), ("k0", pa.float64()), ("id", pa.string()),
+                                ("label", pa.int64())])
+_EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("sim", pa.float64()),
+                          ("label", pa.int64())])
+_SIZE_SCHEMA = pa.schema([("label", pa.int64()), ("count", pa.int64())])
+_EXACT_U_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("uk0", pa.float64()), ("uid", pa.string())])
+_HEAD_SCHEMA = pa.schema([("node", pa.int64()), ("head", pa.int64()), ("hk0", pa.float64()), ("hid", pa.string())])
+_FLAG_SCHEMA = pa.schema([("node", pa.int64())])
+#: giant nodes with their exact-group head: ``hmem`` is true when the head has exact copies
+_GNODE_SCHEMA = pa.schema([("node", pa.int64()), ("k0", pa.float64()), ("id", pa.string()), ("label", pa.int64()),
+                           ("head", pa.int64()), ("hk0", pa.float64()), ("hid", pa.string()), ("hmem", pa.bool_())])
+_MEMBER_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("head", pa.int64()), ("label", pa.int64())])
+_NEAR_V_SCHEMA = pa.schema([("hu", pa.int64()), ("huk0", pa.float64()), ("huid", pa.string()), ("humem", pa.bool_()),
+                            ("v", pa.int64()), ("sim", pa.float64())])
+#: an oriented edge between heads in its range partition: ``hk``/``lk`` are the ends' encoded keys
+_RANGE_SCHEMA = pa.schema([("hi", pa.int64()), ("hk", pa.binary()), ("hmem", pa.bool_()), ("lo", pa.int64()),
+                           ("lk", pa.binary()), ("lid", pa.string()), ("sim", pa.float64())])
+#: a head the greedy scan removed: its kept twin, the twin's id and their similarity
+_REMOVED_SCHEMA = pa.schema([("node", pa.int64()), ("twin", pa.int64()), ("twin_id", pa.string()),
+                             ("sim", pa.float64())])
+
+#: keys each ``giant-heads`` task samples for the range splitters (32 per partition: ranges of
+#: roughly equal numbers of heads, as in sample sort)
+SAMPLES_PER_PARTITION = 32
+#: removed rows the greedy task buffers before writing them out (bounds its output memory)
+FLUSH_ROWS = 1 << 18
+
+
+# ------------------------------------------------------------------------------------ keep keys
+
+
+def encode_keys(k0: np.ndarray, ids: pa.Array | pa.ChunkedArray, nodes: np.ndarray) -> pa.Array:
+    """Binary keys whose byte order (memcmp, as Python ``bytes`` and Arrow compare) is the keep order
+    (k0, id, node) of :func:`~stages.dedup.components.representatives`.
+
+    k0 as the usual order-preserving transform of an IEEE double (sign bit flipped for positives,
+    all bits for negatives), big-endian; ``-0.0`` folded to ``0.0`` and every NaN to one NaN after
+    ``+inf``, as Arrow's sort compares them; the id's bytes with NUL escaped (``00`` -> ``00 FF``)
+    and closed by ``00 00``, so a shorter id sorts before its extensions whatever follows; the node
+    as 8 big-endian bytes. One key, so ``keep: first`` (constant k0) still orders by id.
+    """
+    n = len(nodes)
+    if not n:
+        return pa.array([], pa.binary())
+    k = np.asarray(k0, np.float64) + 0.0  # -0.0 + 0.0 == +0.0
+    k[np.isnan(k)] = np.nan
+    bits = k.view(np.uint64)
+    neg = (bits >> np.uint64(63)).astype(bool)
+    enc = np.where(neg, ~bits, bits | np.uint64(1 << 63))
+    head = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), n, [None, pa.py_buffer(enc.astype(">u8").tobytes())])
+    tail = np.empty((n, 10), np.uint8)
+    tail[:, :2] = 0
+    tail[:, 2:] = np.asarray(nodes, np.int64).astype(">u8").view(np.uint8).reshape(n, 8)
+    tail_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(10), n, [None, pa.py_buffer(tail.tobytes())])
+    idb = pc.replace_substring(pc.cast(ids, pa.binary()), b"\x00", b"\x00\xff")
+    if isinstance(idb, pa.ChunkedArray):
+        idb = idb.combine_chunks()
+    return pc.binary_join_element_wise(head.cast(pa.binary()), idb, tail_arr.cast(pa.binary()),
+                                       pa.scalar(b"", pa.binary()))
+
+
+def _lookup(sorted_nodes: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Row index of each of ``nodes`` in ``sorted_nodes`` (all present)."""
+    at = np.searchsorted(sorted_nodes, nodes)
+    if len(nodes) and not ((at < len(sorted_nodes)).all() and (sorted_nodes[np.minimum(at, len(sorted_nodes) - 1)]
+                                                                == nodes).all()):
+        raise RuntimeError("dedup giant components: a node is missing from its partition's table")
+    return at
+
+
+def _read_own(folder: Location, key: str, schema: pa.Schema) -> pa.Table:
+    """The file a task of this partition wrote locally (no shuffle), or the empty table."""
+    f = folder / f"{key}.parquet"
+    return read_one(f) if f.exists() else schema.empty_table()
+
+
+# ------------------------------------------------------------------------------------ sizes
+
+
+class SizesJob:
+    """Per node partition: members per component label, sent to the label's partition."""
+
+    def __init__(self, labels: Location, cc: Location, parts: int):
+        self.labels, self.cc, self.parts = labels, cc, parts
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        f = self.labels / f"{task.key}.parquet"
+        if not f.exists():
+            return {"max": 0}
+        lab, count = np.unique(read_one(f, columns=["label"]).column("label").to_numpy(), return_counts=True)
+        scatter(pa.table({"label": lab, "count": count}, schema=_SIZE_SCHEMA), node_partition(lab, self.parts),
+                self.parts, self.cc / "g_sizes", task.key)
+        return {"max": int(count.max()) if len(count) else 0}
+
+
+class GiantLabelsJob:
+    """Per label partition: the labels (with sizes) of components above the threshold."""
+
+    def __init__(self, cc: Location, threshold: int):
+        self.cc, self.threshold = cc, threshold
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        t = read_partition(self.cc / "g_sizes", int(task.payload), _SIZE_SCHEMA)
+        lab, inv = np.unique(t.column("label").to_numpy(), return_inverse=True)
+        size = np.bincount(inv, t.column("count").to_numpy(), minlength=len(lab)).astype(np.int64)
+        big = size > self.threshold
+        return {"giant": np.c_[lab[big], size[big]].tolist()}
+
+
+def giant_labels(ctx: StageContext, cc: Location, labels: Location, part_tasks: list[ShardTask],
+                 threshold: int) -> dict[int, int]:
+    """The components with more than ``threshold`` members: label -> size (at most N / threshold)."""
+    parts = len(part_tasks)
+    maxima = ctx.run_pass("giant-sizes", SizesJob(labels, cc, parts), part_tasks)
+    if sum(r["max"] for r in maxima) <= threshold:  # no label can add up to more
+        (cc / "g_sizes").rmtree()
+        return {}
+    found = ctx.run_pass("giant-labels", GiantLabelsJob(cc, threshold), part_tasks)
+    (cc / "g_sizes").rmtree()
+    return {int(lab): int(size) for r in found for lab, size in r["giant"]}
+
+
+# ------------------------------------------------------------------------------------ exact heads
+
+
+class ExactFirstJob:
+    """Per node partition of ``u``: exact edges of giant components take ``u``'s key, move to ``v``."""
+
+    def __init__(self, cc: Location, parts: int):
+        self.cc, self.parts = cc, parts
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        edges = _read_own(self.cc / "giant_edges", task.key, _EDGE_SCHEMA)
+        edges = edges.filter(pc.equal(edges.column("kind"), "exact"))
+        if not edges.num_rows:
+            return {"exact": 0}
+        nodes = _read_own(self.cc / "giant_nodes", task.key, _LABEL_NODE_SCHEMA).sort_by("node")
+        u = edges.column("u").to_numpy()
+        at = pa.array(_lookup(nodes.column("node").to_numpy(), u))
+        t = pa.table({"u": u, "v": edges.column("v"), "uk0": nodes.column("k0").take(at),
+                      "uid": nodes.column("id").take(at)}, schema=_EXACT_U_SCHEMA)
+        scatter(t, node_partition(t.column("v").to_numpy(), self.parts), self.parts, self.cc / "g_exact_v", task.key)
+        return {"exact": t.num_rows}
+
+
+class ExactSecondJob:
+    """Per node partition of ``v``: each exact edge's worse copy (by keep key) is sent its head,
+    the better copy (with the head's key); the head is told it has copies."""
+
+    def __init__(self, cc: Location, parts: int):
+        self.cc, self.parts = cc, parts
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        t = read_partition(self.cc / "g_exact_v", int(task.payload), _EXACT_U_SCHEMA)
+        if not t.num_rows:
+            return {"members": 0}
+        nodes = _read_own(self.cc / "giant_nodes", task.key, _LABEL_NODE_SCHEMA).sort_by("node")
+        u, v = t.column("u").to_numpy(), t.column("v").to_numpy()
+        at = pa.array(_lookup(nodes.column("node").to_numpy(), v))
+        vk0, vid = nodes.column("k0").take(at), nodes.column("id").take(at)
+        ku = encode_keys(t.column("uk0").to_numpy(), t.column("uid"), u)
+        kv = encode_keys(vk0.to_numpy(), vid, v)
+        u_best = pc.less(ku, kv).to_numpy(zero_copy_only=False)
+        member, head = np.where(u_best, v, u), np.where(u_best, u, v)
+        heads = pa.table({"node": member, "head": head,
+                          "hk0": pc.if_else(pa.array(u_best), t.column("uk0"), vk0),
+                          "hid": pc.if_else(pa.array(u_best), t.column("uid"), vid)}, schema=_HEAD_SCHEMA)
+        scatter(heads, node_partition(member, self.parts), self.parts, self.cc / "g_head", task.key)
+        flags = np.unique(head)
+        scatter(pa.table({"node": flags}, schema=_FLAG_SCHEMA), node_partition(flags, self.parts), self.parts,
+                self.cc / "g_hasmem", task.key)
+        return {"members": len(member)}
+
+
+# ------------------------------------------------------------------------------------ heads
+
+
+class HeadsJob:
+    """Per node partition: each giant node's head, members sent to their head's partition, near
+    edges' first ends mapped to their heads and sent to the second end's partition; returns a
+    sample of the heads' keys (range splitters) and each component's best node here (roots)."""
+
+    def __init__(self, cc: Location, parts: int, min_sim: float):
+        self.cc, self.parts, self.min_sim = cc, parts, min_sim
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        part = int(task.payload)
+        nodes = _read_own(self.cc / "giant_nodes", task.key, _LABEL_NODE_SCHEMA).sort_by("node")
+        if not nodes.num_rows:
+            return {"sample": [], "roots": []}
+        node = nodes.column("node").to_numpy()
+        n = len(node)
+        # each node's head: itself, or the better copy of its exact edge (the best such one if a tie
+        # in the exact bucket's order left it several; never with distinct ids)
+        heads = read_partition(self.cc / "g_head", part, _HEAD_SCHEMA)
+        head, hk0, hid = node.copy(), nodes.column("k0"), nodes.column("id")
+        is_member = np.zeros(n, bool)
+        if heads.num_rows:
+            hkey = encode_keys(heads.column("hk0").to_numpy(), heads.column("hid"), heads.column("head").to_numpy())
+            heads = heads.append_column("hkey", hkey).sort_by([("node", "ascending"), ("hkey", "ascending")])
+            hn = heads.column("node").to_numpy()
+            first = np.r_[True, hn[1:] != hn[:-1]]
+            heads = heads.filter(pa.array(first))
+            at = _lookup(node, heads.column("node").to_numpy())
+            is_member[at] = True
+            head[at] = heads.column("head").to_numpy()
+            pos = np.full(n, -1, np.int64)
+            pos[at] = np.arange(len(at))
+            take = pa.array(np.maximum(pos, 0))
+            hk0 = pc.if_else(pa.array(is_member), heads.column("hk0").take(take), hk0)
+            hid = pc.if_else(pa.array(is_member), heads.column("hid").take(take), hid)
+        flags = read_partition(self.cc / "g_hasmem", part, _FLAG_SCHEMA).column("node").to_numpy()
+        hmem = is_member | np.isin(node, flags)
+        table = pa.table({"node": node, "k0": nodes.column("k0"), "id": nodes.column("id"),
+                          "label": nodes.column("label"), "head": head, "hk0": hk0, "hid": hid, "hmem": hmem},
+                         schema=_GNODE_SCHEMA)
+        write_one(table, self.cc / "g_nodes" / f"{task.key}.parquet")
+        members = table.filter(pa.array(is_member)).select(["node", "id", "head", "label"]).cast(_MEMBER_SCHEMA)
+        scatter(members, node_partition(members.column("head").to_numpy(), self.parts), self.parts,
+                self.cc / "g_members", task.key)
+        # near edges between different documents of the same component, first end -> its head
+        edges = _read_own(self.cc / "giant_edges", task.key, _EDGE_SCHEMA)
+        keep = pc.and_(pc.not_equal(edges.column("kind"), "exact"), pc.greater_equal(edges.column("sim"), self.min_sim))
+        edges = edges.filter(keep)
+        at = pa.array(_lookup(node, edges.column("u").to_numpy()))
+        near = pa.table({"hu": pa.array(head).take(at), "huk0": hk0.take(at), "huid": hid.take(at),
+                         "humem": pa.array(hmem).take(at), "v": edges.column("v"), "sim": edges.column("sim")},
+                        schema=_NEAR_V_SCHEMA)
+        scatter(near, node_partition(edges.column("v").to_numpy(), self.parts), self.parts, self.cc / "g_near_v",
+                task.key)
+        # the heads' keys, a bounded evenly spaced sample; each component's best node here
+        own = np.flatnonzero(~is_member)
+        keys = encode_keys(nodes.column("k0").to_numpy()[own], nodes.column("id").take(pa.array(own)), node[own])
+        keys = pc.take(keys, pc.sort_indices(keys))
+        step = max(1, len(keys) // SAMPLES_PER_PARTITION)
+        sample = [keys[i].as_py().hex() for i in range(step // 2, len(keys), step)][:SAMPLES_PER_PARTITION]
+        every = encode_keys(nodes.column("k0").to_numpy(), nodes.column("id"), node)
+        ranked = pa.table({"label": nodes.column("label"), "key": every, "i": np.arange(n)}).sort_by(
+            [("label", "ascending"), ("key", "ascending")])
+        lab = ranked.column("label").to_numpy()
+        first = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+        best = ranked.column("i").to_numpy()[first]
+        roots = [[int(lb), ranked.column("key")[int(f)].as_py().hex(), int(node[b]), nodes.column("id")[int(b)].as_py()]
+                 for lb, f, b in zip(lab[first].tolist(), first.tolist(), best.tolist(), strict=True)]
+        return {"sample": sample, "roots": roots, "nodes": n, "near": near.num_rows}
+
+
+def splitters_from(samples: list[str], ranges: int) -> list[bytes]:
+    """``ranges - 1`` (or fewer, distinct) splitters at even quantiles of the sampled keys."""
+    keys = sorted(bytes.fromhex(s) for s in samples)
+    if not keys or ranges <= 1:
+        return []
+    picked = [keys[(i * len(keys)) // ranges] for i in range(1, ranges)]
+    return sorted(set(picked))
+
+
+# ------------------------------------------------------------------------------------ ranges
+
+
+class RangeJob:
+    """Per node partition of ``v``: second ends mapped to heads; edges between distinct heads,
+    oriented by keep key, go to the range partition of their later end's key."""
+
+    def __init__(self, cc: Location, parts: int, splitters: list[bytes]):
+        self.cc, self.parts, self.splitters = cc, parts, splitters
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        near = read_partition(self.cc / "g_near_v", int(task.payload), _NEAR_V_SCHEMA)
+        if not near.num_rows:
+            return {"edges": 0}
+        nodes = _read_own(self.cc / "g_nodes", task.key, _GNODE_SCHEMA)  # sorted by node
+        at = pa.array(_lookup(nodes.column("node").to_numpy(), near.column("v").to_numpy()))
+        hv = nodes.column("head").to_numpy()[at.to_numpy()]
+        hu = near.column("hu").to_numpy()
+        differ = pa.array(hu != hv)
+        near, at, hu, hv = near.filter(differ), at.filter(differ), hu[hu != hv], hv[hu != hv]
+        if not near.num_rows:
+            return {"edges": 0}
+        hvk0, hvid, hvmem = (nodes.column(c).take(at) for c in ("hk0", "hid", "hmem"))
+        ku = encode_keys(near.column("huk0").to_numpy(), near.column("huid"), hu)
+        kv = encode_keys(hvk0.to_numpy(), hvid, hv)
+        u_first = pc.less(ku, kv)
+        uf = u_first.to_numpy(zero_copy_only=False)
+        t = pa.table({"hi": np.where(uf, hv, hu), "hk": pc.if_else(u_first, kv, ku),
+                      "hmem": pc.if_else(u_first, hvmem, near.column("humem")), "lo": np.where(uf, hu, hv),
+                      "lk": pc.if_else(u_first, ku, kv), "lid": pc.if_else(u_first, near.column("huid"), hvid),
+                      "sim": near.column("sim")}, schema=_RANGE_SCHEMA)
+        hk = np.array(t.column("hk").to_pylist(), dtype=object)
+        split = np.array(self.splitters, dtype=object)
+        where = np.searchsorted(split, hk, side="right") if len(split) else np.zeros(len(hk), np.int64)
+        scatter(t, where.astype(np.int64), len(self.splitters) + 1, self.cc / "g_range", task.key)
+        return {"edges": t.num_rows}
+
+
+# ------------------------------------------------------------------------------------ greedy
+
+
+def greedy_scan(hi: np.ndarray, lo: np.ndarray, removed: bytearray) -> np.ndarray:
+    """The greedy rule over edges sorted by (hi key, -sim, lo key): the index of the edge that
+    removes each removed ``hi`` (its twin is that edge's ``lo``). ``removed`` is the bitmap of
+    removed heads by node number, updated in place; a ``lo`` precedes its ``hi`` in keep order, so
+    its bit is final when its edges are read (all of its own edges as ``hi`` sort before)."""
+    out: list[int] = []
+    last = -1
+    for k, (x, c) in enumerate(zip(hi.tolist(), lo.tolist(), strict=True)):
+        if x == last:  # x is decided: removed by an earlier edge
+            continue
+        if not removed[c >> 3] >> (c & 7) & 1:
+            removed[x >> 3] |= 1 << (x & 7)
+            out.append(k)
+            last = x
+    return np.array(out, np.int64)
+
+
+class GreedyJob:
+    """One task: the range partitions in order through :func:`greedy_scan`; removed heads (with
+    their twin) are written to their node partition, and each kept twin that takes over exact
+    copies of a removed head is flagged (its ``linked_by`` is then ``exact``)."""
+
+    def __init__(self, cc: Location, parts: int, ranges: int, rows: int):
+        self.cc, self.parts, self.ranges, self.rows = cc, parts, ranges, rows
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        removed = bytearray(self.rows // 8 + 1)  # one bit per document of the corpus
+        buffer: list[pa.Table] = []
+        buffered = chunks = total = 0
+
+        def flush() -> None:
+            nonlocal buffer, buffered, chunks
+            if not buffer:
+                return
+            t = pa.concat_tables(buffer)
+            writer = f"c{chunks:06d}"
+            scatter(t.select(["node", "twin", "twin_id", "sim"]), node_partition(t.column("node").to_numpy(),
+                    self.parts), self.parts, self.cc / "g_removed", writer)
+            flagged = np.unique(t.filter(t.column("hmem")).column("twin").to_numpy())
+            scatter(pa.table({"node": flagged}, schema=_FLAG_SCHEMA), node_partition(flagged, self.parts),
+                    self.parts, self.cc / "g_exactfor", writer)
+            buffer, buffered, chunks = [], 0, chunks + 1
+
+        for r in range(self.ranges):
+            t = read_partition(self.cc / "g_range", r, _RANGE_SCHEMA)
+            if not t.num_rows:
+                continue
+            t = t.sort_by([("hk", "ascending"), ("sim", "descending"), ("lk", "ascending")])
+            pick = t.take(pa.array(greedy_scan(t.column("hi").to_numpy(), t.column("lo").to_numpy(), removed)))
+            del t
+            buffer.append(pa.table({"node": pick.column("hi"), "twin": pick.column("lo"), "twin_id": pick.column("lid"),
+                                    "sim": pick.column("sim"), "hmem": pick.column("hmem")}))
+            buffered += pick.num_rows
+            total += pick.num_rows
+            if buffered >= FLUSH_ROWS:
+                flush()
+        flush()
+        return {"removed": total}
+
+
+# ------------------------------------------------------------------------------------ rows
+
+
+class RowsJob:
+    """Per node partition: the cluster rows of its giant heads and of the exact copies of those heads."""
+
+    def __init__(self, cc: Location, offsets: dict[str, int], roots: dict[int, str]):
+        self.cc, self.roots = cc, roots
+        self.keys, self.starts = list(offsets), np.array(list(offsets.values()), np.int64)
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        part = int(task.payload)
+        nodes = _read_own(self.cc / "g_nodes", task.key, _GNODE_SCHEMA)
+        is_head = nodes.column("node").to_numpy() == nodes.column("head").to_numpy()
+        heads = nodes.filter(pa.array(is_head))
+        node = heads.column("node").to_numpy()
+        removed = read_partition(self.cc / "g_removed", part, _REMOVED_SCHEMA).sort_by("node")
+        members = read_partition(self.cc / "g_members", part, _MEMBER_SCHEMA)
+        flagged = read_partition(self.cc / "g_exactfor", part, _FLAG_SCHEMA).column("node").to_numpy()
+        gone = np.zeros(len(node), bool)
+        at = _lookup(node, removed.column("node").to_numpy())
+        gone[at] = True
+        pos = np.zeros(len(node), np.int64)
+        pos[at] = np.arange(len(at))
+        ids = heads.column("id")
+        twin_id = pc.if_else(pa.array(gone), removed.column("twin_id").take(pa.array(pos)) if len(at) else ids, ids)
+        twin_sim = np.where(gone, removed.column("sim").to_numpy()[pos] if len(at) else 1.0, 1.0)
+        has_exact = np.isin(node, members.column("head").to_numpy()) | np.isin(node, flagged)
+        head_rows = pa.table({
+            "node": node, "reason": np.where(gone, "near_duplicate", "").tolist(), "id": ids,
+            "cluster_id": self._cluster_ids(heads.column("label").to_numpy()), "kept": ~gone, "kept_id": twin_id,
+            "linked_by": np.where(gone, "near", np.where(has_exact, "exact", "near")).tolist(),
+            "similarity": twin_sim}, schema=RESULT_SCHEMA)
+        h = _lookup(node, members.column("head").to_numpy())
+        member_rows = pa.table({
+            "node": members.column("node"), "reason": ["exact_duplicate"] * members.num_rows,
+            "id": members.column("id"), "cluster_id": self._cluster_ids(members.column("label").to_numpy()),
+            "kept": np.zeros(members.num_rows, bool), "kept_id": twin_id.take(pa.array(h)),
+            "linked_by": ["exact"] * members.num_rows, "similarity": twin_sim[h]}, schema=RESULT_SCHEMA)
+        result = pa.concat_tables([head_rows, member_rows]).sort_by("node")
+        every = result.column("node").to_numpy()
+        where = np.searchsorted(self.starts, every, side="right") - 1  # the input part of each document
+        for k in np.unique(where).tolist():
+            write_one(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"g{task.key}.parquet")
+        return {"documents": result.num_rows, "kept": int((~gone).sum()), "removed_near": int(gone.sum()),
+                "removed_exact": members.num_rows}
+
+    def _cluster_ids(self, labels: np.ndarray) -> pa.Array:
+        return pa.array([self.roots[lb] for lb in labels.tolist()], pa.string())
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def resolve_giants(ctx: StageContext, cc: Location, sizes: dict[int, int], part_tasks: list[ShardTask],
+                   offsets: dict[str, int], rows: int, min_sim: float) -> dict[str, Any]:
+    """The giant path's passes (see the module docstring); the cluster statistics of the giant
+    components in the shape of a representatives task's result (so the stage sums them alike)."""
+    parts = len(part_tasks)
+    ctx.run_pass("giant-exact-u", ExactFirstJob(cc, parts), part_tasks)
+    ctx.run_pass("giant-exact-v", ExactSecondJob(cc, parts), part_tasks)
+    done = ctx.run_pass("giant-heads", HeadsJob(cc, parts, min_sim), part_tasks)
+    roots: dict[int, tuple[str, str]] = {}
+    for r in done:
+        for label, key, _node, doc_id in r["roots"]:
+            if label not in roots or key < roots[label][0]:
+                roots[label] = (key, doc_id)
+    splitters = splitters_from([s for r in done for s in r["sample"]], parts)
+    ctx.run_pass("giant-range", RangeJob(cc, parts, splitters), part_tasks)
+    ctx.run_pass("giant-greedy", GreedyJob(cc, parts, len(splitters) + 1, rows), [ShardTask("all", None)])
+    got = ctx.run_pass("giant-rows", RowsJob(cc, offsets, {lb: doc_id for lb, (_, doc_id) in roots.items()}),
+                       part_tasks)
+    size_list = sorted(sizes.values())
+    hist = Counter(str(s) if s < 10 else ("10-99" if s < 100 else "100+") for s in size_list)
+    return {"clusters": len(size_list), "documents_in_clusters": sum(r["documents"] for r in got),
+            "kept_in_clusters": sum(r["kept"] for r in got), "largest_cluster": max(size_list, default=0),
+            "removed_exact": sum(r["removed_exact"] for r in got), "removed_near": sum(r["removed_near"] for r in got),
+            "cluster_size_histogram": dict(hist)}
+
