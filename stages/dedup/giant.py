@@ -74,7 +74,12 @@ _FLAG_SCHEMA = pa.schema([("node", pa.int64())])
 #: giant nodes with their exact-group head: ``hmem`` is true when the head has exact copies
 _GNODE_SCHEMA = pa.schema([("node", pa.int64()), ("k0", pa.float64()), ("id", pa.string()), ("label", pa.int64()),
                            ("head", pa.int64()), ("hk0", pa.float64()), ("hid", pa.string()), ("hmem", pa.bool_())])
-_MEMBER_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("head", pa.int64()), ("label", pa.int64())])
+#: a partition that holds exact copies of ``head`` asks for its decision (once per head and partition)
+_WANT_SCHEMA = pa.schema([("head", pa.int64()), ("target", pa.int64())])
+#: the decision for a head's exact copies: the document kept for them and its similarity to the head
+_ANSWER_SCHEMA = pa.schema([("head", pa.int64()), ("kept_id", pa.string()), ("sim", pa.float64())])
+#: a component's best node in one partition (``key``: its encoded keep key)
+_ROOT_SCHEMA = pa.schema([("label", pa.int64()), ("key", pa.binary()), ("id", pa.string())])
 _NEAR_V_SCHEMA = pa.schema([("hu", pa.int64()), ("huk0", pa.float64()), ("huid", pa.string()), ("humem", pa.bool_()),
                             ("v", pa.int64()), ("sim", pa.float64())])
 #: an oriented edge between heads in its range partition: ``hk``/``lk`` are the ends' encoded keys
@@ -295,9 +300,11 @@ class HeadsJob:
                           "label": nodes.column("label"), "head": head, "hk0": hk0, "hid": hid, "hmem": hmem},
                          schema=_GNODE_SCHEMA)
         write_one(table, self.cc / "g_nodes" / f"{task.key}.parquet")
-        members = table.filter(pa.array(is_member)).select(["node", "id", "head", "label"]).cast(_MEMBER_SCHEMA)
-        scatter(members, node_partition(members.column("head").to_numpy(), self.parts), self.parts,
-                self.cc / "g_members", task.key)
+        # each partition holding copies of a head asks for its decision once (a head with 10^7
+        # copies gets at most one request per partition, not one per copy)
+        want = np.unique(head[is_member])
+        scatter(pa.table({"head": want, "target": np.full(len(want), part, np.int64)}, schema=_WANT_SCHEMA),
+                node_partition(want, self.parts), self.parts, self.cc / "g_want", task.key)
         # near edges between different documents of the same component, first end -> its head
         edges = _read_own(self.cc / "giant_edges", task.key, _EDGE_SCHEMA)
         keep = pc.and_(pc.not_equal(edges.column("kind"), "exact"), pc.greater_equal(edges.column("sim"), self.min_sim))
@@ -308,21 +315,41 @@ class HeadsJob:
                         schema=_NEAR_V_SCHEMA)
         scatter(near, node_partition(edges.column("v").to_numpy(), self.parts), self.parts, self.cc / "g_near_v",
                 task.key)
-        # the heads' keys, a bounded evenly spaced sample; each component's best node here
+        # the heads' keys, a bounded evenly spaced sample (range splitters); each component's best
+        # node here, sent to the label's partition (the roots: one per component at the driver)
         own = np.flatnonzero(~is_member)
         keys = encode_keys(nodes.column("k0").to_numpy()[own], nodes.column("id").take(pa.array(own)), node[own])
         keys = pc.take(keys, pc.sort_indices(keys))
         step = max(1, len(keys) // SAMPLES_PER_PARTITION)
         sample = [keys[i].as_py().hex() for i in range(step // 2, len(keys), step)][:SAMPLES_PER_PARTITION]
-        every = encode_keys(nodes.column("k0").to_numpy(), nodes.column("id"), node)
-        ranked = pa.table({"label": nodes.column("label"), "key": every, "i": np.arange(n)}).sort_by(
-            [("label", "ascending"), ("key", "ascending")])
-        lab = ranked.column("label").to_numpy()
-        first = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-        best = ranked.column("i").to_numpy()[first]
-        roots = [[int(lb), ranked.column("key")[int(f)].as_py().hex(), int(node[b]), nodes.column("id")[int(b)].as_py()]
-                 for lb, f, b in zip(lab[first].tolist(), first.tolist(), best.tolist(), strict=True)]
-        return {"sample": sample, "roots": roots, "nodes": n, "near": near.num_rows}
+        every = pa.table({"label": nodes.column("label"), "key": encode_keys(nodes.column("k0").to_numpy(),
+                                                                            nodes.column("id"), node),
+                          "id": nodes.column("id")}, schema=_ROOT_SCHEMA)
+        scatter(_best_per_label(every), node_partition(_best_per_label(every).column("label").to_numpy(), self.parts),
+                self.parts, self.cc / "g_roots", task.key)
+        return {"sample": sample, "nodes": n, "near": near.num_rows}
+
+
+def _best_per_label(rows: pa.Table) -> pa.Table:
+    """The row of smallest key of each label (``_ROOT_SCHEMA`` rows), by label."""
+    rows = rows.sort_by([("label", "ascending"), ("key", "ascending")])
+    lab = rows.column("label").to_numpy()
+    return rows.filter(pa.array(np.r_[True, lab[1:] != lab[:-1]] if len(lab) else np.zeros(0, bool)))
+
+
+class RootsJob:
+    """Per label partition: each giant component's root (best node by the keep rule): its id."""
+
+    def __init__(self, cc: Location):
+        self.cc = cc
+
+    def setup(self) -> None:
+        return None
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        best = _best_per_label(read_partition(self.cc / "g_roots", int(task.payload), _ROOT_SCHEMA))
+        return {"roots": [[lb, i] for lb, i in zip(best.column("label").to_pylist(), best.column("id").to_pylist(),
+                                                     strict=True)]}
 
 
 def splitters_from(samples: list[str], ranges: int) -> list[bytes]:
@@ -444,24 +471,37 @@ class GreedyJob:
 # ------------------------------------------------------------------------------------ rows
 
 
-class RowsJob:
-    """Per node partition: the cluster rows of its giant heads and of the exact copies of those heads."""
+class _RowsBase:
+    """Cluster rows written split by the input part holding each document, as the representatives pass does."""
 
-    def __init__(self, cc: Location, offsets: dict[str, int], roots: dict[int, str]):
-        self.cc, self.roots = cc, roots
+    def __init__(self, cc: Location, offsets: dict[str, int], roots: dict[int, str], parts: int):
+        self.cc, self.roots, self.parts = cc, roots, parts
         self.keys, self.starts = list(offsets), np.array(list(offsets.values()), np.int64)
 
     def setup(self) -> None:
         return None
 
+    def _cluster_ids(self, labels: np.ndarray) -> pa.Array:
+        return pa.array([self.roots[lb] for lb in labels.tolist()], pa.string())
+
+    def _write(self, result: pa.Table, name: str) -> None:
+        every = result.column("node").to_numpy()
+        where = np.searchsorted(self.starts, every, side="right") - 1  # the input part of each document
+        for k in np.unique(where).tolist():
+            write_one(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"{name}.parquet")
+
+
+class HeadRowsJob(_RowsBase):
+    """Per node partition: the cluster rows of its giant heads (kept, or removed with their twin),
+    and the decision for their exact copies sent to each partition that asked for it."""
+
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
         part = int(task.payload)
         nodes = _read_own(self.cc / "g_nodes", task.key, _GNODE_SCHEMA)
-        is_head = nodes.column("node").to_numpy() == nodes.column("head").to_numpy()
-        heads = nodes.filter(pa.array(is_head))
+        heads = nodes.filter(pc.equal(nodes.column("node"), nodes.column("head")))
+        del nodes
         node = heads.column("node").to_numpy()
         removed = read_partition(self.cc / "g_removed", part, _REMOVED_SCHEMA).sort_by("node")
-        members = read_partition(self.cc / "g_members", part, _MEMBER_SCHEMA)
         flagged = read_partition(self.cc / "g_exactfor", part, _FLAG_SCHEMA).column("node").to_numpy()
         gone = np.zeros(len(node), bool)
         at = _lookup(node, removed.column("node").to_numpy())
@@ -469,30 +509,46 @@ class RowsJob:
         pos = np.zeros(len(node), np.int64)
         pos[at] = np.arange(len(at))
         ids = heads.column("id")
-        twin_id = pc.if_else(pa.array(gone), removed.column("twin_id").take(pa.array(pos)) if len(at) else ids, ids)
-        twin_sim = np.where(gone, removed.column("sim").to_numpy()[pos] if len(at) else 1.0, 1.0)
-        has_exact = np.isin(node, members.column("head").to_numpy()) | np.isin(node, flagged)
-        head_rows = pa.table({
+        twin_id = pc.if_else(pa.array(gone), removed.column("twin_id").take(pa.array(pos)), ids) if len(at) else ids
+        twin_sim = np.where(gone, removed.column("sim").to_numpy()[pos], 1.0) if len(at) else np.ones(len(node))
+        # a kept document is linked by "exact" when exact copies were removed for it: its own, or
+        # those of a head it removed (the greedy scan flagged it)
+        has_exact = heads.column("hmem").to_numpy(zero_copy_only=False) | np.isin(node, flagged)
+        rows = pa.table({
             "node": node, "reason": np.where(gone, "near_duplicate", "").tolist(), "id": ids,
             "cluster_id": self._cluster_ids(heads.column("label").to_numpy()), "kept": ~gone, "kept_id": twin_id,
-            "linked_by": np.where(gone, "near", np.where(has_exact, "exact", "near")).tolist(),
-            "similarity": twin_sim}, schema=RESULT_SCHEMA)
-        h = _lookup(node, members.column("head").to_numpy())
-        member_rows = pa.table({
-            "node": members.column("node"), "reason": ["exact_duplicate"] * members.num_rows,
-            "id": members.column("id"), "cluster_id": self._cluster_ids(members.column("label").to_numpy()),
-            "kept": np.zeros(members.num_rows, bool), "kept_id": twin_id.take(pa.array(h)),
-            "linked_by": ["exact"] * members.num_rows, "similarity": twin_sim[h]}, schema=RESULT_SCHEMA)
-        result = pa.concat_tables([head_rows, member_rows]).sort_by("node")
-        every = result.column("node").to_numpy()
-        where = np.searchsorted(self.starts, every, side="right") - 1  # the input part of each document
-        for k in np.unique(where).tolist():
-            write_one(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"g{task.key}.parquet")
-        return {"documents": result.num_rows, "kept": int((~gone).sum()), "removed_near": int(gone.sum()),
-                "removed_exact": members.num_rows}
+            "linked_by": np.where(gone | ~has_exact, "near", "exact").tolist(), "similarity": twin_sim},
+            schema=RESULT_SCHEMA)
+        self._write(rows, f"g{task.key}")
+        want = read_partition(self.cc / "g_want", part, _WANT_SCHEMA)
+        h = pa.array(_lookup(node, want.column("head").to_numpy()))
+        answer = pa.table({"head": want.column("head"), "kept_id": twin_id.take(h), "sim": pa.array(twin_sim).take(h)},
+                          schema=_ANSWER_SCHEMA)
+        target = want.column("target").to_numpy()
+        scatter(answer, target, self.parts, self.cc / "g_answer", task.key)
+        return {"documents": len(node), "kept": int((~gone).sum()), "removed_near": int(gone.sum()),
+                "removed_exact": 0}
 
-    def _cluster_ids(self, labels: np.ndarray) -> pa.Array:
-        return pa.array([self.roots[lb] for lb in labels.tolist()], pa.string())
+
+class MemberRowsJob(_RowsBase):
+    """Per node partition: the cluster rows of its exact copies in giant components, removed for
+    their head's kept document (the head itself, or its twin when the head was removed)."""
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        part = int(task.payload)
+        nodes = _read_own(self.cc / "g_nodes", task.key, _GNODE_SCHEMA)
+        members = nodes.filter(pc.not_equal(nodes.column("node"), nodes.column("head")))
+        del nodes
+        answer = read_partition(self.cc / "g_answer", part, _ANSWER_SCHEMA).sort_by("head")
+        h = pa.array(_lookup(answer.column("head").to_numpy(), members.column("head").to_numpy()))
+        n = members.num_rows
+        rows = pa.table({
+            "node": members.column("node"), "reason": ["exact_duplicate"] * n, "id": members.column("id"),
+            "cluster_id": self._cluster_ids(members.column("label").to_numpy()), "kept": np.zeros(n, bool),
+            "kept_id": answer.column("kept_id").take(h), "linked_by": ["exact"] * n,
+            "similarity": answer.column("sim").take(h)}, schema=RESULT_SCHEMA)
+        self._write(rows, f"m{task.key}")
+        return {"documents": n, "kept": 0, "removed_near": 0, "removed_exact": n}
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -506,16 +562,13 @@ def resolve_giants(ctx: StageContext, cc: Location, sizes: dict[int, int], part_
     ctx.run_pass("giant-exact-u", ExactFirstJob(cc, parts), part_tasks)
     ctx.run_pass("giant-exact-v", ExactSecondJob(cc, parts), part_tasks)
     done = ctx.run_pass("giant-heads", HeadsJob(cc, parts, min_sim), part_tasks)
-    roots: dict[int, tuple[str, str]] = {}
-    for r in done:
-        for label, key, _node, doc_id in r["roots"]:
-            if label not in roots or key < roots[label][0]:
-                roots[label] = (key, doc_id)
+    found = ctx.run_pass("giant-roots", RootsJob(cc), part_tasks)
+    roots = {int(lb): doc_id for r in found for lb, doc_id in r["roots"]}
     splitters = splitters_from([s for r in done for s in r["sample"]], parts)
     ctx.run_pass("giant-range", RangeJob(cc, parts, splitters), part_tasks)
     ctx.run_pass("giant-greedy", GreedyJob(cc, parts, len(splitters) + 1, rows), [ShardTask("all", None)])
-    got = ctx.run_pass("giant-rows", RowsJob(cc, offsets, {lb: doc_id for lb, (_, doc_id) in roots.items()}),
-                       part_tasks)
+    got = ctx.run_pass("giant-heads-rows", HeadRowsJob(cc, offsets, roots, parts), part_tasks)
+    got += ctx.run_pass("giant-copies-rows", MemberRowsJob(cc, offsets, roots, parts), part_tasks)
     size_list = sorted(sizes.values())
     hist = Counter(str(s) if s < 10 else ("10-99" if s < 100 else "100+") for s in size_list)
     return {"clusters": len(size_list), "documents_in_clusters": sum(r["documents"] for r in got),

@@ -56,8 +56,9 @@ def random_graph(seed: int, keep_first: bool = False) -> tuple[pa.Table, pa.Tabl
              if a != b} - {(u, v) for u, v, _, _ in edges}
     edges += [(u, v, "near", rng.choice([0.65, 0.7, 0.75, 0.75, 0.9, 1.0])) for u, v in sorted(pairs)]
     forest = pa.table({"node": pa.array(nodes, pa.int64()), "k0": k0, "id": ids, "root": pa.array([0] * n, pa.int64())})
-    edge_t = pa.table({"u": pa.array([e[0] for e in edges], pa.int64()), "v": pa.array([e[1] for e in edges], pa.int64()),
-                       "kind": [e[2] for e in edges], "sim": pa.array([e[3] for e in edges], pa.float64())})
+    edge_t = pa.table({"u": pa.array([e[0] for e in edges], pa.int64()),
+                       "v": pa.array([e[1] for e in edges], pa.int64()), "kind": [e[2] for e in edges],
+                       "sim": pa.array([e[3] for e in edges], pa.float64())})
     return forest, edge_t
 
 
@@ -217,7 +218,7 @@ def write_corpus(path: Path, seed: int = 7) -> None:
                 chain.append({"id": f"c{c:02d}-{i:03d}x{j}", "text": chain[i]["text"] + pad})
         docs += chain
     base = [rng.choice(vocab) for _ in range(150)]
-    docs += [{"id": f"tight-{k:02d}", "text": " ".join(base[:149] + [f"v{k:08d}"])} for k in range(10)]
+    docs += [{"id": f"tight-{k:02d}", "text": " ".join([*base[:149], f"v{k:08d}"])} for k in range(10)]
     docs += [{"id": f"single-{k:04d}", "text": " ".join(rng.choice(vocab) for _ in range(150))} for k in range(200)]
     rng.shuffle(docs)
     path.write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -234,7 +235,8 @@ def test_every_component_giant_gives_identical_output(run_spec, tmp_path, keep):
     docs = tmp_path / "docs.jsonl"
     write_corpus(docs)
     outs, stats = {}, {}
-    for name, extra in (("default", ""), ("giant", ", giant_component_docs: 1"), ("mixed", ", giant_component_docs: 30")):
+    runs = (("default", ""), ("giant", ", giant_component_docs: 1"), ("mixed", ", giant_component_docs: 30"))
+    for name, extra in runs:
         d = tmp_path / name
         d.mkdir()
         _, out = run_spec(SPEC.format(docs=docs, keep=keep, extra=extra), directory=d)
