@@ -11,6 +11,8 @@ partition of ``u``. Then:
    reported; Kiveris et al. prove O(log² n) rounds, a few in practice.
 2. *join pass* (:class:`LabelJoinJob`): per node partition, nodes and edges take their component
    label and are written to the partition of the label: a component's members and edges meet.
+   Components above ``giant_component_docs`` members stay in their node partitions instead, for
+   the giant passes (:mod:`stages.dedup.giant`).
 3. *representatives pass* (:class:`RepresentativesJob`): per label partition, each component's
    root by the keep rule and its kept twins (:func:`representatives`); the cluster rows are written
    split by the input part holding each document, with the cluster statistics as the task's result.
@@ -19,8 +21,9 @@ The filter pass then reads, for its input part, only that part's rows from every
 
 Memory: a task holds one partition of the edges (about ``2 × clustered documents / partitions``
 rows of 16 bytes in the star passes), the representatives pass one partition of the components;
-the driver holds pass results (counts) and file names only. One component is never split over
-tasks: a component of ``c`` documents needs ``O(c + its edges)`` memory in one worker.
+the driver holds pass results (counts) and file names only. A component resolved here is not split
+over tasks (``O(c + its edges)`` memory in one worker for ``c`` documents), so only components of
+at most ``giant_component_docs`` members are; bigger ones are split by :mod:`stages.dedup.giant`.
 """
 
 from __future__ import annotations

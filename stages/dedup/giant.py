@@ -29,22 +29,36 @@ Passes (each through ``ctx.run_pass``: resume markers, progress, retries; ``P`` 
 3. ``giant-exact-u``, ``giant-exact-v``: the keys of both ends of each exact edge by two hash
    joins (as in :mod:`stages.dedup.verify`); the worse copy's head is the better copy (exact
    buckets give stars from the bucket's best copy).
-4. ``giant-heads`` (node partition): each node's exact-group head and the head's keep key;
-   members are sent to their head's partition; near edges with ``sim >= min_sim`` get their first
-   end's head; a bounded sample of the heads' keys and each component's best node come back to the
-   driver (range splitters and the cluster ids).
+4. ``giant-heads`` (node partition): each node's exact-group head, the head's keep key and
+   whether the head has copies; each partition holding copies of a head asks the head's partition
+   for its decision (once per head and partition); near edges with ``sim >= min_sim`` get their
+   first end's head; a bounded sample of the heads' keys comes back to the driver (the range
+   splitters), each component's best node here goes to the label's partition, where
+   ``giant-roots`` keeps the best (the cluster ids: one per giant component at the driver).
 5. ``giant-range`` (partition of the second end): the second end's head; edges between distinct
    heads are oriented by keep key and range-partitioned by the later end's key (an
    order-preserving binary encoding of (k0, id, node): ``keep: first`` makes k0 constant).
 6. ``giant-greedy`` (one task): the range partitions in order, each sorted by (hi key, -sim, lo
-   key), through the greedy rule; removed heads (with their twin) go to their node partition.
-7. ``giant-rows`` (node partition): every giant node's cluster row (``RESULT_SCHEMA``), split by
-   input part like the representatives pass's rows, and the counts for the cluster statistics.
+   key), through the greedy rule; removed heads (with their twin) go to their node partition, and
+   a kept twin that takes over a removed head's copies is flagged (its ``linked_by`` is ``exact``).
+7. ``giant-heads-rows`` (node partition): the heads' cluster rows (``RESULT_SCHEMA``, split by
+   input part like the representatives pass's rows) and the answers to the copies' requests;
+   ``giant-copies-rows`` (node partition): the exact copies' rows. Their counts and the sizes
+   found in step 1 give the same cluster statistics as :func:`~stages.dedup.cluster_passes.cluster_rows`.
 
-Memory: every task but one holds one partition of the giant nodes or edges (or of one range of
-the sorted edges); ``giant-greedy`` holds a bitmap of ``N / 8`` bytes (125 MB for 10^9 documents),
-one range partition of edges and a bounded output buffer, and its time is linear in the giant
-components' edges. The driver holds the giant labels with their sizes and roots, and the splitters.
+Exact heads follow ``representatives``: a copy's head is the better end (by keep key) of its exact
+edge, which the pairs pass draws from the exact bucket's best copy; if a tie of (k0, id) left a
+copy several exact edges, the best head is taken (``representatives`` takes the last edge).
+
+Memory: every task but one holds one partition of the giant nodes or edges (or one key range of
+the oriented edges), never a whole component or exact group; ``giant-greedy`` holds a bitmap of
+``N / 8`` bytes (125 MB for 10^9 documents), one range partition of edges and a bounded output
+buffer, and its time is linear in the giant components' edges (a Python loop over the edges
+between heads, as in ``representatives``). The driver holds the giant labels with their sizes and
+roots (at most ``N / giant_component_docs``) and the splitters (``SAMPLES_PER_PARTITION`` keys per
+partition). As in the star passes, the edges a task reads are partitioned by one end, so a
+document with very many verified pairs (the best member of a huge LSH bucket) weighs on its
+partition.
 """
 
 from __future__ import annotations
@@ -325,8 +339,9 @@ class HeadsJob:
         every = pa.table({"label": nodes.column("label"), "key": encode_keys(nodes.column("k0").to_numpy(),
                                                                             nodes.column("id"), node),
                           "id": nodes.column("id")}, schema=_ROOT_SCHEMA)
-        scatter(_best_per_label(every), node_partition(_best_per_label(every).column("label").to_numpy(), self.parts),
-                self.parts, self.cc / "g_roots", task.key)
+        best = _best_per_label(every)
+        scatter(best, node_partition(best.column("label").to_numpy(), self.parts), self.parts, self.cc / "g_roots",
+                task.key)
         return {"sample": sample, "nodes": n, "near": near.num_rows}
 
 

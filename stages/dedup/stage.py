@@ -28,12 +28,16 @@ Execution, every step an engine pass (progress, resume markers, retries) writing
    :mod:`stages.dedup.cluster_passes`);
 4. *representatives pass* (one task per component partition): each component's root by the keep
    rule and greedy centres in keep order, so every removed document has a kept document with
-   similarity >= threshold - twin_margin; the cluster rows, split by input part;
+   similarity >= threshold - twin_margin; the cluster rows, split by input part. Components with
+   more than ``giant_component_docs`` members (counted by two passes before the join) are not
+   moved to one task: :mod:`stages.dedup.giant` resolves them with passes over node partitions
+   and one sequential scan over their edges in keep order, to the same cluster rows;
 5. *filter pass* (one task per input part): drop the rows its part's cluster rows remove, and
    write the part's share of the clusters table.
 
-No step holds more than one partition (or one component) in one process; the driver holds counts
-and file names (the memory model is in the README).
+No step holds more than one partition (or one component of at most ``giant_component_docs``
+members) in one process, except the giant path's scan, which adds a bitmap of N / 8 bytes; the
+driver holds counts, file names and the giant components' labels (the memory model is in the README).
 
 The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
 by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
