@@ -21,8 +21,8 @@ Passes (each through ``ctx.run_pass``: resume markers, progress, retries; ``P`` 
 1. ``giant-sizes`` (node partition): members per component label in the partition, scattered to
    the label's partition; ``giant-labels`` (label partition) sums them and returns the labels of
    the components above the threshold (at most ``N / giant_component_docs`` of them, so the driver
-   holds the list). The second pass is skipped when the partitions' largest counts cannot add up
-   to a giant component.
+   holds the list). Neither runs when fewer documents than the threshold are in clusters at all,
+   and the second not when the partitions' largest counts cannot add up to a giant component.
 2. ``label-join`` (:class:`~stages.dedup.cluster_passes.LabelJoinJob`) leaves a giant component's
    nodes and edges in their node partition (``giant_nodes``, ``giant_edges``) instead of moving
    them to the label's partition.
@@ -198,8 +198,11 @@ class GiantLabelsJob:
 
 
 def giant_labels(ctx: StageContext, cc: Location, labels: Location, part_tasks: list[ShardTask],
-                 threshold: int) -> dict[int, int]:
-    """The components with more than ``threshold`` members: label -> size (at most N / threshold)."""
+                 threshold: int, clustered: int) -> dict[int, int]:
+    """The components with more than ``threshold`` members: label -> size (at most N / threshold).
+    No pass at all when the ``clustered`` documents are too few to make one (ordinary corpora)."""
+    if clustered <= threshold:
+        return {}
     parts = len(part_tasks)
     maxima = ctx.run_pass("giant-sizes", SizesJob(labels, cc, parts), part_tasks)
     if sum(r["max"] for r in maxima) <= threshold:  # no label can add up to more
@@ -286,7 +289,7 @@ class HeadsJob:
         part = int(task.payload)
         nodes = _read_own(self.cc / "giant_nodes", task.key, _LABEL_NODE_SCHEMA).sort_by("node")
         if not nodes.num_rows:
-            return {"sample": [], "roots": []}
+            return {"sample": [], "nodes": 0, "near": 0}
         node = nodes.column("node").to_numpy()
         n = len(node)
         # each node's head: itself, or the better copy of its exact edge (the best such one if a tie

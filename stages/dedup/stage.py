@@ -120,10 +120,10 @@ class DedupStage(Stage[DedupConfig]):
         lap("pairs")
         # passes 3..: connected components (large-star / small-star), labels joined to the
         # components' partitions, then roots and kept twins per component, all on workers
-        labels, rounds = self._components(ctx, cc, part_tasks)
+        labels, rounds, clustered = self._components(ctx, cc, part_tasks)
         # components above giant_component_docs members are set aside by the join and resolved by
         # the giant passes (bounded memory per task); the others in one task each (fast)
-        giant = giant_labels(ctx, cc, labels, part_tasks, cfg.giant_component_docs)
+        giant = giant_labels(ctx, cc, labels, part_tasks, cfg.giant_component_docs, clustered)
         ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts, np.array(sorted(giant), np.int64)), part_tasks)
         lap("components")
         min_sim = cfg.near.threshold - cfg.near.twin_margin
@@ -152,9 +152,10 @@ class DedupStage(Stage[DedupConfig]):
         cc.rmtree()
 
     @staticmethod
-    def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int]:
+    def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int, int]:
         """Large-star and small-star passes until a large-star pass finds a forest of stars; the
-        folder of its (node -> component label) files and the number of rounds. Each round's inputs
+        folder of its (node -> component label) files, the number of rounds and of clustered
+        documents (the last large-star pass sees each once). Each round's inputs
         are removed once the round is done (a resumed run skips done passes without reading them)."""
         parts = len(part_tasks)
         graph = cc / "graph0"
@@ -162,7 +163,7 @@ class DedupStage(Stage[DedupConfig]):
             labels, half = cc / f"labels{rnd}", cc / f"graph{rnd}-half"
             done = ctx.run_pass(f"large-star{rnd}", StarJob("large", graph, half, labels, parts), part_tasks)
             if not sum(r["violations"] for r in done):
-                return labels, rnd
+                return labels, rnd, sum(r["nodes"] for r in done)
             ctx.run_pass(f"small-star{rnd}", StarJob("small", half, cc / f"graph{rnd}", None, parts), part_tasks)
             for folder in (graph, half, labels):
                 folder.rmtree()

@@ -161,7 +161,7 @@ def run_cluster_passes(forest: pa.Table, edges: pa.Table, parts: int, cc: Locati
             break
         ctx.run_pass("small", StarJob("small", cc / f"h{rnd}", cc / f"graph{rnd}", None, parts), tasks)
         graph = cc / f"graph{rnd}"
-    giant = giant_labels(ctx, cc, labels, tasks, threshold)  # type: ignore[arg-type]
+    giant = giant_labels(ctx, cc, labels, tasks, threshold, forest.num_rows)  # type: ignore[arg-type]
     ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts, np.array(sorted(giant), np.int64)), tasks)
     stats = resolve_giants(ctx, cc, giant, tasks, offsets, rows, 0.7) if giant else {}  # type: ignore[arg-type]
     found = [read_folder(cc / "result" / k) for k in offsets]
