@@ -94,6 +94,7 @@ _WANT_SCHEMA = pa.schema([("head", pa.int64()), ("target", pa.int64())])
 _ANSWER_SCHEMA = pa.schema([("head", pa.int64()), ("kept_id", pa.string()), ("sim", pa.float64())])
 #: a component's best node in one partition (``key``: its encoded keep key)
 _ROOT_SCHEMA = pa.schema([("label", pa.int64()), ("key", pa.binary()), ("id", pa.string())])
+#: a near edge on its way to its second end ``v``, its first end replaced by that end's head
 _NEAR_V_SCHEMA = pa.schema([("hu", pa.int64()), ("huk0", pa.float64()), ("huid", pa.string()), ("humem", pa.bool_()),
                             ("v", pa.int64()), ("sim", pa.float64())])
 #: an oriented edge between heads in its range partition: ``hk``/``lk`` are the ends' encoded keys
@@ -275,9 +276,10 @@ class ExactSecondJob:
 
 
 class HeadsJob:
-    """Per node partition: each giant node's head, members sent to their head's partition, near
-    edges' first ends mapped to their heads and sent to the second end's partition; returns a
-    sample of the heads' keys (range splitters) and each component's best node here (roots)."""
+    """Per node partition: each giant node's head (written beside the node, ``g_nodes``), one
+    request per head of the partition's exact copies to the head's partition, near edges' first
+    ends mapped to their heads and sent to the second end's partition, each component's best node
+    here sent to the label's partition; returns a sample of the heads' keys (range splitters)."""
 
     def __init__(self, cc: Location, parts: int, min_sim: float):
         self.cc, self.parts, self.min_sim = cc, parts, min_sim
