@@ -11,6 +11,8 @@ partition of ``u``. Then:
    reported; Kiveris et al. prove O(log² n) rounds, a few in practice.
 2. *join pass* (:class:`LabelJoinJob`): per node partition, nodes and edges take their component
    label and are written to the partition of the label: a component's members and edges meet.
+   Components above ``giant_component_docs`` members stay in their node partitions instead, for
+   the giant passes (:mod:`stages.dedup.giant`).
 3. *representatives pass* (:class:`RepresentativesJob`): per label partition, each component's
    root by the keep rule and its kept twins (:func:`representatives`); the cluster rows are written
    split by the input part holding each document, with the cluster statistics as the task's result.
@@ -19,8 +21,9 @@ The filter pass then reads, for its input part, only that part's rows from every
 
 Memory: a task holds one partition of the edges (about ``2 × clustered documents / partitions``
 rows of 16 bytes in the star passes), the representatives pass one partition of the components;
-the driver holds pass results (counts) and file names only. One component is never split over
-tasks: a component of ``c`` documents needs ``O(c + its edges)`` memory in one worker.
+the driver holds pass results (counts) and file names only. A component resolved here is not split
+over tasks (``O(c + its edges)`` memory in one worker for ``c`` documents), so only components of
+at most ``giant_component_docs`` members are; bigger ones are split by :mod:`stages.dedup.giant`.
 """
 
 from __future__ import annotations
@@ -121,10 +124,15 @@ class StarJob:
 
 
 class LabelJoinJob:
-    """Per node partition: nodes and edges take their component's label and move to its partition."""
+    """Per node partition: nodes and edges take their component's label and move to its partition.
 
-    def __init__(self, cc: Location, labels: Location, parts: int):
+    The nodes and edges of giant components (``giant``: their labels, sorted) stay in this node
+    partition instead (``giant_nodes``, ``giant_edges``): :mod:`stages.dedup.giant` resolves them
+    with passes over node partitions, so no label partition has to hold one whole."""
+
+    def __init__(self, cc: Location, labels: Location, parts: int, giant: np.ndarray | None = None):
         self.cc, self.labels, self.parts = cc, labels, parts
+        self.giant = np.zeros(0, np.int64) if giant is None else np.asarray(giant, np.int64)
 
     def setup(self) -> None:
         return None
@@ -140,13 +148,23 @@ class LabelJoinJob:
         _, first = np.unique(node, return_index=True)  # a node seen by several pairs partitions, once
         nodes = nodes.take(pa.array(first))
         node_label = lab[np.searchsorted(lnode, nodes.column("node").to_numpy())]
-        scatter(nodes.append_column("label", pa.array(node_label)), node_partition(node_label, self.parts),
-                self.parts, self.cc / "comp_nodes", task.key)
+        nodes = nodes.append_column("label", pa.array(node_label))
         edges = read_partition(self.cc / "edges", part, _EDGE_SCHEMA)
         edge_label = lab[np.searchsorted(lnode, edges.column("u").to_numpy())]
-        scatter(edges.append_column("label", pa.array(edge_label)), node_partition(edge_label, self.parts),
-                self.parts, self.cc / "comp_edges", task.key)
+        edges = edges.append_column("label", pa.array(edge_label))
+        if len(self.giant):  # giant components' rows stay in this node partition
+            nodes, node_label = self._set_aside(nodes, node_label, "giant_nodes", task.key)
+            edges, edge_label = self._set_aside(edges, edge_label, "giant_edges", task.key)
+        scatter(nodes, node_partition(node_label, self.parts), self.parts, self.cc / "comp_nodes", task.key)
+        scatter(edges, node_partition(edge_label, self.parts), self.parts, self.cc / "comp_edges", task.key)
         return {"nodes": nodes.num_rows, "edges": edges.num_rows}
+
+    def _set_aside(self, table: pa.Table, label: np.ndarray, folder: str, key: str) -> tuple[pa.Table, np.ndarray]:
+        """Write the rows of giant components to ``<cc>/<folder>/<key>``; the other rows and labels."""
+        giant = np.isin(label, self.giant)
+        if giant.any():
+            write_one(table.filter(pa.array(giant)), self.cc / folder / f"{key}.parquet")
+        return table.filter(pa.array(~giant)), label[~giant]
 
 
 class RepresentativesJob:

@@ -97,6 +97,13 @@ class DedupConfig(StageConfig):
         "fixed partition size it stays flat however large the corpus.",
     )
     partition_rows: int = Field(default=100_000, ge=1_000, description="Input rows per partition for auto.")
+    giant_component_docs: int = Field(
+        default=200_000, ge=1,
+        description="Components with more members are resolved by passes over node partitions (plus one "
+        "sequential scan holding a bitmap of N/8 bytes) instead of in one task, whose memory grows with the "
+        "component (tens of bytes per member and edge); the same output either way. The driver holds the "
+        "labels of such components: at most N / giant_component_docs.",
+    )
     warn_cluster_size: int = Field(default=10_000, ge=1, description="Warn when one cluster holds more documents.")
     warn_source_share: float = Field(
         default=0.5, ge=0, le=1, description="Warn when dedup removes more than this share of one source's documents."

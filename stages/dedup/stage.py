@@ -28,12 +28,16 @@ Execution, every step an engine pass (progress, resume markers, retries) writing
    :mod:`stages.dedup.cluster_passes`);
 4. *representatives pass* (one task per component partition): each component's root by the keep
    rule and greedy centres in keep order, so every removed document has a kept document with
-   similarity >= threshold - twin_margin; the cluster rows, split by input part;
+   similarity >= threshold - twin_margin; the cluster rows, split by input part. Components with
+   more than ``giant_component_docs`` members (counted by two passes before the join) are not
+   moved to one task: :mod:`stages.dedup.giant` resolves them with passes over node partitions
+   and one sequential scan over their edges in keep order, to the same cluster rows;
 5. *filter pass* (one task per input part): drop the rows its part's cluster rows remove, and
    write the part's share of the clusters table.
 
-No step holds more than one partition (or one component) in one process; the driver holds counts
-and file names (the memory model is in the README).
+No step holds more than one partition (or one component of at most ``giant_component_docs``
+members) in one process, except the giant path's scan, which adds a bitmap of N / 8 bytes; the
+driver holds counts, file names and the giant components' labels (the memory model is in the README).
 
 The root of a cluster is the best document by the keep rule (``longest``, ``shortest``, ``first``
 by id, or the highest value of a numeric ``column``), ties broken by id: independent of workers and
@@ -62,6 +66,7 @@ from stages.dedup.cluster_passes import (
 )
 from stages.dedup.config import DedupConfig
 from stages.dedup.filter import FilterDuplicatesJob
+from stages.dedup.giant import giant_labels, resolve_giants
 from stages.dedup.pairs import PairsJob, SignatureJob
 from stages.dedup.report import report_part
 from stages.dedup.signatures import lsh_params
@@ -115,12 +120,17 @@ class DedupStage(Stage[DedupConfig]):
         lap("pairs")
         # passes 3..: connected components (large-star / small-star), labels joined to the
         # components' partitions, then roots and kept twins per component, all on workers
-        labels, rounds = self._components(ctx, cc, part_tasks)
-        ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts), part_tasks)
+        labels, rounds, clustered = self._components(ctx, cc, part_tasks)
+        # components above giant_component_docs members are set aside by the join and resolved by
+        # the giant passes (bounded memory per task); the others in one task each (fast)
+        giant = giant_labels(ctx, cc, labels, part_tasks, cfg.giant_component_docs, clustered)
+        ctx.run_pass("label-join", LabelJoinJob(cc, labels, parts, np.array(sorted(giant), np.int64)), part_tasks)
         lap("components")
         min_sim = cfg.near.threshold - cfg.near.twin_margin
-        cluster_stats = _sum_cluster_stats(
-            ctx.run_pass("representatives", RepresentativesJob(cc, parts, offsets, min_sim), part_tasks))
+        reps = ctx.run_pass("representatives", RepresentativesJob(cc, parts, offsets, min_sim), part_tasks)
+        if giant:
+            reps.append(resolve_giants(ctx, cc, giant, part_tasks, offsets, sum(counts), min_sim))
+        cluster_stats = _sum_cluster_stats(reps)
         lap("representatives")
         # last pass: filter, and each input part's share of the clusters table
         clusters_dir = ctx.side_dir("clusters")
@@ -142,9 +152,10 @@ class DedupStage(Stage[DedupConfig]):
         cc.rmtree()
 
     @staticmethod
-    def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int]:
+    def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int, int]:
         """Large-star and small-star passes until a large-star pass finds a forest of stars; the
-        folder of its (node -> component label) files and the number of rounds. Each round's inputs
+        folder of its (node -> component label) files, the number of rounds and of clustered
+        documents (the last large-star pass sees each once). Each round's inputs
         are removed once the round is done (a resumed run skips done passes without reading them)."""
         parts = len(part_tasks)
         graph = cc / "graph0"
@@ -152,7 +163,7 @@ class DedupStage(Stage[DedupConfig]):
             labels, half = cc / f"labels{rnd}", cc / f"graph{rnd}-half"
             done = ctx.run_pass(f"large-star{rnd}", StarJob("large", graph, half, labels, parts), part_tasks)
             if not sum(r["violations"] for r in done):
-                return labels, rnd
+                return labels, rnd, sum(r["nodes"] for r in done)
             ctx.run_pass(f"small-star{rnd}", StarJob("small", half, cc / f"graph{rnd}", None, parts), part_tasks)
             for folder in (graph, half, labels):
                 folder.rmtree()
