@@ -15,7 +15,7 @@ dependency of tokenmill). Both sides start from the same JSONL.zst file and end 
 
 Wall time covers the whole command on each side (reading, work, writing); peak memory is the peak
 PSS of the child's whole process tree (pool workers, Ray's GCS, raylet and workers), sampled from /proc.
-Run: ``python benchmarks/bench_datatrove.py [--quick]``.
+Run: ``python benchmarks/bench_datatrove.py [--quick] [--only minhash|tokenize]``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,11 @@ def _train_tokenizer(lines: list[bytes], path: Path) -> None:
     tok.save(str(path))
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+#: the tasks, by the name ``--only`` takes
+TASKS = {"minhash": "minhash dedup", "tokenize": "tokenize"}
+
+
+def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -178,21 +182,27 @@ def run(quick: bool) -> list[dict[str, Any]]:
         (d / "in").mkdir()
         (d / "corpus.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=3).compress(body))
         (d / "in" / "corpus.jsonl.zst").write_bytes((d / "corpus.jsonl.zst").read_bytes())
-        _train_tokenizer(lines, d / "tokenizer.json")
+        wanted = {TASKS[t] for t in (only or TASKS)}
+        if "tokenize" in wanted:
+            _train_tokenizer(lines, d / "tokenizer.json")
         results: dict[str, tuple[float, float]] = {}
         for name, ours_spec, dt_script in (
             ("minhash dedup", OURS_DEDUP, DT_DEDUP.format(root=str(ROOT), ngram=NGRAM, buckets=NUM_BUCKETS,
                                                           rows=ROWS, workers=WORKERS)),
             ("tokenize", OURS_ENCODE, DT_TOKENIZE.format(workers=WORKERS)),
         ):
+            if name not in wanted:
+                continue
             side = d / name.replace(" ", "_")
             (side / "tm").mkdir(parents=True)
             (side / "dt").mkdir()
             for f in ("corpus.jsonl.zst", "tokenizer.json"):
-                os.link(d / f, side / "tm" / f)
+                if (d / f).exists():
+                    os.link(d / f, side / "tm" / f)
             (side / "dt" / "in").mkdir()
             os.link(d / "corpus.jsonl.zst", side / "dt" / "in" / "corpus.jsonl.zst")
-            os.link(d / "tokenizer.json", side / "dt" / "tokenizer.json")
+            if (d / "tokenizer.json").exists():
+                os.link(d / "tokenizer.json", side / "dt" / "tokenizer.json")
             (side / "tm" / "spec.yaml").write_text(ours_spec)
             (side / "dt" / "run.py").write_text(dt_script)
             results["dt"] = _run([sys.executable, "run.py"], side / "dt")
@@ -233,10 +243,13 @@ def _lines(path: Path) -> list[bytes]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the first {QUICK_DOCS:,} documents")
+    p.add_argument("--only", nargs="+", choices=sorted(TASKS), help="run only these tasks (default: all)")
     args = p.parse_args()
-    rows = run(args.quick)
+    rows = run(args.quick, args.only)
     print_table("tokenmill vs datatrove", rows)
-    save("datatrove", rows)
+    # a partial run is printed, not saved: the results file (and the README table) keep every task
+    if not args.only or set(args.only) == set(TASKS):
+        save("datatrove", rows)
 
 
 if __name__ == "__main__":
