@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class StageContext:
                 self.reporter.shard_done(self.name, stats.get("rows_in", 0), stats.get("bytes_in", 0), resumed,
                                          rows_out=stats.get("rows_out"))
 
+        started = time.perf_counter()
         try:
             results = run_shards(
                 job, tasks, self.work_dir, use_actors=use_actors, reuse_setup=reuse_setup, worker_cpus=worker_cpus,
@@ -145,6 +147,9 @@ class StageContext:
         if peaks:  # the largest worker resident size of one shard, per pass: the memory model, measured
             memory = self.manifest.stats.setdefault("peak_task_rss_mb", {})
             memory[label or "main"] = max([*peaks, memory.get(label or "main", 0)])
+        # wall seconds and tasks of each pass: where a multi-pass stage's time goes, fixed costs included
+        passes = self.manifest.stats.setdefault("passes", {})
+        passes[label or "main"] = {"seconds": round(time.perf_counter() - started, 3), "tasks": len(tasks)}
         return results
 
     def run_pass(

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -158,7 +159,8 @@ class IngestJob:
             return self._reject(rel, line, "missing_text", f"no '{inp.fields.text}' field", raw)
         if not isinstance(text, str):
             return self._reject(rel, line, "non_string_text", f"'{inp.fields.text}' is {type(text).__name__}", raw)
-        stripped = len(text.strip())
+        # a text that starts and ends with a non-space character is its own strip(): no copy of it
+        stripped = len(text) if text and not text[0].isspace() and not text[-1].isspace() else len(text.strip())
         if stripped == 0:
             return self._reject(rel, line, "empty_text", "text is empty or blank", raw)
         if stripped < self.min_chars:
@@ -167,13 +169,16 @@ class IngestJob:
         doc_id = _as_str(id_) if id_ is not None else f"{self.id_names.get(rel, rel)}:{line}"
         self.rows.add(doc_id, text, inp.lang or _as_str(lang), inp.source or _as_str(source) or name,
                       [_as_str(e) for e in extras])
-        self.counts["out"] += 1
-        self.bytes_out += len(text.encode("utf-8")) if not text.isascii() else len(text)
+        self.counts["out"] += 1  # bytes_out: the text column's UTF-8 bytes, counted per batch in _flush
         return None
 
     def _flush(self, out: ShardOutput, final: bool = False) -> None:
         if len(self.rows) >= BATCH_ROWS or (final and len(self.rows)):
-            out.data.write(self.rows.table())
+            table = self.rows.table()
+            # the UTF-8 bytes of the kept texts, from the Arrow column: a per-row str.encode copied
+            # every non-ASCII document once more (0.2 s of 5.5 s of CPU on the Debian corpus)
+            self.bytes_out += pc.sum(pc.binary_length(table.column("text"))).as_py() or 0
+            out.data.write(table)
         if self.rejects and (final or len(self.rejects) >= BATCH_ROWS):
             out.rejects.write(make_rejects(self.rejects))
             self.rejects = []
@@ -208,7 +213,7 @@ class IngestJob:
             self._file_failure(rel, None, "empty_file", "the file holds no data", 0)
 
     def _json_line(self, rel: str, line: int, raw: bytes, inp: FilesInput, name: str) -> None:
-        if not raw.strip():
+        if not raw or raw.isspace():  # what `not raw.strip()` says (ASCII whitespace), without copying the line
             return self._reject(rel, line, "blank_line", "empty line", raw)
         try:
             obj = orjson.loads(raw)
