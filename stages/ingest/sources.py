@@ -91,6 +91,7 @@ class _FrameReader(io.RawIOBase):
         self.failure: InputFailure | None = None
         self.buffer = bytearray()
         self.dctx = zstandard.ZstdDecompressor() if kind == "zstd" else None
+        self._discard = 0  # decoded bytes still to drop (skip)
 
     def _decoder(self) -> Any:
         if self.dctx is not None:
@@ -122,6 +123,36 @@ class _FrameReader(io.RawIOBase):
         del self.buffer[:n]
         return out
 
+    def skip(self, size: int) -> int:
+        """Drop the next ``size`` decoded bytes; returns how many were dropped (fewer when the stream
+        ends or fails first: ``failure`` then says why, as ``read`` would raise it).
+
+        Why not ``read`` and throw the bytes away: a shard of a compressed file decodes everything
+        before its range, and ``read`` copied each decoded piece into the buffer and out again. On
+        the Debian corpus (one .zst file, 13 shards) the shards skip 6 times the file's size.
+        """
+        done = min(size, len(self.buffer))
+        del self.buffer[:done]
+        self._discard = size - done
+        try:
+            while self.failure is None and self._discard:  # the loop of ``read``, decoded bytes dropped
+                try:
+                    data = self.raw.read(CHUNK)
+                except OSError as exc:
+                    self.failure = UnreadableInput(f"read failed: {exc}")
+                    break
+                if not data:
+                    if self.dobj is not None:
+                        self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
+                    break
+                try:
+                    self._feed(data)
+                except (zstandard.ZstdError, zlib.error) as exc:
+                    self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
+        finally:
+            left, self._discard = self._discard, 0
+        return size - left
+
     def _feed(self, data: bytes) -> None:
         pos = 0
         while pos < len(data):
@@ -133,7 +164,14 @@ class _FrameReader(io.RawIOBase):
                     pos = nonzero.start()
                 self.dobj = self._decoder()
             piece = data[pos: pos + self.FEED]
-            self.buffer += self.dobj.decompress(piece)
+            out = self.dobj.decompress(piece)
+            if self._discard:  # skip: drop what is decoded before the wanted bytes
+                drop = min(self._discard, len(out))
+                self._discard -= drop
+                if drop < len(out):
+                    self.buffer += memoryview(out)[drop:]
+            else:
+                self.buffer += out
             pos += len(piece)
             if self.dobj.eof:  # the next frame starts in what this one did not use
                 pos -= len(self.dobj.unused_data)
@@ -230,13 +268,10 @@ def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int,
             try:
                 if compression_of(path) is None:
                     stream.seek(rng.start)
-                else:
-                    remaining = rng.start
-                    while remaining:
-                        skipped = stream.read(min(remaining, CHUNK))
-                        if not skipped:  # shorter than when it was planned
-                            raise TruncatedInput("stream ends before this shard's start (did the file change?)")
-                        remaining -= len(skipped)
+                elif stream.skip(rng.start) < rng.start:  # type: ignore[attr-defined]
+                    if stream.failure is not None:  # type: ignore[attr-defined]
+                        raise stream.failure  # type: ignore[attr-defined]
+                    raise TruncatedInput("stream ends before this shard's start (did the file change?)")
             except InputFailure as exc:
                 failure = exc
             except OSError as exc:
