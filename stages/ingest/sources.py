@@ -102,25 +102,49 @@ class _FrameReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while self.failure is None and (size < 0 or len(self.buffer) < size):
-            try:
-                data = self.raw.read(CHUNK)
-            except OSError as exc:
-                self.failure = UnreadableInput(f"read failed: {exc}")
+            if not self._fill():
                 break
-            if not data:
-                if self.dobj is not None:
-                    self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
-                break
-            try:
-                self._feed(data)
-            except (zstandard.ZstdError, zlib.error) as exc:
-                self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
         if not self.buffer and self.failure is not None:
             raise self.failure
         n = len(self.buffer) if size < 0 else min(size, len(self.buffer))
         out = bytes(self.buffer[:n])
         del self.buffer[:n]
         return out
+
+    def skip(self, size: int) -> int:
+        """Discard the next ``size`` uncompressed bytes; returns how many were discarded (fewer only at
+        the end of the stream). Why not ``read``: a shard of a compressed file decompresses and discards
+        everything before its range, and ``read`` copied each of those bytes twice more (slice, then
+        ``bytes``) on top of the decoder's output; here the decoded bytes are only appended and dropped.
+        A failure met while skipping is raised like ``read`` raises it."""
+        done = 0
+        while done < size:
+            if not self.buffer and (self.failure is not None or not self._fill()):
+                if self.failure is not None:
+                    raise self.failure
+                break
+            n = min(size - done, len(self.buffer))
+            del self.buffer[:n]
+            done += n
+        return done
+
+    def _fill(self) -> bool:
+        """Decode the next chunk of the file into the buffer; False at the end of the stream (or a
+        failure, kept for the next read)."""
+        try:
+            data = self.raw.read(CHUNK)
+        except OSError as exc:
+            self.failure = UnreadableInput(f"read failed: {exc}")
+            return False
+        if not data:
+            if self.dobj is not None:
+                self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
+            return False
+        try:
+            self._feed(data)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
+        return True
 
     def _feed(self, data: bytes) -> None:
         pos = 0
@@ -231,12 +255,8 @@ def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int,
                 if compression_of(path) is None:
                     stream.seek(rng.start)
                 else:
-                    remaining = rng.start
-                    while remaining:
-                        skipped = stream.read(min(remaining, CHUNK))
-                        if not skipped:  # shorter than when it was planned
-                            raise TruncatedInput("stream ends before this shard's start (did the file change?)")
-                        remaining -= len(skipped)
+                    if stream.skip(rng.start) < rng.start:  # shorter than when it was planned
+                        raise TruncatedInput("stream ends before this shard's start (did the file change?)")
             except InputFailure as exc:
                 failure = exc
             except OSError as exc:
