@@ -79,7 +79,8 @@ def profile_rows(profiles: dict[str, dict]) -> list[dict]:
     rows = []
     for what, sec in profiles.items():
         row: dict = {"stage run": what}
-        row |= {k: v for k, v in sec.items() if k not in ("worker", "worker_first_shard")}
+        row |= {k: v for k, v in sec.items() if k not in ("worker", "worker_first_shard", "idle_in_span")}
+        row |= {f"idle {k}": v for k, v in sec.get("idle_in_span", {}).items()}
         row["worker starts (s)"] = ", ".join(f"{t:.2f}" for t in sec.get("worker_first_shard", []))
         row |= {f"Σ {k}": v for k, v in sec.get("worker", {}).items()}
         rows.append(row)
