@@ -3,16 +3,17 @@
 Raw rows (text already in memory, no Parquet): HF ``Tokenizer.encode_batch`` over all texts at once
 with the Rust thread pool on (all cores) -- the reference rate --, and ``gigatoken.Tokenizer
 .encode_batch`` with its thread pool (all cores). The stage row runs ``pipeline run`` with the encode
-stage's defaults (``engine: auto``, one actor per core, the sampled HF parity check on): it reads
-Parquet, encodes and writes Parquet, and its rate counts all of that (wall time from its
-manifest: Ray Data and actor start included). A second stage row runs the same stage as one actor
+stage's defaults (``engine: auto``, one worker per core keeping the tokenizer, the sampled HF parity
+check on): it reads Parquet, encodes and writes Parquet, and its rate counts all of that (wall time
+from its manifest: the workers' set-up included). A second stage row runs the same stage as one worker
 whose engines use their thread pools (``rust_threads: true``, ``TOKENMILL_MAX_WORKERS=1``), the
-alternative to one single-threaded actor per core. Ids are compared with HF's on every document
+alternative to one single-threaded worker per core. Ids are compared with HF's on every document
 (gigatoken's raw output and each stage run's Parquet output), not a sample; a difference fails the
 benchmark. ``stage/HF`` and ``stage/fast`` are MB/s over the raw HF and raw gigatoken rates (the
 latter shows the stage's own overhead). A second table is the stage's own profile from its manifest
 (``stats.seconds``): driver-side start, the span in which shards ran, and seconds per phase summed
-over workers. The 1-minute load average is printed beside each row: on a shared host rows under
+over workers, and the workers' idle time inside the span (start skew, between shards, at the end).
+The 1-minute load average is printed beside each row: on a shared host rows under
 different loads are not comparable.
 
     python benchmarks/bench_encode.py [--quick | --docs N] [--no-threads-variant]
@@ -79,7 +80,8 @@ def profile_rows(profiles: dict[str, dict]) -> list[dict]:
     rows = []
     for what, sec in profiles.items():
         row: dict = {"stage run": what}
-        row |= {k: v for k, v in sec.items() if k not in ("worker", "worker_first_shard")}
+        row |= {k: v for k, v in sec.items() if k not in ("worker", "worker_first_shard", "idle_in_span")}
+        row |= {f"idle {k}": v for k, v in sec.get("idle_in_span", {}).items()}
         row["worker starts (s)"] = ", ".join(f"{t:.2f}" for t in sec.get("worker_first_shard", []))
         row |= {f"Σ {k}": v for k, v in sec.get("worker", {}).items()}
         rows.append(row)
@@ -136,7 +138,7 @@ def run(limit: int | bool | None, threads_variant: bool = True) -> list[dict]:
         (d / "spec-threads.yaml").write_text(SPEC % ", rust_threads: true")
         variants = [("spec.yaml", "encode stage, defaults", {})]
         if threads_variant:
-            variants.append(("spec-threads.yaml", "encode stage, 1 actor, engine threads",
+            variants.append(("spec-threads.yaml", "encode stage, 1 worker, engine threads",
                              {"TOKENMILL_MAX_WORKERS": "1"}))
         for spec, label, env in variants:
             os.environ.pop("TOKENMILL_MAX_WORKERS", None)
@@ -166,7 +168,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="first 5k documents")
     p.add_argument("--docs", type=int, default=None, help="first N documents (default: the whole corpus)")
-    p.add_argument("--no-threads-variant", action="store_true", help="skip the 1-actor, engine-threads stage run")
+    p.add_argument("--no-threads-variant", action="store_true", help="skip the 1-worker, engine-threads stage run")
     a = p.parse_args()
     out = run(5000 if a.quick else a.docs, threads_variant=not a.no_threads_variant)
     print_table("encode stage vs HF encode_batch vs gigatoken (stage/HF, stage/fast: MB/s ratios)", out)

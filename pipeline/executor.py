@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import traceback
 import uuid
 import warnings
@@ -198,7 +199,8 @@ def run_shards(
     if pending:
         cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
-        workers = max(1, min(len(pending), max_workers or cap, cap, int(cluster_cpus / worker_cpus)))
+        slots = max(1, int(cluster_cpus / worker_cpus))  # how many of this pass's tasks Ray can run at once
+        workers = max(1, min(len(pending), max_workers or cap, cap, slots))
         retries = retries or RetryConfig()
         if use_actors:
             ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
@@ -226,7 +228,7 @@ def run_shards(
             except ray.exceptions.RayError as exc:
                 raise _worker_died(exc, retries) from None
         else:
-            # Plain Ray tasks, at most ``workers`` in flight: a Ray Data execution costs 1.5-2 s of
+            # Plain Ray tasks, at most ``workers`` running (see queue_depth): a Ray Data execution costs 1.5-2 s of
             # planning and start-up per pass here (measured: 8 empty shards 1.6-2.0 s through
             # Ray Data, 0.02 s as tasks), which multi-pass stages paid on every pass.
             run_remote = ray.remote(_run_task).options(num_cpus=worker_cpus, max_retries=retries.max_task_retries)
@@ -234,9 +236,10 @@ def run_shards(
             # job of this pass (``reuse_setup``) does not deserialise it again
             token = uuid.uuid4().hex if reuse_setup else ""
             job_ref, queue, in_flight = [ray.put(job)], list(pending), {}
+            depth = queue_depth(workers, slots)
             try:
                 while queue or in_flight:
-                    while queue and len(in_flight) < workers:
+                    while queue and len(in_flight) < depth:
                         task = queue.pop(0)
                         in_flight[run_remote.remote(job_ref, token, work_dir, task)] = task
                     done, _ = ray.wait(list(in_flight), num_returns=1)
@@ -249,6 +252,17 @@ def run_shards(
                 for ref in in_flight:
                     ray.cancel(ref)
     return [results[t.key] for t in tasks]
+
+
+def queue_depth(workers: int, slots: int) -> int:
+    """How many tasks of a pass are submitted at once: one queued behind each running one when the
+    pass may use every slot Ray has for it, so a worker that finishes a shard starts the next at
+    once (Ray hands the queued task to the worker whose lease it already holds, the one whose
+    set-up is kept) instead of waiting for the driver to see the result and submit another: that
+    wait left each encode worker idle 0.3 s between shards on a loaded host (``idle_in_span``).
+    With fewer workers than slots (``TOKENMILL_MAX_WORKERS``, ``max_workers``) queued tasks would
+    run at once, beyond the cap: exactly ``workers`` then."""
+    return 2 * workers if workers >= slots else workers
 
 
 #: the job this worker process set up last, by its pass's token (``reuse_setup``); one at most, so a
@@ -270,11 +284,43 @@ def _set_up_job(job_ref: list[Any], token: str) -> ShardJob:
     return job
 
 
+#: seconds a worker of a ``reuse_setup`` pass stays idle after a shard before it gives memory back
+IDLE_RELEASE_S = 0.5
+#: the pending idle release of this worker process (``reuse_setup`` passes)
+_IDLE_RELEASE: list[threading.Timer] = []
+
+
+def _release_when_idle() -> None:
+    """Give memory back once this process has run no task for :data:`IDLE_RELEASE_S`.
+
+    Why not after every shard, as other passes do: in a pass that keeps its set-up job the next
+    shard follows at once and needs the same memory again; the release (a full collection, Arrow's
+    pool, glibc's trim) and faulting the pages back in cost each encode worker 0.3 s between shards
+    on a loaded host (``idle_in_span.between`` 3.6-4.5 worker-seconds of a 12 s span, 0.25 s
+    without it). A new task cancels the timer; a task of another pass releases first
+    (:func:`_run_task`), so the next stage does not carry this one's high-water mark either."""
+    timer = threading.Timer(IDLE_RELEASE_S, release_memory_if_grown)
+    timer.daemon = True
+    _IDLE_RELEASE.append(timer)
+    timer.start()
+
+
+def _cancel_idle_release() -> None:
+    while _IDLE_RELEASE:
+        _IDLE_RELEASE.pop().cancel()  # a release already running finishes: harmless beside a shard
+
+
 def _run_task(job_ref: list[Any], token: str, work_dir: Location, task: ShardTask) -> str:
     """One shard as a Ray task: its stats as JSON (the same types as a resumed shard's marker)."""
+    _cancel_idle_release()
+    if _KEPT_JOB and token not in _KEPT_JOB:  # the pass whose memory this process kept is over
+        release_memory_if_grown()
     job = _set_up_job(job_ref, token)
     stats = _run_one(job, work_dir, task)
-    release_memory_if_grown()  # Ray reuses this worker process for later shards and stages
+    if token:
+        _release_when_idle()
+    else:
+        release_memory_if_grown()  # Ray reuses this worker process for later shards and stages
     return json.dumps(stats, default=str)
 
 

@@ -213,6 +213,21 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
             "column_encoding": {IDS_LEAF: "BYTE_STREAM_SPLIT"}}
 
 
+def idle_in_span(spans: list[list[float]]) -> dict[str, float]:
+    """Worker-seconds inside the shards' span with no shard running, per cause: ``start`` (a worker
+    began its first shard after the first worker did), ``between`` (from one shard's end to the
+    same worker's next shard: the driver's round trip and the task's start), ``end`` (a worker
+    finished its last shard before the last worker did)."""
+    first, last = min(sp[1] for sp in spans), max(sp[2] for sp in spans)
+    idle = {"start": 0.0, "between": 0.0, "end": 0.0}
+    for pid in {sp[0] for sp in spans}:
+        mine = sorted((sp[1], sp[2]) for sp in spans if sp[0] == pid)
+        idle["start"] += mine[0][0] - first
+        idle["between"] += sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(mine))
+        idle["end"] += last - mine[-1][1]
+    return {k: round(v, 3) for k, v in idle.items()}
+
+
 class EncodeJob(MapStageJob):
     """The map-stage job with shard hooks: the parity top-up counts per shard, a fallback re-encodes
     the whole shard with HF (its partial output is discarded first), the output's writer options,
@@ -441,6 +456,7 @@ class EncodeStage(MapStage[EncodeConfig]):
             first, last = min(sp[1] for sp in live), max(sp[2] for sp in live)
             out |= {"to_first_shard": round(first - prepared, 3), "shards_span": round(last - first, 3),
                     "after_last_shard": round(now - last, 3), "workers": len({sp[0] for sp in live}),
+                    "idle_in_span": idle_in_span(live),
                     # when each worker began its first shard: how long the pool took to fill
                     "worker_first_shard": sorted(round(min(sp[1] for sp in live if sp[0] == pid) - prepared, 3)
                                                  for pid in {sp[0] for sp in live})}

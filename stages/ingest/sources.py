@@ -103,19 +103,8 @@ class _FrameReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         while self.failure is None and (size < 0 or len(self.buffer) < size):
-            try:
-                data = self.raw.read(CHUNK)
-            except OSError as exc:
-                self.failure = UnreadableInput(f"read failed: {exc}")
+            if not self._fill():
                 break
-            if not data:
-                if self.dobj is not None:
-                    self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
-                break
-            try:
-                self._feed(data)
-            except (zstandard.ZstdError, zlib.error) as exc:
-                self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
         if not self.buffer and self.failure is not None:
             raise self.failure
         n = len(self.buffer) if size < 0 else min(size, len(self.buffer))
@@ -135,23 +124,29 @@ class _FrameReader(io.RawIOBase):
         del self.buffer[:done]
         self._discard = size - done
         try:
-            while self.failure is None and self._discard:  # the loop of ``read``, decoded bytes dropped
-                try:
-                    data = self.raw.read(CHUNK)
-                except OSError as exc:
-                    self.failure = UnreadableInput(f"read failed: {exc}")
-                    break
-                if not data:
-                    if self.dobj is not None:
-                        self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
-                    break
-                try:
-                    self._feed(data)
-                except (zstandard.ZstdError, zlib.error) as exc:
-                    self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
+            while self.failure is None and self._discard and self._fill():  # decoded bytes dropped in _feed
+                pass
         finally:
             left, self._discard = self._discard, 0
         return size - left
+
+    def _fill(self) -> bool:
+        """Decode the next chunk of the file into the buffer; False at the end of the stream (or a
+        failure, kept for the next read)."""
+        try:
+            data = self.raw.read(CHUNK)
+        except OSError as exc:
+            self.failure = UnreadableInput(f"read failed: {exc}")
+            return False
+        if not data:
+            if self.dobj is not None:
+                self.failure = TruncatedInput(f"{self.kind} stream ends early, inside a frame")
+            return False
+        try:
+            self._feed(data)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            self.failure = CorruptInput(f"{self.kind} stream is corrupt: {exc}")
+        return True
 
     def _feed(self, data: bytes) -> None:
         pos = 0

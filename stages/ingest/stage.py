@@ -36,7 +36,7 @@ from pipeline.context import StageContext
 from pipeline.errors import InputDataError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location, is_uri
-from pipeline.parquet_io import make_rejects
+from pipeline.parquet_io import WRITE_OPTIONS, make_rejects
 from pipeline.stage_api import Stage, StageConfig, register_stage
 from stages.ingest.sources import BOM, LineRange, format_of, iter_lines, plan_line_ranges
 
@@ -53,6 +53,19 @@ class IngestConfig(StageConfig):
     )
     shard_mb: float = Field(default=32, gt=0, le=65536, description="Target uncompressed MB per shard (one task each).")
     min_chars: int = Field(default=1, ge=1, description="Documents with fewer non-blank characters are dropped.")
+
+
+def write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options of an ingest part. The text column is written without dictionary pages or
+    min/max statistics (the writer built a dictionary of every text before giving up on it, and
+    nobody filters on text bounds) at zstd level 1; ids without dictionary pages (they are unique).
+    Measured on the Debian corpus's 15 parts (CPU seconds, one process): 0.79 s / 29.0 MB with the
+    defaults -> 0.45 s / 36.3 MB, where decompressing for the next stage costs the same."""
+    repeated = [f.name for f in schema if f.name not in ("id", "text")]
+    small = [f.name for f in schema if f.name != "text"]
+    level = WRITE_OPTIONS["compression_level"]
+    return {"use_dictionary": repeated, "write_statistics": small,
+            "compression_level": {**{name: level for name in small}, "text": 1}}
 
 
 def output_schema(keep_fields: list[str]) -> pa.Schema:
@@ -118,6 +131,7 @@ class IngestJob:
         self.rejects: list[dict] = []
         self.file_rejects: dict[str, dict[str, Any]] = {}
         out.data.schema = self.rows.schema
+        out.data.options.update(write_options(self.rows.schema))
         if p["kind"] == "lines":
             self._lines(p, inp, out)
         elif p["kind"] == "parquet":
@@ -191,6 +205,10 @@ class IngestJob:
         empty = rng.start == 0  # the first range of a file yields nothing only when the file is empty
         for lines, first, failure in iter_lines(path, rng):
             empty = False
+            if is_json and failure is None:
+                self._json_lines(rel, first, lines, inp, p["input"])
+                self._flush(out)
+                continue
             for k, raw in enumerate(lines):
                 line = first + k
                 self.bytes_in += len(raw) + 1
@@ -211,6 +229,45 @@ class IngestJob:
             self._flush(out)
         if empty:
             self._file_failure(rel, None, "empty_file", "the file holds no data", 0)
+
+    def _json_lines(self, rel: str, first: int, lines: list[bytes], inp: FilesInput, name: str) -> None:
+        """A batch of JSON lines: the common row (an object whose text is a string starting and
+        ending with a non-blank character, string or absent id, lang and source) is appended to the
+        column buffers here, inline; any other line takes :meth:`_json_line`, the general path
+        (rejects, derived values), so the rows and rejects are exactly those of the general path.
+        Why: per-row method calls, not JSON parsing, were most of ingest's time (in-process CPU
+        profile of the Debian corpus: ``_accept``/``_json_line``/``_Rows.add``/``_as_str`` about 3x
+        ``orjson.loads``)."""
+        self.counts["in"] += len(lines)
+        self.bytes_in += sum(map(len, lines)) + len(lines)
+        f, cols, loads = inp.fields, self.rows.cols, orjson.loads
+        add_id, add_text, add_lang, add_source = (cols[c].append for c in ("id", "text", "lang", "source"))
+        extras = [cols[k].append for k in inp.keep_fields]
+        derived = self.id_names.get(rel, rel)
+        min_chars, kept = self.min_chars, 0
+        for k, raw in enumerate(lines):
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict:
+                text = obj.get(f.text)
+                id_ = obj.get(f.id) if f.id else None
+                lang = obj.get(f.lang) if f.lang and not inp.lang else None
+                source = obj.get(f.source) if f.source and not inp.source else None
+                if (type(text) is str and text and len(text) >= min_chars and not text[0].isspace()
+                        and not text[-1].isspace() and (id_ is None or type(id_) is str)
+                        and (lang is None or type(lang) is str) and (source is None or type(source) is str)):
+                    add_id(f"{derived}:{first + k}" if id_ is None else id_)
+                    add_text(text)
+                    add_lang(inp.lang or lang)
+                    add_source(inp.source or source or name)
+                    for append, key in zip(extras, inp.keep_fields, strict=True):
+                        append(_as_str(obj.get(key)))
+                    kept += 1
+                    continue
+            self._json_line(rel, first + k, raw, inp, name)
+        self.counts["out"] += kept
 
     def _json_line(self, rel: str, line: int, raw: bytes, inp: FilesInput, name: str) -> None:
         if not raw or raw.isspace():  # what `not raw.strip()` says (ASCII whitespace), without copying the line

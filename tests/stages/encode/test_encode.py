@@ -82,3 +82,15 @@ def test_stage_process_adds_ids_counts_and_per_language_tokens(tokenizer):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError):
         EncodeConfig(name="e", type="encode", tokenizer="t", add_eoss=True)
+
+
+def test_idle_in_span_splits_worker_idle_time_by_cause():
+    """Two workers: the second starts 1 s late, the first waits 0.5 s between its shards, and the
+    second finishes 2 s before the first; the busy time plus the idle time fill both workers' span."""
+    from stages.encode.stage import idle_in_span
+
+    spans = [[1, 0.0, 3.0], [1, 3.5, 6.0], [2, 1.0, 4.0]]
+    idle = idle_in_span(spans)
+    assert idle == {"start": 1.0, "between": 0.5, "end": 2.0}
+    busy = sum(b - a for _, a, b in spans)
+    assert busy + sum(idle.values()) == 2 * 6.0

@@ -203,3 +203,18 @@ def test_inspect_and_plan_show_the_output(run_spec, tmp_path, capsys):
     assert "rejected: malformed_json" in shown and "bad_rows.jsonl:2 malformed_json" in shown
     assert main(["plan", str(tmp_path / "spec.yaml")]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_parts_write_text_without_dictionary_or_statistics(run_spec, tmp_path):
+    """The text column is written plainly (no dictionary pages, no min/max of whole documents); the
+    short columns keep their statistics, lang and source their dictionary."""
+    (tmp_path / "a.jsonl").write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in DOCS))
+    _, out = run_spec(spec_for("a.jsonl"))
+    (part,) = sorted((out / "ingest" / "data").glob("part-*.parquet"))
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert not cols["text"].is_stats_set and cols["id"].is_stats_set
+    assert not any("DICTIONARY" in e for e in cols["text"].encodings + cols["id"].encodings)
+    assert any("DICTIONARY" in e for e in cols["lang"].encodings)
+    assert {c.compression for c in cols.values()} == {"ZSTD"}
+    assert data(out).column("text").to_pylist() == [d["text"] for d in DOCS]

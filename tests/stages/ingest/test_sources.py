@@ -64,3 +64,32 @@ def test_truncated_gzip_is_detected(tmp_path):
     path.write_bytes(full[: len(full) // 2])
     batches = list(iter_lines(path, LineRange(0, -1, 1)))
     assert batches and isinstance(batches[-1][2], TruncatedInput)
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip", "frames"])
+def test_skip_discards_exactly_what_read_would_return(tmp_path, kind):
+    """A shard of a compressed file skips the bytes before its range (``_FrameReader.skip``): what
+    follows is the stream from that offset, in one frame or across concatenated frames."""
+    if kind == "frames":
+        path = tmp_path / "f.jsonl.zst"
+        path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(DATA[i:i + 7000])
+                                  for i in range(0, len(DATA), 7000)))
+    else:
+        path = write(tmp_path, kind)
+    for offset in (0, 1, 6999, 7000, 65_537, len(DATA) - 1):
+        stream = open_uncompressed(path)
+        assert stream.skip(offset) == offset
+        assert stream.read() == DATA[offset:]
+    stream = open_uncompressed(path)
+    assert stream.skip(len(DATA) + 10) == len(DATA)  # the end of the stream: fewer than asked
+
+
+def test_skip_over_a_cut_raises_the_cut(tmp_path):
+    full = zstandard.ZstdCompressor().compress(DATA)
+    path = tmp_path / "t.jsonl.zst"
+    path.write_bytes(full[: len(full) // 2])
+    stream = open_uncompressed(path)
+    assert stream.skip(len(DATA)) < len(DATA)  # stopped at the cut, which it names as read would raise it
+    assert isinstance(stream.failure, TruncatedInput)
+    (last,) = [b for b in iter_lines(path, LineRange(len(DATA) - 10, -1, 4990))]  # a range after the cut
+    assert isinstance(last[2], TruncatedInput)
