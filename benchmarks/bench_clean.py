@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DEBIAN, load_jsonl_zst, peak_rss_mb, print_table, save, timed
 from stages.clean.core import NGramCounts, NGramLM, repetition_mask
 

@@ -12,8 +12,12 @@ languages all three support (the fair comparison); docs/s is on one core (all th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import UDHR, load_jsonl_zst, manifest, measure, print_table, run_cli, save, write_jsonl
 from pipeline.parquet_io import read_table
 
