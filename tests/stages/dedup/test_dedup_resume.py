@@ -58,6 +58,29 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def kill_in_pass_then_resume(run_dir: Path, spec: str, pass_name: str) -> dict:
+    """Run ``spec`` in ``run_dir`` with the CLI, SIGKILL the driver once pass ``pass_name`` has
+    committed a shard, resume with ``--break-lock``; the resumed run's dedup manifest."""
+    (run_dir / "spec.yaml").write_text(spec)
+    proc = _cli("run", "spec.yaml", "--quiet", cwd=run_dir)
+    markers = run_dir / "out" / ".tmp"
+    pattern = f"dedup-*/_shards/{pass_name}-*.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(markers.glob(pattern)):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not (run_dir / "out" / "dedup" / "manifest.json").exists(), "dedup finished before the kill"
+    assert list(markers.glob(pattern)), f"killed before the {pass_name} pass"
+    resumed = _cli("run", "spec.yaml", "--quiet", "--break-lock", cwd=run_dir)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    manifest = json.loads((run_dir / "out" / "dedup" / "manifest.json").read_text())
+    assert manifest["shards"]["resumed"] > 0  # the passes committed before the kill were not redone
+    return manifest
+
 def test_chains_need_rounds_and_a_killed_driver_resumes_identically(run_spec, tmp_path):
     docs = tmp_path / "docs.jsonl"
     write_chains(docs)
@@ -76,21 +99,5 @@ def test_chains_need_rounds_and_a_killed_driver_resumes_identically(run_spec, tm
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "spec.yaml").write_text(SPEC.format(docs=docs))
-    proc = _cli("run", "spec.yaml", "--quiet", cwd=run_dir)
-    shards = run_dir / "out" / ".tmp"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list(shards.glob("dedup-*/_shards/large-star1-*.json")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    assert not (run_dir / "out" / "dedup" / "manifest.json").exists(), "dedup finished before the kill"
-    assert list(shards.glob("dedup-*/_shards/large-star1-*.json")), "killed before the components passes"
-    resumed = _cli("run", "spec.yaml", "--quiet", "--break-lock", cwd=run_dir)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    resumed_manifest = json.loads((run_dir / "out" / "dedup" / "manifest.json").read_text())
-    assert resumed_manifest["shards"]["resumed"] > 0  # the passes committed before the kill were not redone
+    kill_in_pass_then_resume(run_dir, SPEC.format(docs=docs), "large-star1")
     assert digest(run_dir / "out") == digest(ref_out)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_dedup_resume import _cli
+from test_dedup_resume import kill_in_pass_then_resume
 
 from pipeline.executor import ShardTask
 from pipeline.locations import Location
@@ -263,22 +261,7 @@ def test_a_driver_killed_in_the_giant_passes_resumes_identically(run_spec, tmp_p
     _, ref_out = run_spec(SPEC.format(docs=docs, keep="longest", extra=""), directory=ref_dir)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "spec.yaml").write_text(SPEC.format(docs=docs, keep="longest", extra=", giant_component_docs: 1"))
-    proc = _cli("run", "spec.yaml", "--quiet", cwd=run_dir)
-    markers = run_dir / "out" / ".tmp"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list(markers.glob("dedup-*/_shards/giant-heads-*.json")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    assert not (run_dir / "out" / "dedup" / "manifest.json").exists(), "dedup finished before the kill"
-    assert list(markers.glob("dedup-*/_shards/giant-heads-*.json")), "killed before the giant passes"
-    resumed = _cli("run", "spec.yaml", "--quiet", "--break-lock", cwd=run_dir)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    m = json.loads((run_dir / "out" / "dedup" / "manifest.json").read_text())
-    assert m["shards"]["resumed"] > 0
+    m = kill_in_pass_then_resume(run_dir, SPEC.format(docs=docs, keep="longest", extra=", giant_component_docs: 1"),
+                                 "giant-heads")
     assert "giant-greedy" in m["stats"]["peak_task_rss_mb"]
     assert digest(run_dir / "out") == digest(ref_out)
