@@ -290,7 +290,12 @@ def _cmd(pid: int) -> str:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
-    spec = _spec(tmp_path, shard="0.002")
+    # a corpus of 200 shards, so that the run is still on Ray a second after its stage starts (the
+    # articles file alone was ingested, Ray shut down and only the report left within that second)
+    lines = "".join(f'{{"text": "document {i} {"word " * 40}"}}\n' for i in range(16_000))
+    (tmp_path / "many.jsonl").write_text(lines)
+    spec = write_spec(tmp_path, SPEC.replace("udhr_articles_1-3.jsonl.zst", "many.jsonl")
+                      .replace("SHARD", str(round(len(lines) / 200 / 1e6, 4))))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO_ROOT)
     spec.write_text(spec.read_text().replace("output: out", "output: out\nray: {num_cpus: 1}"))
@@ -300,7 +305,9 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:  # until the stage runs on a fully started Ray (its agents outlived it)
         seen |= _tree(driver.pid)
-        if list((tmp_path / "out" / ".tmp").glob("ingest-*")) or driver.poll() is not None:
+        # the raylet itself, not only the stage's folder: the folder may appear before Ray is up
+        ray_up = any("raylet" in _cmd(p) for p in seen)
+        if (ray_up and list((tmp_path / "out" / ".tmp").glob("ingest-*"))) or driver.poll() is not None:
             break
         time.sleep(0.2)
     time.sleep(1)
