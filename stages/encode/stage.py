@@ -72,7 +72,10 @@ class EncodeConfig(StageConfig):
     add_eos: bool = Field(default=True, description="Append the EOS token (document boundary for trainers).")
     bos_token: str | None = Field(default=None, description="BOS token string (default: found in the vocabulary).")
     eos_token: str | None = Field(default=None, description="EOS token string (default: found in the vocabulary).")
-    keep_text: bool = Field(default=True, description="Keep the text column beside the ids.")
+    keep_text: bool = Field(
+        default=False, description="Also write the text column beside the ids. Off by default: the text is "
+        "already in the input stage's output (join on id), and a second copy doubles the stage's write cost "
+        "and the disk it takes (pack, clean and the token writers read only the ids).")
     batch_rows: int = Field(default=8192, ge=1, description="Documents per encode_batch call (and per output row "
                             "group); a batch is never larger than its input part.")
     engine: Literal["auto", "fast", "hf"] = Field(

@@ -118,7 +118,7 @@ def test_the_shard_job_checks_the_same_documents_whatever_the_batch_size(batch_r
     from stages.encode.stage import EncodeJob
 
     path = tokenizers[("bpe", "llama3")]
-    cfg = EncodeConfig(name="encode", type="encode", tokenizer="tok", batch_rows=batch_rows,
+    cfg = EncodeConfig(name="encode", type="encode", tokenizer="tok", batch_rows=batch_rows, keep_text=True,
                        parity={"rate": 0.05, "min_docs": 16})
     tok = Tokenizer.from_file(str(path))
     job = EncodeJob(EncodeStage, cfg, {"path": str(path), "vocab_size": tok.get_vocab_size(with_added_tokens=True),
