@@ -9,8 +9,8 @@ The cores work on arrays: chunks are ``(doc, start, length)`` arrays in stream o
 is a :class:`Layout` (segments in output order, cut into sequences by offsets), so a stage builds
 its columns with numpy instead of one Python object per segment. Only the best-fit placement is a
 loop (each placement depends on the bins before it): one bisection in a sorted list of the free
-capacities that open bins have, O(log L) in C per chunk (a segment tree walked in Python cost ~10x
-more: 3.3 s of one 104k-document shard's 6 s).
+capacities that open bins have, O(log L) in C per chunk (a segment tree walked in Python cost ~7x
+more: 0.21 -> 0.03 s for a 20,000-document buffer of 20,261 chunks).
 """
 
 from __future__ import annotations
