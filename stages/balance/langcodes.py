@@ -15,6 +15,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 UND = "und"
 _CODE = re.compile(r"[a-z]{2,3}")
 
@@ -66,6 +70,43 @@ class LabelNormaliser:
         self.counts: Counter[str] = Counter()
         self.examples: list[str] = []  # a few distinct not-a-code labels, ASCII-escaped
 
+    def normalise_column(self, labels: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+        """:meth:`__call__` over an Arrow column, each distinct label looked at once (dictionary
+        encoding; the same counts and examples): (normalised labels, null where missing or blank;
+        whether each row's label is not a language code)."""
+        if isinstance(labels, pa.ChunkedArray):
+            labels = labels.combine_chunks()
+        enc = pc.dictionary_encode(labels.cast(pa.string()))
+        indices = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+        present = indices >= 0
+        occurrences = np.bincount(indices[present], minlength=len(enc.dictionary))
+        codes: list[str | None] = []
+        bad: list[bool] = []
+        for key, n in zip(enc.dictionary.to_pylist(), occurrences.tolist(), strict=True):  # first-appearance order
+            code, is_bad = self._one(key, n)
+            codes.append(code)
+            bad.append(is_bad)
+        normalised = pa.array(codes, pa.string()).take(enc.indices)
+        invalid = np.zeros(len(labels), dtype=bool)
+        invalid[present] = np.array(bad, dtype=bool)[indices[present]]
+        return normalised, invalid
+
+    def _one(self, key: str, n: int = 1) -> tuple[str | None, bool]:
+        """The normalised code of a present label seen ``n`` times, counted, and whether it is not a code."""
+        if key not in self.cache:
+            self.cache[key] = normalise_lang(key)
+        code = self.cache[key]
+        bad = code == UND and key.strip().lower() != UND
+        if bad:
+            self.counts["not_a_language_code"] += n
+            if len(self.examples) < 10 and ascii(key)[:60] not in self.examples:
+                self.examples.append(ascii(key)[:60])
+        elif code is None:
+            self.counts["blank"] += n
+        elif code != key:
+            self.counts["normalised"] += n
+        return code, bad
+
     def __call__(self, labels: Iterable[object]) -> tuple[list[str | None], list[bool]]:
         """(normalised labels, whether each was a non-empty label that is not a language code)."""
         out: list[str | None] = []
@@ -75,19 +116,7 @@ class LabelNormaliser:
                 out.append(None)
                 invalid.append(False)
                 continue
-            key = str(lab)
-            if key not in self.cache:
-                self.cache[key] = normalise_lang(key)
-            code = self.cache[key]
-            bad = code == UND and key.strip().lower() != UND
-            if bad:
-                self.counts["not_a_language_code"] += 1
-                if len(self.examples) < 10 and ascii(key)[:60] not in self.examples:
-                    self.examples.append(ascii(key)[:60])
-            elif code is None:
-                self.counts["blank"] += 1
-            elif code != key:
-                self.counts["normalised"] += 1
+            code, bad = self._one(str(lab))
             out.append(code)
             invalid.append(bad)
         return out, invalid

@@ -47,7 +47,7 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_schema
+from pipeline.parquet_io import WRITE_OPTIONS, iter_batches, read_schema
 from pipeline.sampling import salted_uniform
 from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
 from stages.balance.langcodes import LabelNormaliser, normalise_lang
@@ -267,8 +267,26 @@ def calibrated_rate(target: float, hist: np.ndarray) -> float:
     return whole + min(1.0, (b - 1 + within) / HASH_BINS)
 
 
+#: the columns pass 1 writes to ``_labelled/`` and pass 2 puts in place of the input's
+LABEL_COLUMNS = ("lang", "lang_score", "lang_source")
+
+
+def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[list[Any], np.ndarray]:
+    """(distinct values in first-appearance order, each row's index into them); nulls must not occur."""
+    enc = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _sums(index: np.ndarray, weights: np.ndarray, groups: int) -> list[int]:
+    return [int(x) for x in np.bincount(index, weights=weights, minlength=groups)]
+
+
 class LabelJob:
-    """Pass 1: language ID where asked; counts per language (documents, bytes, chars) and size histograms."""
+    """Pass 1: language ID where asked; counts per language (documents, bytes, chars) and size histograms.
+
+    Reads only the columns it needs (``id``, ``lang``, ``text``) and writes only the label columns
+    (:data:`LABEL_COLUMNS`, ``lang_mismatch``) to ``_labelled/``: pass 2 reads the input part beside
+    them, so the documents are not written and read once more in between (half of the stage's time)."""
 
     def __init__(self, cfg: LangIdConfig, work: Location, seed: int = 0, unit: str = "bytes",
                  tokenizer: Location | None = None, stage: str = "balance"):
@@ -294,59 +312,17 @@ class LabelJob:
         counts: dict[str, Counter[str]] = {}
         hists: dict[str, np.ndarray] = {}
         n = 0
-        batches = iter_batches(task.payload, 2048)
+        schema = read_schema(task.payload)
+        columns = [c for c in ("id", "lang", "text") if c in schema.names]
+        batches = iter_batches(task.payload, 2048, columns=columns)
         first = next(batches, None)
         # an empty input part (dedup may empty one) still yields a labelled part with the full schema
         batches = itertools.chain([first], batches) if first is not None else iter(
-            [read_schema(task.payload).empty_table()])
+            [schema.empty_table().select(columns)])
         for batch in batches:
-            raw = batch.column("lang").to_pylist() if "lang" in batch.column_names else [None] * batch.num_rows
-            # 'EN_us' -> 'en'; a label that is no language code ('../../etc') counts as missing
-            labels, invalid = normalise(raw)
-            scores: list[float | None] = [None] * batch.num_rows
-            if self.cfg.mode != "off":
-                idx = [i for i, lang in enumerate(labels) if self.cfg.mode == "all" or not lang or invalid[i]]
-                if idx:
-                    texts = batch.column("text").to_pylist()
-                    found, probs = detect([texts[i] for i in idx], self.cfg.langid_chars, self.cfg.model)
-                    new = list(labels)
-                    for i, lang, p in zip(idx, found, probs, strict=True):
-                        new[i] = (normalise_lang(lang) or "und") if p >= self.cfg.min_score else "und"
-                        scores[i] = p
-                    labels = new
-            original = batch.column("lang") if "lang" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
-            t = batch.drop_columns([c for c in ("lang", "lang_score", "lang_source") if c in batch.column_names])
-            t = t.append_column("lang", pa.array([x or "und" for x in labels], pa.string()))
-            t = t.append_column("lang_score", pa.array(scores, pa.float32()))
-            t = t.append_column("lang_source", original.cast(pa.string()))
-            if self.cfg.mark_mismatch:
-                src = original.cast(pa.string()).to_pylist()
-                t = t.append_column("lang_mismatch", pa.array(
-                    [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s)
-                     for a, s in zip(labels, src, strict=True)],
-                    pa.bool_()))
+            t = self.labels(batch, normalise)
             writer.write(t)
-            b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
-            c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
-            tok = self.count_tokens(batch.column("text").to_pylist()) if self.tokenizer else None
-            unit = tok if self.unit == "tokens" else {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
-            u = hash_u(batch.column("id").to_pylist(), self.seed, self.stage)
-            bins = np.minimum((u * HASH_BINS).astype(np.int64), HASH_BINS - 1)
-            langs_now = t.column("lang").to_pylist()
-            mism = t.column("lang_mismatch").to_pylist() if self.cfg.mark_mismatch else [False] * t.num_rows
-            for j, (lang, nb, nc) in enumerate(zip(langs_now, b, c, strict=True)):
-                k = counts.setdefault(lang, Counter())
-                k["mismatched"] += int(mism[j])
-                k["documents"] += 1
-                k["bytes"] += int(nb)
-                k["chars"] += int(nc)
-                if tok is not None:
-                    k["tokens"] += int(tok[j])
-            lang_arr = np.array(langs_now, dtype=object)
-            for lang in set(langs_now):
-                sel = lang_arr == lang
-                h = np.bincount(bins[sel], weights=unit[sel], minlength=HASH_BINS)
-                hists[lang] = hists.get(lang, 0) + h
+            self._count(batch, t, counts, hists)
             n += batch.num_rows
         writer.commit()
         out.data.write_empty = False
@@ -356,9 +332,88 @@ class LabelJob:
         return {"stats": {"per_lang": {k: dict(v) for k, v in counts.items()},
                           "labels": {**normalise.counts, "examples": normalise.examples}}, "docs": n}
 
+    def labels(self, batch: pa.Table, normalise: LabelNormaliser) -> pa.Table:
+        """The label columns of a batch: its normalised source labels, detected ones where asked."""
+        rows = batch.num_rows
+        original = batch.column("lang") if "lang" in batch.column_names else pa.nulls(rows, pa.string())
+        # 'EN_us' -> 'en'; a label that is no language code ('../../etc') counts as missing
+        labels, invalid = normalise.normalise_column(original)
+        scores = pa.nulls(rows, pa.float32())
+        if self.cfg.mode != "off":
+            need = (np.ones(rows, dtype=bool) if self.cfg.mode == "all"
+                    else labels.is_null().to_numpy(zero_copy_only=False) | invalid)
+            idx = np.flatnonzero(need)
+            if len(idx):
+                texts = batch.column("text").take(pa.array(idx)).to_pylist()
+                found, probs = detect(texts, self.cfg.langid_chars, self.cfg.model)
+                new = [(normalise_lang(lang) or "und") if p >= self.cfg.min_score else "und"
+                       for lang, p in zip(found, probs, strict=True)]
+                mask = pa.array(need)
+                labels = pc.replace_with_mask(labels, mask, pa.array(new, pa.string()))
+                scores = pc.replace_with_mask(scores, mask, pa.array(np.asarray(probs, dtype=np.float32)))
+        columns = {"lang": pc.fill_null(labels, "und"), "lang_score": scores,
+                   "lang_source": original.cast(pa.string())}
+        if self.cfg.mark_mismatch:
+            src = columns["lang_source"].to_pylist()
+            columns["lang_mismatch"] = pa.array(
+                [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s)
+                 for a, s in zip(labels.to_pylist(), src, strict=True)], pa.bool_())
+        return pa.table(columns)
+
+    def _count(self, batch: pa.Table, t: pa.Table, counts: dict[str, Counter[str]],
+               hists: dict[str, np.ndarray]) -> None:
+        """Adds a batch's documents, bytes, chars (tokens) per language and its size histograms."""
+        b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
+        c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
+        tok = self.count_tokens(batch.column("text").to_pylist()) if self.tokenizer else None
+        unit = tok if self.unit == "tokens" else {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
+        u = hash_u(batch.column("id").to_pylist(), self.seed, self.stage)
+        bins = np.minimum((u * HASH_BINS).astype(np.int64), HASH_BINS - 1)
+        langs, index = _distinct(t.column("lang"))
+        k = len(langs)
+        mism = (t.column("lang_mismatch").to_numpy(zero_copy_only=False).astype(np.int64) if self.cfg.mark_mismatch
+                else np.zeros(len(b), dtype=np.int64))
+        sums = {"mismatched": _sums(index, mism, k), "documents": _sums(index, None, k),
+                "bytes": _sums(index, b, k), "chars": _sums(index, c, k)}
+        if tok is not None:
+            sums["tokens"] = _sums(index, tok.astype(np.int64), k)
+        # per language, each bin sums the same values in the same (row) order as a bincount of the
+        # language's rows alone: the floats, and so the calibrated rates, do not depend on this layout
+        h = np.bincount(index * HASH_BINS + bins, weights=unit, minlength=k * HASH_BINS).reshape(k, HASH_BINS)
+        for j, lang in enumerate(langs):
+            cnt = counts.setdefault(lang, Counter())
+            for key, values in sums.items():
+                cnt[key] += values[j]
+            hists[lang] = hists.get(lang, 0) + h[j]
+
+
+def write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options of a balanced part: those of ingest's parts (the text without dictionary pages
+    or statistics at zstd level 1, ids without dictionary pages), which is what the rows are (the
+    defaults built a dictionary of every text before giving up on it). Measured on a 4x Debian
+    part (104,387 documents, CPU seconds, one process): written in 0.52 s -> 0.32 s, 14.4 -> 18.3 MB."""
+    repeated = [f.name for f in schema if f.name not in ("id", "text")]
+    small = [f.name for f in schema if f.name != "text"]
+    level = WRITE_OPTIONS["compression_level"]
+    return {"use_dictionary": repeated, "write_statistics": small,
+            "compression_level": {**{name: level for name in small}, "text": 1}}
+
+
+def copies_of(batch: pa.Table, rates: dict[str, float], seed: int, stage: str) -> np.ndarray:
+    """Copies of every document of a labelled batch (:func:`copies_for`); the ids are hashed only
+    when some rate has a fractional part (a whole rate gives every document the same copies)."""
+    langs, index = _distinct(batch.column("lang"))
+    r = np.array([rates.get(lang, 0.0) for lang in langs], dtype=np.float64)[index]
+    if not np.any(r != np.floor(r)):
+        return np.floor(r).astype(np.int64)
+    return copies_for(batch.column("id").to_pylist(), r, seed, stage)
+
 
 class SampleJob:
-    """Pass 2: copies per document from its language's rate (hash-based, stateless)."""
+    """Pass 2: copies per document from its language's rate (hash-based, stateless).
+
+    Reads the input part and pass 1's label columns side by side, in batches of the same rows, and
+    takes rows only when some document is dropped or repeated."""
 
     def __init__(self, rates: dict[str, float], seed: int, work: Location, stage: str = "balance"):
         self.rates, self.seed, self.work, self.stage = rates, seed, work, stage
@@ -367,34 +422,48 @@ class SampleJob:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        path = self.work / "_labelled" / f"{task.key}.parquet"
+        labels = iter_batches(self.work / "_labelled" / f"{task.key}.parquet", 4096)
         rows_in = rows_out = b_in = b_out = 0
         dropped = added = 0
         after: dict[str, Counter[str]] = {}
-        for batch in iter_batches(path, 4096):
-            langs = batch.column("lang").to_pylist()
-            rates = np.array([self.rates.get(lang, 0.0) for lang in langs])
-            copies = copies_for(batch.column("id").to_pylist(), rates, self.seed, self.stage)
-            take = np.repeat(np.arange(batch.num_rows), copies)
-            copy_idx = np.concatenate([np.arange(c) for c in copies]) if len(take) else np.zeros(0, np.int64)
+        for part in iter_batches(task.payload, 4096):
+            batch = _labelled(part, next(labels))
+            copies = copies_of(batch, self.rates, self.seed, self.stage)
             src = batch.drop_columns(["copy"]) if "copy" in batch.column_names else batch
-            t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
+            if np.all(copies == 1):
+                t = src.append_column("copy", pa.array(np.zeros(batch.num_rows, dtype=np.int32)))
+            else:
+                take = np.repeat(np.arange(batch.num_rows), copies)
+                copy_idx = np.arange(len(take)) - np.repeat(np.cumsum(copies) - copies, copies)
+                t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
+            if out.data.schema is None:
+                out.data.options.update(write_options(t.schema))
             out.data.write(t)
             rows_in += batch.num_rows
             rows_out += t.num_rows
             b_in += batch.nbytes
             b_out += t.nbytes
+            langs, index = _distinct(t.column("lang"))
             nbytes = pc.binary_length(t["text"]).to_numpy(zero_copy_only=False)
-            for lang, nb in zip(t.column("lang").to_pylist(), nbytes, strict=True):
+            docs, size = _sums(index, None, len(langs)), _sums(index, nbytes, len(langs))
+            for j, lang in enumerate(langs):
                 k = after.setdefault(lang, Counter())
-                k["documents"] += 1
-                k["bytes"] += int(nb)
+                k["documents"] += docs[j]
+                k["bytes"] += size[j]
             dropped += int((copies == 0).sum())
             added += int(np.maximum(copies - 1, 0).sum())
         return {"rows_in": rows_in, "rows_out": rows_out, "bytes_in": b_in, "bytes_out": b_out,
                 "dropped": {"downsampled": dropped} if dropped else {},
                 "added": {"upsampled_copies": added} if added else {},
                 "stats": {"after": {k: dict(v) for k, v in after.items()}}}
+
+
+def _labelled(part: pa.Table, labels: pa.Table) -> pa.Table:
+    """An input batch with pass 1's label columns in place of its own (appended after the others)."""
+    t = part.drop_columns([c for c in LABEL_COLUMNS if c in part.column_names])
+    for field, column in zip(labels.schema, labels.columns, strict=True):
+        t = t.append_column(field, column)
+    return t
 
 
 @register_stage

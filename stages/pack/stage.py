@@ -15,6 +15,7 @@ because those trainers build samples across documents themselves.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,18 +29,20 @@ from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.manifest import read_manifest, write_json_atomic
-from pipeline.parquet_io import iter_batches, read_schema
+from pipeline.parquet_io import WRITE_OPTIONS, iter_batches, read_schema
 from pipeline.stage_api import ReportPart, Stage, StageConfig, register_stage
+from stages.pack.columns import documents, flat_lists, packed_schema, sequence_table
 from stages.pack.formats import (
     MEGATRON_MASK_DIR,
     OLMO_MASK_DIR,
     MegatronDataset,
     MegatronWriter,
     OlmoWriter,
+    PackedNumpyPart,
     PackedNumpyWriter,
     megatron_dtype,
 )
-from stages.pack.packing import Segment, best_fit_decreasing, concat_chunk, split_long
+from stages.pack.packing import Layout, best_fit_layout, concat_layout, split_chunks, truncate_chunks
 from stages.pack.report import report_part
 
 DATASET_CARD = """---
@@ -80,120 +83,143 @@ class PackConfig(StageConfig):
         return self
 
 
-def _sequence_arrays(segs: list[Segment], docs: list[np.ndarray], masks: list[np.ndarray | None],
-                     width: int, pad_id: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
-    tokens = np.full(width, pad_id, dtype=dtype)
-    mask = np.zeros(width, dtype=np.uint8)
-    pos = np.zeros(width, dtype=np.int32)
-    lens = np.array([s.length for s in segs], dtype=np.int32)
-    p = 0
-    for s in segs:
-        tokens[p:p + s.length] = docs[s.doc][s.start:s.start + s.length]
-        m = masks[s.doc]
-        mask[p:p + s.length] = 1 if m is None else m[s.start:s.start + s.length]
-        pos[p:p + s.length] = np.arange(s.length, dtype=np.int32)
-        p += s.length
-    return tokens, mask, pos, lens
+#: the files of a shard's packed numpy part, in :class:`PackedNumpyPart`'s argument order
+NUMPY_PART_FILES = ("tokens", "mask", "lens.npz")
+#: the [N, L] columns: one value per token slot, no filter ever reads their min/max
+BULK_COLUMNS = ("input_ids", "loss_mask", "position_ids")
 
 
-def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat numpy values, int64 offsets from 0), zero-copy where Arrow allows."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    return values, offsets - offsets[0]
+def write_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet options of a packed part: the [N, L] columns (:data:`BULK_COLUMNS`) without dictionary
+    pages or statistics, byte-stream-split (zstd then sees the all-zero high bytes of the ids and
+    positions as runs) at zstd level 1, as encode writes its ids; the small columns keep the defaults.
+    Measured on a 4x Debian part (6,567 sequences of 2,048, CPU seconds, one process): written in
+    0.86 s -> 0.44 s, read back in 0.61 s -> 0.25 s, 19.7 MB -> 18.5 MB."""
+    small = [f.name for f in schema if f.name not in BULK_COLUMNS]
+    level = WRITE_OPTIONS["compression_level"]
+    return {"use_dictionary": small, "write_statistics": small,
+            "compression_level": {**{name: level for name in small}, **{name: 1 for name in BULK_COLUMNS}},
+            "column_encoding": {f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in BULK_COLUMNS}}
+
+
+#: packed rows per table written, so per row group of a part (the stage's output layout)
+ROWS_PER_TABLE = 1024
+
+
+def _buffers(path: Location, columns: list[str], limit: int) -> Iterator[pa.Table]:
+    """The part's documents in consecutive tables of ``limit`` documents (the last may hold fewer)."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for batch in iter_batches(path, 2048, columns=columns):
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= limit:
+            table = pa.concat_tables(pending)
+            yield table.slice(0, limit)
+            pending, rows = [table.slice(limit)], rows - limit
+    if rows:
+        yield pa.concat_tables(pending)
+
+
+class _SequenceSink:
+    """Writes packed rows to the part in tables of :data:`ROWS_PER_TABLE` (the last may hold fewer),
+    whatever the blocks they arrive in, and to the shard's packed numpy part when there is one."""
+
+    def __init__(self, out: ShardOutput, width: int, numpy_part: PackedNumpyPart | None):
+        self.out, self.width, self.numpy_part = out, width, numpy_part
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+
+    @property
+    def room(self) -> int:
+        """Rows until the table being gathered is complete."""
+        return ROWS_PER_TABLE - self.rows
+
+    def add(self, block: pa.Table) -> None:
+        """A block of at most :attr:`room` rows."""
+        self.pending.append(block)
+        self.rows += block.num_rows
+        if self.rows >= ROWS_PER_TABLE:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending).combine_chunks()
+        self.out.data.write(table)
+        if self.numpy_part is not None:
+            self._add_numpy(table)
+        self.pending, self.rows = [], 0
+
+    def _add_numpy(self, table: pa.Table) -> None:
+        n = table.num_rows
+        tokens = flat_lists(table.column("input_ids"))[0].reshape(n, self.width)
+        mask = flat_lists(table.column("loss_mask"))[0].reshape(n, self.width)
+        lens, offsets = flat_lists(table.column("doc_lens"))
+        self.numpy_part.add(tokens, mask, lens, np.diff(offsets))
+
+
+def pack_layout(cfg: PackConfig, lengths: np.ndarray, width: int, stats: Counter[str]) -> Layout:
+    """How one buffer of documents is packed (counting split and truncated documents in ``stats``)."""
+    if cfg.method == "concat":
+        lay = concat_layout(lengths, width, cfg.seq_len)
+        stats["documents_split"] += int(np.count_nonzero(np.bincount(lay.doc) > 1))
+        return lay
+    if cfg.long_docs == "truncate":
+        chunks = truncate_chunks(lengths, cfg.seq_len)
+        stats["documents_truncated"] += int(np.count_nonzero(lengths > cfg.seq_len))
+        stats["tokens_truncated"] += int(np.maximum(lengths - cfg.seq_len, 0).sum())
+    else:
+        chunks = split_chunks(lengths, cfg.seq_len)
+        stats["documents_split"] += int(np.count_nonzero(lengths > cfg.seq_len))
+    return best_fit_layout(*chunks, cfg.seq_len)
 
 
 class PackJob:
-    """Packs one encoded part into sequences (a part is packed on its own: deterministic, parallel)."""
+    """Packs one encoded part into sequences (a part is packed on its own: deterministic, parallel).
 
-    def __init__(self, cfg: PackConfig, pad_id: int, value_type: pa.DataType):
-        self.cfg, self.pad_id, self.value_type = cfg, pad_id, value_type
+    With the numpy writer on, the worker also writes its part of the packed numpy arrays to
+    ``numpy_parts`` (see :class:`PackedNumpyPart`)."""
+
+    def __init__(self, cfg: PackConfig, pad_id: int, value_type: pa.DataType, numpy_parts: Location | None = None):
+        self.cfg, self.pad_id, self.value_type, self.numpy_parts = cfg, pad_id, value_type, numpy_parts
 
     def setup(self) -> None:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        with ExitStack() as stack:
+            numpy_part = None
+            if self.numpy_parts is not None:
+                paths = [stack.enter_context((self.numpy_parts / f"{task.key}.{kind}").writing())
+                         for kind in NUMPY_PART_FILES]
+                numpy_part = stack.enter_context(PackedNumpyPart(*paths))
+            return self._pack(task, out, numpy_part)
+
+    def _pack(self, task: ShardTask, out: ShardOutput, numpy_part: PackedNumpyPart | None) -> dict[str, Any]:
         cfg = self.cfg
         dtype = np.dtype(self.value_type.to_pandas_dtype())
         width = cfg.seq_len + 1 if cfg.labels_shift else cfg.seq_len
-        out.data.schema = pa.schema([
-            ("input_ids", pa.list_(self.value_type)), ("loss_mask", pa.list_(pa.uint8())),
-            ("position_ids", pa.list_(pa.int32())), ("doc_lens", pa.list_(pa.int32())),
-            ("cu_seqlens", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.string())),
-        ])
+        out.data.schema = packed_schema(self.value_type)
+        out.data.options.update(write_options(out.data.schema))
+        sink = _SequenceSink(out, width, numpy_part)
         stats: Counter[str] = Counter()
-        rows: dict[str, list] = {k: [] for k in out.data.schema.names}
         columns = ["id", "input_ids"] + (["loss_mask"] if "loss_mask" in read_schema(task.payload).names else [])
-        docs: list[np.ndarray] = []
-        masks: list[np.ndarray | None] = []
-        ids: list[str] = []
-
-        def flush_rows() -> None:
-            if rows["input_ids"]:
-                out.data.write(pa.table(rows, schema=out.data.schema))
-                for v in rows.values():
-                    v.clear()
-
-        def emit(seqs: list[list[Segment]]) -> None:
-            for segs in seqs:
-                tokens, mask, pos, lens = _sequence_arrays(segs, docs, masks, width, self.pad_id, dtype)
-                rows["input_ids"].append(tokens)
-                rows["loss_mask"].append(mask)
-                rows["position_ids"].append(pos)
-                rows["doc_lens"].append(lens)
-                rows["cu_seqlens"].append(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
-                rows["doc_ids"].append([ids[s.doc] for s in segs])
-                stats["sequences"] += 1
-                stats["segments"] += len(segs)
-                stats["real_tokens"] += int(lens.sum())
-                stats["padding_tokens"] += width - int(lens.sum())
-                if len(rows["input_ids"]) >= 1024:
-                    flush_rows()
-
-        def pack_buffer() -> None:
-            lengths = [len(d) for d in docs]
-            if cfg.method == "concat":
-                window = width
-                seqs = list(concat_chunk(lengths, window, cfg.seq_len))
-                pieces = Counter(s.doc for segs in seqs for s in segs)
-                stats["documents_split"] += sum(1 for n in pieces.values() if n > 1)
-            else:
-                if cfg.long_docs == "truncate":
-                    chunks = [Segment(d, 0, min(n, cfg.seq_len)) for d, n in enumerate(lengths)]
-                    stats["documents_truncated"] += sum(1 for n in lengths if n > cfg.seq_len)
-                    stats["tokens_truncated"] += sum(max(0, n - cfg.seq_len) for n in lengths)
-                else:
-                    chunks = split_long(lengths, cfg.seq_len)
-                    stats["documents_split"] += sum(1 for n in lengths if n > cfg.seq_len)
-                seqs = best_fit_decreasing(chunks, cfg.seq_len)
-            emit(seqs)
-            docs.clear()
-            masks.clear()
-            ids.clear()
-
         # concat streams one part as one token stream; best_fit packs buffers of documents
         limit = cfg.buffer_docs if cfg.method == "best_fit" else 1 << 62
-        n_docs = 0
-        for batch in iter_batches(task.payload, 2048, columns=columns):
-            values, offsets = flat_lists(batch.column("input_ids"))
-            values = values.astype(dtype, copy=False)
-            mvalues = flat_lists(batch.column("loss_mask"))[0].astype(np.uint8, copy=False) \
-                if "loss_mask" in columns else None
-            bounds = offsets.tolist()
-            for k, doc_id in enumerate(batch.column("id").to_pylist()):
-                a, b = bounds[k], bounds[k + 1]
-                docs.append(values[a:b])  # views into the batch: no per-document copy
-                masks.append(None if mvalues is None else mvalues[a:b])
-                ids.append(doc_id)
-                n_docs += 1
-                if len(docs) >= limit:
-                    pack_buffer()
-        if docs:
-            pack_buffer()
-        flush_rows()
-        stats["documents"] = n_docs
-        return {"rows_in": n_docs, "rows_out": stats["sequences"], "stats": dict(stats)}
+        for buffer in _buffers(task.payload, columns, limit):
+            docs = documents(buffer, dtype)
+            lay = pack_layout(cfg, docs.lengths, width, stats)
+            first = 0
+            while first < lay.sequences:
+                last = min(lay.sequences, first + sink.room)
+                sink.add(sequence_table(lay.slice(first, last), docs, width, self.pad_id, out.data.schema))
+                first = last
+            real = int(lay.length.sum())
+            stats.update(documents=buffer.num_rows, sequences=lay.sequences, segments=len(lay.length),
+                         real_tokens=real, padding_tokens=lay.sequences * width - real)
+        sink.flush()
+        return {"rows_in": stats["documents"], "rows_out": stats["sequences"], "stats": dict(stats)}
 
 
 @register_stage
@@ -229,7 +255,8 @@ class PackStage(Stage[PackConfig]):
         tok_stages = tok.pop("from_stages", [])
         pad_id = cfg.pad_id if cfg.pad_id is not None else (tok.get("eos_id") or 0)
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
-        results = ctx.map_shards(PackJob(cfg, pad_id, value_type), tasks)
+        numpy_parts = ctx.scratch_dir / "numpy" if "numpy" in cfg.writers else None
+        results = ctx.map_shards(PackJob(cfg, pad_id, value_type, numpy_parts), tasks)
         stats: Counter[str] = Counter()
         for r in results:
             stats.update(r.get("stats", {}))
@@ -248,7 +275,9 @@ class PackStage(Stage[PackConfig]):
             if stats["sequences"] else 0.0,
         }
         ctx.manifest.stats.update(summary)
-        writers = self._write_outputs(ctx, files, tok, value_type, width, summary)
+        writers = self._write_outputs(ctx, files, tok, value_type, width, summary,
+                                      [[numpy_parts / f"{t.key}.{kind}" for kind in NUMPY_PART_FILES] for t in tasks]
+                                      if numpy_parts is not None else [])
         if tok_path:
             hf = self._write_hf_tokenizer(ctx, tok_path, tok_stages, tok.get("sha256"), cfg.seq_len)
             if hf:
@@ -275,7 +304,7 @@ class PackStage(Stage[PackConfig]):
         return {}
 
     def _write_outputs(self, ctx: StageContext, files: list[Location], tok: dict[str, Any], value_type: pa.DataType,
-                       width: int, summary: dict[str, Any]) -> dict[str, Any]:
+                       width: int, summary: dict[str, Any], numpy_parts: list[list[Location]]) -> dict[str, Any]:
         cfg = self.config
         out: dict[str, Any] = {"parquet": "data/"}
         # the writers need real files (memmaps): writing_dir is the folder itself on a local or shared
@@ -284,13 +313,9 @@ class PackStage(Stage[PackConfig]):
             dtype = np.dtype(value_type.to_pandas_dtype())
             with (ctx.work_dir / "numpy").writing_dir() as numpy_dir:
                 w = PackedNumpyWriter(numpy_dir, summary["sequences"], width, dtype)
-                for part in ctx.data_dir.glob("part-*.parquet"):
-                    for batch in iter_batches(part, 4096, columns=["input_ids", "loss_mask", "doc_lens"]):
-                        n = batch.num_rows
-                        toks = batch.column("input_ids").combine_chunks().flatten().to_numpy().reshape(n, width)
-                        mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy().reshape(n, width)
-                        lens = [np.asarray(x, dtype=np.int32) for x in batch.column("doc_lens").to_pylist()]
-                        w.add(toks, mask, lens)
+                for part in numpy_parts:  # the workers' parts, in part order
+                    with ExitStack() as files_of_part:
+                        w.add_part(*(files_of_part.enter_context(f.open()) for f in part))
                 out["numpy"] = {"dir": "numpy/", **w.close()}
         if "megatron" in cfg.writers or "olmo" in cfg.writers:
             has_mask = any("loss_mask" in read_schema(f).names for f in files)

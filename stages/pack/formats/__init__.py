@@ -24,7 +24,7 @@ from stages.pack.formats.megatron import (
     write_megatron_index,
 )
 from stages.pack.formats.olmo import OLMO_MASK_DIR, OlmoWriter, TokenStreamDataset
-from stages.pack.formats.packed_numpy import PackedDataset, PackedNumpyWriter
+from stages.pack.formats.packed_numpy import PackedDataset, PackedNumpyPart, PackedNumpyWriter
 
 __all__ = [
     "MEGATRON_DTYPE_CODES",
@@ -34,6 +34,7 @@ __all__ = [
     "MegatronWriter",
     "OlmoWriter",
     "PackedDataset",
+    "PackedNumpyPart",
     "PackedNumpyWriter",
     "TokenStreamDataset",
     "as_torch_dataset",

@@ -50,6 +50,20 @@ def test_hash_sampler_meets_rates_and_is_stateless():
     assert a == b  # order (and so block layout) does not matter
 
 
+def test_copies_of_a_batch_hash_ids_only_for_fractional_rates():
+    import numpy as np
+    import pyarrow as pa
+
+    from stages.balance.stage import copies_of
+
+    ids = [f"doc-{i}" for i in range(3000)]
+    langs = ["en", "de", "fr"] * 1000
+    batch = pa.table({"id": ids, "lang": langs})
+    for rates in ({"en": 1.0, "de": 2.0}, {"en": 0.4, "de": 1.0, "fr": 2.7}):
+        expected = copies_for(ids, np.array([rates.get(x, 0.0) for x in langs]), 5, "bal")
+        assert copies_of(batch, rates, 5, "bal").tolist() == expected.tolist()
+
+
 def make_corpus(tmp_path) -> dict[str, int]:
     rng = random.Random(1)
     sizes = {"en": 3000, "de": 900, "fr": 200, "ga": 40}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from pipeline.errors import SpecError
@@ -25,6 +26,16 @@ def test_hostile_labels_normalise():
     assert invalid == [False, False, True, True, False, False, False, False]
     assert norm.counts == {"normalised": 2, "not_a_language_code": 2, "blank": 1}
     assert norm.examples == ["'\\U0001f600'", "'../../etc'"]
+
+
+def test_a_label_column_normalises_as_the_labels_one_by_one():
+    """The stage's per-distinct-label path: the same labels, flags, counts and examples as row by row."""
+    rows = [*HOSTILE, "en", None, "und", "\t", "EN_us", *HOSTILE[::-1], None, "de_DE.UTF-8"] * 3
+    one, column = LabelNormaliser(), LabelNormaliser()
+    labels, invalid = one(rows)
+    got, got_invalid = column.normalise_column(pa.chunked_array([pa.array(rows[:7]), pa.array(rows[7:])]))
+    assert got.to_pylist() == labels and got_invalid.tolist() == invalid
+    assert column.counts == one.counts and column.examples == one.examples
 
 
 SPEC = """

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from stages.pack.formats import MegatronWriter, OlmoWriter, PackedNumpyWriter, megatron_dtype
+from stages.pack.formats import MegatronWriter, OlmoWriter, PackedNumpyPart, PackedNumpyWriter, megatron_dtype
 from stages.pack.stage import flat_lists
 
 RNG = np.random.default_rng(3)
@@ -103,3 +103,29 @@ def test_packed_numpy_layout_loads_with_mmap(tmp_path):
     assert (t == toks).all()
     assert np.load(tmp_path / "doc_lens.npy").tolist() == [5, 3, 8, 2, 2, 1]
     assert np.load(tmp_path / "doc_lens_offsets.npy").tolist() == [0, 2, 3, 6]
+
+
+def test_packed_numpy_parts_give_the_same_bytes_as_one_writer(tmp_path):
+    """Workers write their shard's rows as parts; the driver appends them: the same files, byte for byte."""
+    rng = np.random.default_rng(3)
+    toks = rng.integers(0, 60000, size=(5, 8)).astype(np.uint16)
+    mask = rng.integers(0, 2, size=(5, 8)).astype(np.uint8)
+    lens = [np.array(x, np.int32) for x in ([5, 3], [8], [2, 2, 1], [4], [1, 1, 1, 1])]
+    one = PackedNumpyWriter(tmp_path / "one", 5, 8, np.uint16)
+    one.add(toks[:2], mask[:2], lens[:2])
+    one.add(toks[2:], mask[2:], lens[2:])
+    one.close()
+    parts = []
+    for k, (a, b) in enumerate(((0, 3), (3, 3), (3, 5))):  # an empty part too
+        files = [tmp_path / f"p{k}.{kind}" for kind in ("tokens", "mask", "lens.npz")]
+        with PackedNumpyPart(*files) as part:
+            if b > a:
+                part.add(toks[a:b], mask[a:b], np.concatenate(lens[a:b]), np.array([len(x) for x in lens[a:b]]))
+        parts.append(files)
+    two = PackedNumpyWriter(tmp_path / "two", 5, 8, np.uint16)
+    for files in parts:
+        with open(files[0], "rb") as t, open(files[1], "rb") as m, open(files[2], "rb") as n:
+            two.add_part(t, m, n)
+    assert two.close() == {"sequences": 5}
+    for name in ("tokens.npy", "loss_mask.npy", "doc_lens.npy", "doc_lens_offsets.npy"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
