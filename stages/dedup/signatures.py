@@ -225,6 +225,18 @@ def exact_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, cfg: ExactConfig
     return _digests(normalised, cfg.hash_bits)
 
 
+def keep_k0(keep: str, text: pa.Array, column: pa.ChunkedArray | None) -> np.ndarray:
+    """The first field of :func:`~stages.dedup.components.keep_key` for a whole batch (its second is the
+    id), vectorised."""
+    if keep in ("longest", "shortest"):
+        length = pc.utf8_length(text).to_numpy().astype(np.float64)  # code points, as len(str)
+        return -length if keep == "longest" else length
+    if keep == "column" and column is not None:
+        values = pc.cast(column, pa.float64(), safe=False).fill_null(-np.inf)
+        return -np.asarray(values.to_numpy(), dtype=np.float64)
+    return np.zeros(len(text), np.float64)
+
+
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's ``affine32`` permutation parameters (odd ``a``, any ``b``), drawn as ``MinHash`` draws them."""
     gen = np.random.RandomState(seed)

@@ -57,6 +57,7 @@ from pipeline.executor import ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import parquet_rows, write_one
 from pipeline.stage_api import ReportPart, Stage, register_stage
+from stages.dedup.byte_copies import ByteGroupsJob, ByteHashJob
 from stages.dedup.cluster_passes import (
     CLUSTER_COLUMNS,
     RESULT_SCHEMA,
@@ -100,8 +101,18 @@ class DedupStage(Stage[DedupConfig]):
             seconds[phase] = round(now - clock, 3)
             clock = now
 
+        # byte copies first (with exact dedup on, their output is the same: see byte_copies), so
+        # near dedup computes each text's signature and pairs once, whatever its copies
+        byte = cfg.exact.enabled and cfg.near.enabled and cfg.near.copies_once
+        if byte:
+            ctx.run_pass("byte-hash", ByteHashJob(cfg, ctx.work_dir, offsets), tasks)
+            ctx.run_pass("byte-groups", ByteGroupsJob(ctx.work_dir, offsets), part_tasks)
+            (ctx.work_dir / "_bytehash").rmtree()
+            lap("byte_copies")
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
-        ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets), tasks)
+        ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets, byte), tasks)
+        for side in ("_copies", "_members"):
+            (ctx.work_dir / side).rmtree()
         lap("signatures")
         # pass 2: per bucket partition, candidate pairs; passes 3-4: verified on the signatures or
         # shingle sets of both documents (two joins over node partitions), reduced to local forests
