@@ -2,7 +2,7 @@
 
 Documents whose raw text is byte-identical have the same shingle set (whatever the folding),
 hence the same signature, the same band keys, Jaccard 1 with each other and the same Jaccard with
-every other document. Near dedup needs one of them: the group's *carrier* (its smallest node).
+every other document. Near dedup needs one of them: the group's *carrier* (the member of smallest node hash).
 Two passes find the groups without gathering the corpus, its hashes or its copies in one process:
 
 1. ``byte-hash`` (:class:`ByteHashJob`, per input part): xxh3-128 of each text's UTF-8 bytes, with
@@ -39,7 +39,7 @@ from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches
 from stages.dedup.cluster_passes import partition_folder, read_folder, read_partition, scatter
 from stages.dedup.config import DedupConfig
-from stages.dedup.signatures import _digests, keep_k0, text_array
+from stages.dedup.signatures import _digests, _mix64, keep_k0, text_array
 
 _HASH_SCHEMA = pa.schema([("h0", pa.uint64()), ("h1", pa.uint64()), ("node", pa.int64()), ("k0", pa.float64()),
                           ("id", pa.string())])
@@ -101,7 +101,9 @@ class ByteGroupsJob:
         if t.num_rows < 2:
             return {"copies": 0}
         h0, h1, node = (t.column(c).to_numpy() for c in ("h0", "h1", "node"))
-        order = np.lexsort((node, h1, h0))  # each group's carrier (smallest node) first
+        # each group's carrier first: the member of smallest node hash, so carriers (and the signature
+        # work) spread over the input parts, whichever part a corpus repeats itself in
+        order = np.lexsort((_mix64(node.astype(np.uint64)), h1, h0))
         h0, h1, node = h0[order], h1[order], node[order]
         new = np.r_[True, (h0[1:] != h0[:-1]) | (h1[1:] != h1[:-1])]
         carrier = np.maximum.accumulate(np.where(new, np.arange(len(node)), 0))

@@ -51,7 +51,7 @@ def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDo
     idx = np.concatenate([i for _, i, _ in keyset])
     kind = np.concatenate([np.full(len(i), c, np.int8) for _, i, c in keyset])
     return pa.table({"key": key, "kind": _KINDS.take(pa.array(kind)), "node": docs.node[idx], "k0": docs.k0[idx],
-                     "id": docs.ids.take(pa.array(idx)), "carrier": docs.carrier[idx],
+                     "id": docs.ids.take(pa.array(idx)).cast(pa.string()), "carrier": docs.carrier[idx],
                      "part": (key % np.uint64(parts)).astype(np.int64)})
 
 
@@ -65,27 +65,61 @@ class BatchDocs:
     carrier: np.ndarray
 
 
-def _with_copies(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs,
-                 members: pa.Table) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], BatchDocs]:
-    """The keyset and documents extended by the byte copies of the batch's documents (``members``,
-    ``MEMBER_SCHEMA``, carriers all in ``docs``): each copy gets every key of its carrier, so the
-    bucket files hold the rows the copy's own signature would have given (equal bytes, equal keys)."""
-    if not members.num_rows:
-        return keyset, docs
-    n = len(docs.node)
+def _copy_keys(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs,
+               members: pa.Table) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], BatchDocs]:
+    """The keyset of byte copies (``members``, ``MEMBER_SCHEMA``, their carriers all in ``docs``):
+    each copy gets every key of its carrier, the rows its own signature would have given (equal
+    bytes, equal keys), with its own node, keep key and id."""
     at = np.searchsorted(docs.node, members.column("carrier").to_numpy())
-    extended = []
+    copied = []
     for keys, idx, kind in keyset:
-        pos = np.full(n, -1, np.int64)
+        pos = np.full(len(docs.node), -1, np.int64)
         pos[idx] = np.arange(len(idx))
         mine = pos[at]
         has = np.flatnonzero(mine >= 0)
-        extended.append((np.r_[keys, keys[mine[has]]], np.r_[idx, n + has], kind))
-    ids = pa.concat_arrays([text_array(docs.ids).cast(pa.string()),
-                            text_array(members.column("id")).cast(pa.string())])
-    return extended, BatchDocs(np.r_[docs.node, members.column("node").to_numpy()],
-                               np.r_[docs.k0, members.column("k0").to_numpy()], ids,
-                               np.r_[docs.carrier, members.column("carrier").to_numpy()])
+        copied.append((keys[mine[has]], has, kind))
+    return copied, BatchDocs(members.column("node").to_numpy(), members.column("k0").to_numpy(),
+                             members.column("id"), members.column("carrier").to_numpy())
+
+
+class _BucketWriter:
+    """A signature task's bucket rows, written hash-partitioned by key (a shuffle write) in files of
+    at most about ``FLUSH_ROWS`` rows per task, so a part holding the carriers of many copies does
+    not hold all their rows at once."""
+
+    def __init__(self, work: Location, parts: int, writer: str):
+        self.work, self.parts, self.writer = work, parts, writer
+        self.tables: list[pa.Table] = []
+        self.rows = self.files = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rows grouped by partition, in the order they were added within each."""
+        if not self.tables:
+            return
+        t = pa.concat_tables(self.tables)
+        self.tables, self.rows = [], 0
+        part = t.column("part").to_numpy()
+        order = np.argsort(part, kind="stable")
+        t = t.drop_columns(["part"]).take(pa.array(order))
+        bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+        name = self.writer if not self.files else f"{self.writer}-{self.files}"
+        self.files += 1
+        for p in range(self.parts):
+            if bounds[p + 1] > bounds[p]:
+                write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, name),
+                          use_dictionary=["kind", "id"])
+
+
+#: bucket rows a signature task holds before writing them (about 50 bytes each)
+FLUSH_ROWS = 4_000_000
+#: byte copies whose rows are made at once
+COPY_CHUNK = 100_000
 
 
 class SignatureJob:
@@ -110,7 +144,7 @@ class SignatureJob:
         base = self.offsets[task.key]
         copies, members = part_copies(self.work if self.byte_copies else None, list(self.offsets).index(task.key))
         carriers = members.column("carrier").to_numpy()
-        buckets: list[pa.Table] = []
+        buckets = _BucketWriter(self.work, cfg.partitions, task.key)
         sig_rows: list[pa.Table] = []
         n = 0
         cols = ["id", "text"] + ([cfg.keep_column] if cfg.keep_column else [])
@@ -148,20 +182,13 @@ class SignatureJob:
                     table["shingles"] = sets.to_arrow()
                 sig_rows.append(pa.table(table))
             if keyset:
+                docs = BatchDocs(node, k0, ids, node)
+                buckets.add(_bucket_rows(keyset, docs, cfg.partitions))
                 lo, hi = np.searchsorted(carriers, node[0]), np.searchsorted(carriers, node[-1], side="right")
-                keyset, docs = _with_copies(keyset, BatchDocs(node, k0, ids, node), members.slice(lo, hi - lo))
-                buckets.append(_bucket_rows(keyset, docs, cfg.partitions))
-        if buckets:
-            # rows grouped by partition, in batch, key kind and document order within each
-            t = pa.concat_tables(buckets)
-            part = t.column("part").to_numpy()
-            order = np.argsort(part, kind="stable")
-            t = t.drop_columns(["part"]).take(pa.array(order))
-            bounds = np.searchsorted(part[order], np.arange(cfg.partitions + 1))
-            for p in range(cfg.partitions):
-                if bounds[p + 1] > bounds[p]:
-                    write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, task.key),
-                              use_dictionary=["kind", "id"])
+                for start in range(lo, hi, COPY_CHUNK):  # the batch's documents' byte copies
+                    chunk = members.slice(start, min(COPY_CHUNK, hi - start))
+                    buckets.add(_bucket_rows(*_copy_keys(keyset, docs, chunk), cfg.partitions))
+        buckets.flush()
         if sig_rows and cfg.near.verify:  # by node: a verification task reads its own nodes' rows only
             table = pa.concat_tables(sig_rows)
             scatter(table, node_partition(table.column("node").to_numpy(), cfg.partitions), cfg.partitions,
