@@ -90,6 +90,10 @@ class DedupStage(Stage[DedupConfig]):
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
         parts = cfg.partition_count(sum(counts))
         cfg = cfg.model_copy(update={"partitions": parts})  # the passes see the resolved count
+        if cfg.near.enabled and cfg.near.bands is None:
+            # bands and rows resolved once here: in a worker, datasketch's import (scipy) cost ~0.9 s of CPU
+            bands, rows = lsh_params(cfg.near)
+            cfg = cfg.model_copy(update={"near": cfg.near.model_copy(update={"bands": bands, "rows": rows})})
         part_tasks = [ShardTask(f"p{p:04d}", p) for p in range(parts)]
         cc = ctx.scratch_dir / "cc"
         seconds: dict[str, float] = {}
