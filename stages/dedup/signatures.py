@@ -201,11 +201,9 @@ def _digests(strings: pa.Array, bits: int) -> np.ndarray:
     spans = zip(offs[:-1].tolist(), offs[1:].tolist(), strict=True)
     if bits == 64:
         return np.fromiter((xxhash.xxh3_64_intdigest(data[a:b]) for a, b in spans), np.uint64, len(strings))
-    out = np.empty((len(strings), 2), dtype=np.uint64)
-    for i, (a, b) in enumerate(spans):
-        d = xxhash.xxh3_128_intdigest(data[a:b])
-        out[i] = (d >> 64, d & 0xFFFFFFFFFFFFFFFF)
-    return out
+    # the big-endian 16-byte digests joined and read as (high, low) 64-bit halves: no per-row array write
+    joined = b"".join(xxhash.xxh3_128_digest(data[a:b]) for a, b in spans)
+    return np.frombuffer(joined, ">u8").astype(np.uint64).reshape(len(strings), 2)
 
 
 def exact_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, cfg: ExactConfig,
