@@ -67,6 +67,12 @@ class NearConfig(_Strict):
         "order and with the bucket's best member: every pair of a bucket of up to window + 1 documents, "
         "O(bucket size × window) pairs for larger buckets.",
     )
+    copies_once: bool = Field(
+        default=True,
+        description="With exact dedup on, documents of byte-identical text go through signatures, pairs and "
+        "verification once (two passes find them first); the output is the same, the cost of a repeated "
+        "corpus that of its distinct texts.",
+    )
     twin_margin: float = Field(
         default=0.1, ge=0, le=0.5,
         description="Every removed document has estimated similarity >= threshold - twin_margin with the "

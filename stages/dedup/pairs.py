@@ -5,15 +5,16 @@ ones)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import iter_batches, read_one, write_one
+from stages.dedup.byte_copies import part_copies
 from stages.dedup.cluster_passes import scatter, write_pairs_outputs
 from stages.dedup.components import _forest, node_partition
 from stages.dedup.config import DedupConfig
@@ -22,6 +23,7 @@ from stages.dedup.signatures import (
     band_keys,
     batch_shingles,
     exact_hashes,
+    keep_k0,
     lsh_params,
     minhash_signatures,
     normalises_from_words,
@@ -35,36 +37,100 @@ def _bucket_path(work: Location, part: int, shard: str) -> Location:
     return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
 
 
-def _keep_k0(keep: str, text: pa.Array, column: pa.ChunkedArray | None) -> np.ndarray:
-    """The first field of :func:`keep_key` for a whole batch (its second is the id), vectorised."""
-    if keep in ("longest", "shortest"):
-        length = pc.utf8_length(text).to_numpy().astype(np.float64)  # code points, as len(str)
-        return -length if keep == "longest" else length
-    if keep == "column" and column is not None:
-        values = pc.cast(column, pa.float64(), safe=False).fill_null(-np.inf)
-        return -np.asarray(values.to_numpy(), dtype=np.float64)
-    return np.zeros(len(text), np.float64)
-
+_keep_k0 = keep_k0  # the name the tests import
 
 _KINDS = pa.array(["exact", "near"], pa.string())
 
 
-def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], node: np.ndarray, k0: np.ndarray,
-                 ids: pa.ChunkedArray, parts: int) -> pa.Table:
-    """One batch's bucket rows (key, kind, node, k0, id) and each row's partition, in keyset order
-    then document order: gathered with numpy and ``take`` instead of a table per key kind and partition."""
+def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs, parts: int) -> pa.Table:
+    """One batch's bucket rows (key, kind, node, k0, id, carrier) and each row's partition, in keyset
+    order then document order: gathered with numpy and ``take`` instead of a table per key kind and
+    partition. ``carrier`` is the document whose signature stands for the row's (itself, or for a
+    byte copy the group's carrier: :mod:`stages.dedup.byte_copies`)."""
     key = np.concatenate([k for k, _, _ in keyset])
     idx = np.concatenate([i for _, i, _ in keyset])
     kind = np.concatenate([np.full(len(i), c, np.int8) for _, i, c in keyset])
-    return pa.table({"key": key, "kind": _KINDS.take(pa.array(kind)), "node": node[idx], "k0": k0[idx],
-                     "id": ids.take(pa.array(idx)), "part": (key % np.uint64(parts)).astype(np.int64)})
+    return pa.table({"key": key, "kind": _KINDS.take(pa.array(kind)), "node": docs.node[idx], "k0": docs.k0[idx],
+                     "id": docs.ids.take(pa.array(idx)).cast(pa.string()), "carrier": docs.carrier[idx],
+                     "part": (key % np.uint64(parts)).astype(np.int64)})
+
+
+@dataclass(frozen=True)
+class BatchDocs:
+    """The documents a batch's bucket rows are written for: node, keep key, id and carrier each."""
+
+    node: np.ndarray
+    k0: np.ndarray
+    ids: pa.Array | pa.ChunkedArray
+    carrier: np.ndarray
+
+
+def _copy_keys(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs,
+               members: pa.Table) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], BatchDocs]:
+    """The keyset of byte copies (``members``, ``MEMBER_SCHEMA``, their carriers all in ``docs``):
+    each copy gets every key of its carrier, the rows its own signature would have given (equal
+    bytes, equal keys), with its own node, keep key and id."""
+    at = np.searchsorted(docs.node, members.column("carrier").to_numpy())
+    copied = []
+    for keys, idx, kind in keyset:
+        pos = np.full(len(docs.node), -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        mine = pos[at]
+        has = np.flatnonzero(mine >= 0)
+        copied.append((keys[mine[has]], has, kind))
+    return copied, BatchDocs(members.column("node").to_numpy(), members.column("k0").to_numpy(),
+                             members.column("id"), members.column("carrier").to_numpy())
+
+
+class _BucketWriter:
+    """A signature task's bucket rows, written hash-partitioned by key (a shuffle write) in files of
+    at most about ``FLUSH_ROWS`` rows per task, so a part holding the carriers of many copies does
+    not hold all their rows at once."""
+
+    def __init__(self, work: Location, parts: int, writer: str):
+        self.work, self.parts, self.writer = work, parts, writer
+        self.tables: list[pa.Table] = []
+        self.rows = self.files = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rows grouped by partition, in the order they were added within each."""
+        if not self.tables:
+            return
+        t = pa.concat_tables(self.tables)
+        self.tables, self.rows = [], 0
+        part = t.column("part").to_numpy()
+        order = np.argsort(part, kind="stable")
+        t = t.drop_columns(["part"]).take(pa.array(order))
+        bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+        name = self.writer if not self.files else f"{self.writer}-{self.files}"
+        self.files += 1
+        for p in range(self.parts):
+            if bounds[p + 1] > bounds[p]:
+                write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, name),
+                          use_dictionary=["kind", "id"])
+
+
+#: bucket rows a signature task holds before writing them (about 50 bytes each)
+FLUSH_ROWS = 4_000_000
+#: byte copies whose rows are made at once
+COPY_CHUNK = 100_000
 
 
 class SignatureJob:
-    """Pass 1: per input part, compute keys and scatter (bucket key -> doc) rows to partitions."""
+    """Pass 1: per input part, compute keys and scatter (bucket key -> doc) rows to partitions.
 
-    def __init__(self, cfg: DedupConfig, work: Location, offsets: dict[str, int]):
-        self.cfg, self.work, self.offsets = cfg, work, offsets
+    With ``byte_copies`` (the passes of :mod:`stages.dedup.byte_copies` ran), the part's byte copies
+    are skipped (no shingles, signature or hash: their carriers' rows stand for them) and the copies
+    whose carrier is in the part get the carrier's bucket rows."""
+
+    def __init__(self, cfg: DedupConfig, work: Location, offsets: dict[str, int], byte_copies: bool = False):
+        self.cfg, self.work, self.offsets, self.byte_copies = cfg, work, offsets, byte_copies
         self.perm: tuple[np.ndarray, np.ndarray] | None = None
 
     def setup(self) -> None:
@@ -76,7 +142,9 @@ class SignatureJob:
         cfg, path = self.cfg, task.payload
         bands, rows = lsh_params(cfg.near) if cfg.near.enabled else (0, 0)
         base = self.offsets[task.key]
-        buckets: list[pa.Table] = []
+        copies, members = part_copies(self.work if self.byte_copies else None, list(self.offsets).index(task.key))
+        carriers = members.column("carrier").to_numpy()
+        buckets = _BucketWriter(self.work, cfg.partitions, task.key)
         sig_rows: list[pa.Table] = []
         n = 0
         cols = ["id", "text"] + ([cfg.keep_column] if cfg.keep_column else [])
@@ -88,7 +156,13 @@ class SignatureJob:
             ids = batch.column("id")
             node = np.arange(base + n, base + n + len(text), dtype=np.int64)
             n += len(text)
-            k0 = _keep_k0(cfg.keep, text, batch.column(cfg.keep_column) if cfg.keep_column else None)
+            k0 = keep_k0(cfg.keep, text, batch.column(cfg.keep_column) if cfg.keep_column else None)
+            if len(copies):  # a byte copy's rows come from its carrier's part
+                own = ~np.isin(node, copies, assume_unique=True)
+                if not own.all():
+                    text, ids, node, k0 = text.filter(pa.array(own)), ids.filter(pa.array(own)), node[own], k0[own]
+                if not len(node):
+                    continue
             words = split_words(text) if split else None
             keyset: list[tuple[np.ndarray, np.ndarray, int]] = []  # (keys, their documents, kind)
             if cfg.exact.enabled:
@@ -108,18 +182,13 @@ class SignatureJob:
                     table["shingles"] = sets.to_arrow()
                 sig_rows.append(pa.table(table))
             if keyset:
-                buckets.append(_bucket_rows(keyset, node, k0, ids, cfg.partitions))
-        if buckets:
-            # rows grouped by partition, in batch, key kind and document order within each
-            t = pa.concat_tables(buckets)
-            part = t.column("part").to_numpy()
-            order = np.argsort(part, kind="stable")
-            t = t.drop_columns(["part"]).take(pa.array(order))
-            bounds = np.searchsorted(part[order], np.arange(cfg.partitions + 1))
-            for p in range(cfg.partitions):
-                if bounds[p + 1] > bounds[p]:
-                    write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, task.key),
-                              use_dictionary=["kind", "id"])
+                docs = BatchDocs(node, k0, ids, node)
+                buckets.add(_bucket_rows(keyset, docs, cfg.partitions))
+                lo, hi = np.searchsorted(carriers, node[0]), np.searchsorted(carriers, node[-1], side="right")
+                for start in range(lo, hi, COPY_CHUNK):  # the batch's documents' byte copies
+                    chunk = members.slice(start, min(COPY_CHUNK, hi - start))
+                    buckets.add(_bucket_rows(*_copy_keys(keyset, docs, chunk), cfg.partitions))
+        buckets.flush()
         if sig_rows and cfg.near.verify:  # by node: a verification task reads its own nodes' rows only
             table = pa.concat_tables(sig_rows)
             scatter(table, node_partition(table.column("node").to_numpy(), cfg.partitions), cfg.partitions,
@@ -134,18 +203,21 @@ CANDIDATE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.
 def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
     """Pass 2: candidate pairs of one partition's buckets.
 
-    Rows are sorted by (kind, key, keep key): each bucket is a run of rows, best document first.
-    Exact buckets (one normalised-text hash: a clique by definition) give star edges from the best
-    copy to the others. Near buckets pair every member with the bucket's best and with the next
-    ``window`` members in keep order: all pairs of a bucket of up to ``window + 1`` members (a star
-    alone missed pairs whose star edges verification dropped), O(size × window) pairs for a huge
-    bucket. Each pair appears once (smaller node first; an exact pair wins over a near one).
+    Rows are sorted by (kind, key, keep key, node): each bucket is a run of rows, best document
+    first. Exact buckets (one normalised-text hash: a clique by definition) give star edges from
+    the best copy to the others. Near buckets pair every member with the bucket's best and with the
+    next ``window`` members in keep order: all pairs of a bucket of up to ``window + 1`` members (a
+    star alone missed pairs whose star edges verification dropped), O(size × window) pairs for a
+    huge bucket. A near pair then stands for its documents' carriers (:func:`_carrier_rows`: a byte
+    copy's signature is its carrier's, so the pair's similarity is theirs); pairs of one carrier go.
+    Each pair appears once (smaller node first; an exact pair wins over a near one).
     """
     tables = [read_one(f) for f in files]
     if not tables:
         return CANDIDATE_SCHEMA.empty_table()
     t = _shared_keys(pa.concat_tables(tables))
-    t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending")])
+    t = t.sort_by([("kind", "ascending"), ("key", "ascending"), ("k0", "ascending"), ("id", "ascending"),
+                   ("node", "ascending")])
     key = t.column("key").to_numpy()
     kind = t.column("kind").to_numpy(zero_copy_only=False)
     node = t.column("node").to_numpy()
@@ -165,6 +237,9 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
             break
         pairs.append(np.c_[near_rows[:-d][same], near_rows[d:][same]])
     ij = np.concatenate(pairs)
+    near = kind[ij[:, 0]] == "near"
+    if "carrier" in t.column_names and near.any():
+        ij[near] = _carrier_rows(group, node, t.column("carrier").to_numpy())[ij[near]]
     ij = ij[node[ij[:, 0]] != node[ij[:, 1]]]
     if not len(ij):
         return CANDIDATE_SCHEMA.empty_table()
@@ -178,26 +253,57 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
                                       schema=CANDIDATE_SCHEMA))
 
 
+def _carrier_rows(group: np.ndarray, node: np.ndarray, carrier: np.ndarray) -> np.ndarray:
+    """For each bucket row, the row of its carrier in the same bucket (a row is its own carrier's
+    unless it is a byte copy's). A copy's rows are its carrier's keys, so the carrier's row is
+    there: checked, since a pair left on a copy would be verified without a signature."""
+    order = np.lexsort((node != carrier, carrier, group))  # each (bucket, carrier) run: the carrier first
+    g, c = group[order], carrier[order]
+    start = np.r_[True, (g[1:] != g[:-1]) | (c[1:] != c[:-1])]
+    rows = np.empty(len(node), np.int64)
+    rows[order] = order[np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))]
+    if not np.array_equal(node[rows], carrier):
+        raise RuntimeError("a byte copy's bucket row has no carrier row in its bucket")
+    return rows
+
+
 def _shared_keys(t: pa.Table) -> pa.Table:
-    """The rows whose bucket key occurs more than once, in their order: the only rows that pair.
+    """The rows of the buckets that can give a pair, in their order.
 
     Almost every bucket is a singleton (on the Debian corpus 2-3% of the bucket rows share their
     key), and the keep-order sort of :func:`_edges_for_partition` compares the string ids, so
-    it is left the few rows that can pair: one numpy sort of the uint64 keys instead (measured on
-    the Debian corpus, 8 partitions: the pairs pass went from 1.8 s to 1.0 s of CPU, reads included). The key
-    alone, not (kind, key): an exact and a near key of equal value keep a few rows too many, which
-    pair with nothing. Every row of a bucket with two members or more stays, in its original order,
-    so the buckets sort exactly as before and give the same pairs.
+    it is left the few rows that can pair: numpy sorts of the uint64 keys instead (measured on
+    the Debian corpus, 8 partitions: the pairs pass went from 1.8 s to 1.0 s of CPU, reads included).
+    An exact bucket pairs when it has two rows; a near bucket when its rows have two carriers: the
+    pairs of a bucket of byte copies of one text only (every near bucket of a repeated corpus)
+    would all fall on one carrier. Whole buckets stay, in their original order, so they sort
+    exactly as before and give the same pairs.
     """
     key = t.column("key").to_numpy()
     if len(key) < 2:
         return t
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
-    dup = np.r_[sk[1:] == sk[:-1], False] | np.r_[False, sk[1:] == sk[:-1]]
+    near = t.column("kind").to_numpy(zero_copy_only=False) == "near"
+    carrier = t.column("carrier").to_numpy() if "carrier" in t.column_names else t.column("node").to_numpy()
     keep = np.zeros(len(key), bool)
-    keep[order[dup]] = True
+    exact = np.flatnonzero(~near)
+    keep[exact[_several(key[exact], np.arange(len(exact)))]] = True
+    near = np.flatnonzero(near)
+    keep[near[_several(key[near], carrier[near])]] = True
     return t.filter(pa.array(keep))
+
+
+def _several(key: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Whether each row's key has rows of at least two distinct ``member`` values."""
+    if len(key) < 2:
+        return np.zeros(len(key), bool)
+    order = np.lexsort((member, key))
+    k, m = key[order], member[order]
+    first = np.r_[True, k[1:] != k[:-1]]
+    distinct = first | np.r_[True, m[1:] != m[:-1]]
+    owner = np.cumsum(first) - 1
+    out = np.empty(len(key), bool)
+    out[order] = np.bincount(owner, distinct)[owner] >= 2
+    return out
 
 
 def unique_candidates(edges: pa.Table) -> pa.Table:

@@ -201,11 +201,9 @@ def _digests(strings: pa.Array, bits: int) -> np.ndarray:
     spans = zip(offs[:-1].tolist(), offs[1:].tolist(), strict=True)
     if bits == 64:
         return np.fromiter((xxhash.xxh3_64_intdigest(data[a:b]) for a, b in spans), np.uint64, len(strings))
-    out = np.empty((len(strings), 2), dtype=np.uint64)
-    for i, (a, b) in enumerate(spans):
-        d = xxhash.xxh3_128_intdigest(data[a:b])
-        out[i] = (d >> 64, d & 0xFFFFFFFFFFFFFFFF)
-    return out
+    # the big-endian 16-byte digests joined and read as (high, low) 64-bit halves: no per-row array write
+    joined = b"".join(xxhash.xxh3_128_digest(data[a:b]) for a, b in spans)
+    return np.frombuffer(joined, ">u8").astype(np.uint64).reshape(len(strings), 2)
 
 
 def exact_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, cfg: ExactConfig,
@@ -223,6 +221,18 @@ def exact_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, cfg: ExactConfig
         return _digests(normalised_texts(arr, words or split_words(arr), cfg.normalise.nfkc), cfg.hash_bits)
     normalised = pa.array([normalise_text(t, cfg.normalise) for t in arr.to_pylist()], pa.string())
     return _digests(normalised, cfg.hash_bits)
+
+
+def keep_k0(keep: str, text: pa.Array, column: pa.ChunkedArray | None) -> np.ndarray:
+    """The first field of :func:`~stages.dedup.components.keep_key` for a whole batch (its second is the
+    id), vectorised."""
+    if keep in ("longest", "shortest"):
+        length = pc.utf8_length(text).to_numpy().astype(np.float64)  # code points, as len(str)
+        return -length if keep == "longest" else length
+    if keep == "column" and column is not None:
+        values = pc.cast(column, pa.float64(), safe=False).fill_null(-np.inf)
+        return -np.asarray(values.to_numpy(), dtype=np.float64)
+    return np.zeros(len(text), np.float64)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,11 +15,15 @@ n-grams combined in numpy, which is several times faster than datasketch's per-s
 
 Execution, every step an engine pass (progress, resume markers, retries) writing Parquet:
 
+0. *byte-copy passes* (with exact dedup on, :mod:`stages.dedup.byte_copies`): groups of
+   byte-identical texts by a hash partition of their xxh3-128; one member per group (its carrier)
+   stands for the others in the signature, pairs and verification work, for the same output;
 1. *signature pass* (one task per input part): exact hash, signature, band keys (and, for
    true-Jaccard verification, each document's distinct shingle hashes); band keys are written
-   hash-partitioned into ``P`` bucket files (a shuffle write);
+   hash-partitioned into ``P`` bucket files (a shuffle write), a carrier's also for its copies;
 2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
-   a window in keep order for big ones; stars for exact buckets); *verification passes* (two
+   a window in keep order for big ones; stars for exact buckets), near pairs mapped to their
+   documents' carriers; *verification passes* (two
    joins over node partitions, :mod:`stages.dedup.verify`): each pair verified on the true Jaccard
    of the shingle sets or on the signature estimate, reduced to a local forest;
 3. *components passes* (one task per node partition): large-star and small-star rounds (Kiveris
@@ -57,6 +61,7 @@ from pipeline.executor import ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import parquet_rows, write_one
 from pipeline.stage_api import ReportPart, Stage, register_stage
+from stages.dedup.byte_copies import ByteGroupsJob, ByteHashJob
 from stages.dedup.cluster_passes import (
     CLUSTER_COLUMNS,
     RESULT_SCHEMA,
@@ -89,6 +94,10 @@ class DedupStage(Stage[DedupConfig]):
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
         parts = cfg.partition_count(sum(counts))
         cfg = cfg.model_copy(update={"partitions": parts})  # the passes see the resolved count
+        if cfg.near.enabled and cfg.near.bands is None:
+            # bands and rows resolved once here: in a worker, datasketch's import (scipy) cost ~0.9 s of CPU
+            bands, rows = lsh_params(cfg.near)
+            cfg = cfg.model_copy(update={"near": cfg.near.model_copy(update={"bands": bands, "rows": rows})})
         part_tasks = [ShardTask(f"p{p:04d}", p) for p in range(parts)]
         cc = ctx.scratch_dir / "cc"
         seconds: dict[str, float] = {}
@@ -100,8 +109,18 @@ class DedupStage(Stage[DedupConfig]):
             seconds[phase] = round(now - clock, 3)
             clock = now
 
+        # byte copies first (with exact dedup on, their output is the same: see byte_copies), so
+        # near dedup computes each text's signature and pairs once, whatever its copies
+        byte = cfg.exact.enabled and cfg.near.enabled and cfg.near.copies_once
+        if byte:
+            ctx.run_pass("byte-hash", ByteHashJob(cfg, ctx.work_dir, offsets), tasks)
+            ctx.run_pass("byte-groups", ByteGroupsJob(ctx.work_dir, offsets), part_tasks)
+            (ctx.work_dir / "_bytehash").rmtree()
+            lap("byte_copies")
         # pass 1: signatures and the bucket shuffle (side files only; no dataset rows yet)
-        ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets), tasks)
+        ctx.run_pass("sig", SignatureJob(cfg, ctx.work_dir, offsets, byte), tasks)
+        for side in ("_copies", "_members"):
+            (ctx.work_dir / side).rmtree()
         lap("signatures")
         # pass 2: per bucket partition, candidate pairs; passes 3-4: verified on the signatures or
         # shingle sets of both documents (two joins over node partitions), reduced to local forests
