@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 from pipeline.ray_watchdog import start_watchdog, stop_watchdog
@@ -33,6 +35,9 @@ def configure_data_context() -> None:
 
 
 LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
+#: what ray.init logs when it runs outside the main thread (:func:`ray_session_in_background` sets the
+#: handler itself, in the main thread, before Ray starts)
+SIGTERM_NOTICE = "SIGTERM handler is not set because current thread is not the main thread"
 
 
 @contextlib.contextmanager
@@ -60,7 +65,7 @@ def _without_log_level_notice() -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if LOG_LEVEL_NOTICE not in line]
+                    if LOG_LEVEL_NOTICE not in line and SIGTERM_NOTICE not in line]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -95,7 +100,6 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
     # level from environment variable ..."), so ray.init runs under _without_log_level_notice.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if ray.is_initialized():
-        configure_data_context()
         yield
         return
     target = address or options.address or os.environ.get("RAY_ADDRESS")
@@ -125,9 +129,87 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
                 configure_logging=True,
                 **kwargs,
             )
-    configure_data_context()
     try:
         yield
     finally:
         ray.shutdown()
         stop_watchdog(watchdog)
+
+
+class _Starting:
+    """:func:`ray_session` held by a thread of its own, from its start to its shutdown: :meth:`wait`
+    blocks until Ray is up (raising what starting it raised), :meth:`close` shuts it down.
+
+    The thread lives as long as the session because Ray starts its head processes with
+    ``PR_SET_PDEATHSIG``, which fires when the *thread* that started them exits: a thread that only
+    ran ``ray.init`` and returned took GCS and raylet down with it."""
+
+    def __init__(self, options: RayOptions, address: str | None) -> None:
+        self.session = ray_session(options, address)
+        self.error: BaseException | None = None
+        self.started, self.stop = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, name="tokenmill-ray", daemon=True)
+        self.thread.start()
+
+    def _hold(self) -> None:
+        try:
+            self.session.__enter__()
+        except BaseException as exc:  # handed to the thread that waits
+            self.error = exc
+            return
+        finally:
+            self.started.set()
+        self.stop.wait()
+        try:
+            self.session.__exit__(None, None, None)
+        except BaseException as exc:  # handed to the thread that closes
+            self.error = exc
+
+    def wait(self) -> None:
+        self.started.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+#: the Ray session being started in the background, if any (:func:`wait_for_ray` waits for it)
+_STARTING: list[_Starting] = []
+
+
+def wait_for_ray() -> None:
+    """Block until the Ray session :func:`ray_session_in_background` is starting is up (no-op when
+    none is): every use of Ray on the driver goes through :func:`pipeline.executor.run_shards`, which
+    calls this first."""
+    if _STARTING:
+        _STARTING[-1].wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(signum)
+
+
+@contextlib.contextmanager
+def ray_session_in_background(options: RayOptions, address: str | None = None) -> Iterator[None]:
+    """:func:`ray_session`, started in a background thread: the block runs at once and waits for Ray
+    only where it first uses it (:func:`wait_for_ray`).
+
+    Why: starting the embedded Ray (GCS, raylet, the API server Ray starts even without a dashboard,
+    the prestarted workers) takes about 3 s of wall time here, mostly waiting on those processes;
+    the driver's own work before its first Ray task (the plan under the lock, claiming the output, a
+    stage's driver-side set-up such as ingest planning one file) runs meanwhile. ``ray.init`` only sets
+    its SIGTERM handler (exit, so the lock is released and Ray shut down) from the main thread: it is
+    set here, in the main thread, instead. On leaving, the start is waited for and Ray shut down."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    starting = _Starting(options, address)
+    _STARTING.append(starting)
+    try:
+        yield
+    finally:
+        _STARTING.remove(starting)
+        starting.close()
