@@ -87,11 +87,8 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def ray_session(options: RayOptions, address: str | None = None) -> Iterator[None]:
-    """Use the running Ray if this process already has one (tests), else connect or start one."""
-    import ray
-
+def _ray_defaults() -> None:
+    """Ray settings of the driver's environment, where the user has not set them (a no-op once set)."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Data's actor pools always keep constructor arguments in the object store, and the core
@@ -99,6 +96,15 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
     # Ray's native logger announces this setting on stderr when it starts ("logging.cc: Set ray log
     # level from environment variable ..."), so ray.init runs under _without_log_level_notice.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions, address: str | None = None, worker_env: bool = True) -> Iterator[None]:
+    """Use the running Ray if this process already has one (tests), else connect or start one.
+    ``worker_env=False``: the caller has put :data:`WORKER_ENV` in the environment already."""
+    import ray
+
+    _ray_defaults()
     if ray.is_initialized():
         yield
         return
@@ -119,7 +125,7 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
         # prestarted without it and start a spare one: on the Debian corpus (ingest -> dedup,
         # 2 CPUs) 5 worker processes of which 3 never ran a task (about 1 s of CPU each), and the
         # first task waited for a worker to start.
-        with _environ(WORKER_ENV), _without_log_level_notice():
+        with _environ(WORKER_ENV) if worker_env else contextlib.nullcontext(), _without_log_level_notice():
             ray.init(
                 address="local",
                 num_cpus=options.num_cpus or os.cpu_count(),
@@ -145,7 +151,14 @@ class _Starting:
     ran ``ray.init`` and returned took GCS and raylet down with it."""
 
     def __init__(self, options: RayOptions, address: str | None) -> None:
-        self.session = ray_session(options, address)
+        # the workers' environment (WORKER_ENV, inherited by the raylet) is set here, in the calling
+        # thread, and put back by it (restore_env): never changed by one thread while another reads it
+        self.env: contextlib.AbstractContextManager[None] | None = None
+        _ray_defaults()
+        if _starts_embedded(options, address):
+            self.env = _environ(WORKER_ENV)
+            self.env.__enter__()
+        self.session = ray_session(options, address, worker_env=False)
         self.error: BaseException | None = None
         self.started, self.stop = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._hold, name="tokenmill-ray", daemon=True)
@@ -167,14 +180,29 @@ class _Starting:
 
     def wait(self) -> None:
         self.started.wait()
+        self.restore_env()
         if self.error is not None:
             raise self.error
+
+    def restore_env(self) -> None:
+        """The driver's own environment back, once the raylet has started with the workers' one."""
+        if self.env is not None and self.started.is_set():
+            self.env.__exit__(None, None, None)
+            self.env = None
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join()
+        self.restore_env()
         if self.error is not None:
             raise self.error
+
+
+def _starts_embedded(options: RayOptions, address: str | None) -> bool:
+    """Whether :func:`ray_session` will start an embedded Ray (not join a cluster or a running Ray)."""
+    import ray
+
+    return not (ray.is_initialized() or address or options.address or os.environ.get("RAY_ADDRESS"))
 
 
 #: the Ray session being started in the background, if any (:func:`wait_for_ray` waits for it)
@@ -201,7 +229,8 @@ def ray_session_in_background(options: RayOptions, address: str | None = None) -
     Why: starting the embedded Ray (GCS, raylet, the API server Ray starts even without a dashboard,
     the prestarted workers) takes about 3 s of wall time here, mostly waiting on those processes;
     the driver's own work before its first Ray task (the plan under the lock, claiming the output, a
-    stage's driver-side set-up such as ingest planning one file) runs meanwhile. ``ray.init`` only sets
+    stage's driver-side set-up such as ingest planning one file) runs meanwhile, with the workers'
+    environment (:data:`WORKER_ENV`) until Ray is up and the driver waits for it. ``ray.init`` only sets
     its SIGTERM handler (exit, so the lock is released and Ray shut down) from the main thread: it is
     set here, in the main thread, instead. On leaving, the start is waited for and Ray shut down."""
     if threading.current_thread() is threading.main_thread():
