@@ -87,6 +87,28 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _without_api_server() -> Iterator[None]:
+    """``ray.init`` of the embedded Ray without its API server process (the block only).
+
+    Ray 2.60 starts a dashboard process even with ``include_dashboard=False`` (for its job and state
+    HTTP APIs, which an embedded run never uses: ``pipeline submit`` talks to a cluster's) and waits
+    for it to publish its address before it starts the raylet: 1.8 s of ``ray.init``'s 5 s here, and
+    a Python process importing aiohttp on a 2-core host while the raylet and workers start. Tasks,
+    actors and Ray Data run without it (the tests and benchmarks run through it)."""
+    from ray._private import node
+
+    def no_api_server(self: node.Node, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        self._webui_url = None
+
+    original = node.Node.start_api_server
+    node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original  # type: ignore[method-assign]
+
+
 def _ray_defaults() -> None:
     """Ray settings of the driver's environment, where the user has not set them (a no-op once set)."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -125,7 +147,8 @@ def ray_session(options: RayOptions, address: str | None = None, worker_env: boo
         # prestarted without it and start a spare one: on the Debian corpus (ingest -> dedup,
         # 2 CPUs) 5 worker processes of which 3 never ran a task (about 1 s of CPU each), and the
         # first task waited for a worker to start.
-        with _environ(WORKER_ENV) if worker_env else contextlib.nullcontext(), _without_log_level_notice():
+        with (_environ(WORKER_ENV) if worker_env else contextlib.nullcontext(), _without_log_level_notice(),
+              _without_api_server()):
             ray.init(
                 address="local",
                 num_cpus=options.num_cpus or os.cpu_count(),
