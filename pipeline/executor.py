@@ -180,7 +180,8 @@ def run_shards(
     without a dedicated actor's process start and Ray Data's planning (measured on the encode stage).
     """
     import ray
-    import ray.data
+
+    from pipeline.ray_session import configure_data_context, wait_for_ray
 
     work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
@@ -197,12 +198,16 @@ def run_shards(
             pending.append(task)
 
     if pending:
+        wait_for_ray()  # the embedded Ray may still be starting (pipeline.ray_session.ray_session_in_background)
         cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
         slots = max(1, int(cluster_cpus / worker_cpus))  # how many of this pass's tasks Ray can run at once
         workers = max(1, min(len(pending), max_workers or cap, cap, slots))
         retries = retries or RetryConfig()
         if use_actors:
+            import ray.data  # only here: importing Ray Data cost the driver 0.4-0.9 s on every run
+
+            configure_data_context()
             ds = ray.data.from_items([{"i": i} for i in range(len(pending))], override_num_blocks=len(pending))
             # Ray 2.60 has no named map_batches parameter for retries yet; the pin (==2.60.0) keeps
             # **ray_remote_args working, so its deprecation notice is silenced here and only here.

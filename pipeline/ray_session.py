@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 from pipeline.ray_watchdog import start_watchdog, stop_watchdog
@@ -33,6 +35,9 @@ def configure_data_context() -> None:
 
 
 LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
+#: what ray.init logs when it runs outside the main thread (:func:`ray_session_in_background` sets the
+#: handler itself, in the main thread, before Ray starts)
+SIGTERM_NOTICE = "SIGTERM handler is not set because current thread is not the main thread"
 
 
 @contextlib.contextmanager
@@ -60,7 +65,7 @@ def _without_log_level_notice() -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if LOG_LEVEL_NOTICE not in line]
+                    if LOG_LEVEL_NOTICE not in line and SIGTERM_NOTICE not in line]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -83,10 +88,29 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(options: RayOptions, address: str | None = None) -> Iterator[None]:
-    """Use the running Ray if this process already has one (tests), else connect or start one."""
-    import ray
+def _without_api_server() -> Iterator[None]:
+    """``ray.init`` of the embedded Ray without its API server process (the block only).
 
+    Ray 2.60 starts a dashboard process even with ``include_dashboard=False`` (for its job and state
+    HTTP APIs, which an embedded run never uses: ``pipeline submit`` talks to a cluster's) and waits
+    for it to publish its address before it starts the raylet: 1.8 s of ``ray.init``'s 5 s here, and
+    a Python process importing aiohttp on a 2-core host while the raylet and workers start. Tasks,
+    actors and Ray Data run without it (the tests and benchmarks run through it)."""
+    from ray._private import node
+
+    def no_api_server(self: node.Node, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        self._webui_url = None
+
+    original = node.Node.start_api_server
+    node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original  # type: ignore[method-assign]
+
+
+def _ray_defaults() -> None:
+    """Ray settings of the driver's environment, where the user has not set them (a no-op once set)."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Data's actor pools always keep constructor arguments in the object store, and the core
@@ -94,8 +118,16 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
     # Ray's native logger announces this setting on stderr when it starts ("logging.cc: Set ray log
     # level from environment variable ..."), so ray.init runs under _without_log_level_notice.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions, address: str | None = None, worker_env: bool = True) -> Iterator[None]:
+    """Use the running Ray if this process already has one (tests), else connect or start one.
+    ``worker_env=False``: the caller has put :data:`WORKER_ENV` in the environment already."""
+    import ray
+
+    _ray_defaults()
     if ray.is_initialized():
-        configure_data_context()
         yield
         return
     target = address or options.address or os.environ.get("RAY_ADDRESS")
@@ -115,7 +147,8 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
         # prestarted without it and start a spare one: on the Debian corpus (ingest -> dedup,
         # 2 CPUs) 5 worker processes of which 3 never ran a task (about 1 s of CPU each), and the
         # first task waited for a worker to start.
-        with _environ(WORKER_ENV), _without_log_level_notice():
+        with (_environ(WORKER_ENV) if worker_env else contextlib.nullcontext(), _without_log_level_notice(),
+              _without_api_server()):
             ray.init(
                 address="local",
                 num_cpus=options.num_cpus or os.cpu_count(),
@@ -125,9 +158,110 @@ def ray_session(options: RayOptions, address: str | None = None) -> Iterator[Non
                 configure_logging=True,
                 **kwargs,
             )
-    configure_data_context()
     try:
         yield
     finally:
         ray.shutdown()
         stop_watchdog(watchdog)
+
+
+class _Starting:
+    """:func:`ray_session` held by a thread of its own, from its start to its shutdown: :meth:`wait`
+    blocks until Ray is up (raising what starting it raised), :meth:`close` shuts it down.
+
+    The thread lives as long as the session because Ray starts its head processes with
+    ``PR_SET_PDEATHSIG``, which fires when the *thread* that started them exits: a thread that only
+    ran ``ray.init`` and returned took GCS and raylet down with it."""
+
+    def __init__(self, options: RayOptions, address: str | None) -> None:
+        # the workers' environment (WORKER_ENV, inherited by the raylet) is set here, in the calling
+        # thread, and put back by it (restore_env): never changed by one thread while another reads it
+        self.env: contextlib.AbstractContextManager[None] | None = None
+        _ray_defaults()
+        if _starts_embedded(options, address):
+            self.env = _environ(WORKER_ENV)
+            self.env.__enter__()
+        self.session = ray_session(options, address, worker_env=False)
+        self.error: BaseException | None = None
+        self.started, self.stop = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, name="tokenmill-ray", daemon=True)
+        self.thread.start()
+
+    def _hold(self) -> None:
+        try:
+            self.session.__enter__()
+        except BaseException as exc:  # handed to the thread that waits
+            self.error = exc
+            return
+        finally:
+            self.started.set()
+        self.stop.wait()
+        try:
+            self.session.__exit__(None, None, None)
+        except BaseException as exc:  # handed to the thread that closes
+            self.error = exc
+
+    def wait(self) -> None:
+        self.started.wait()
+        self.restore_env()
+        if self.error is not None:
+            raise self.error
+
+    def restore_env(self) -> None:
+        """The driver's own environment back, once the raylet has started with the workers' one."""
+        if self.env is not None and self.started.is_set():
+            self.env.__exit__(None, None, None)
+            self.env = None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.restore_env()
+        if self.error is not None:
+            raise self.error
+
+
+def _starts_embedded(options: RayOptions, address: str | None) -> bool:
+    """Whether :func:`ray_session` will start an embedded Ray (not join a cluster or a running Ray)."""
+    import ray
+
+    return not (ray.is_initialized() or address or options.address or os.environ.get("RAY_ADDRESS"))
+
+
+#: the Ray session being started in the background, if any (:func:`wait_for_ray` waits for it)
+_STARTING: list[_Starting] = []
+
+
+def wait_for_ray() -> None:
+    """Block until the Ray session :func:`ray_session_in_background` is starting is up (no-op when
+    none is): every use of Ray on the driver goes through :func:`pipeline.executor.run_shards`, which
+    calls this first."""
+    if _STARTING:
+        _STARTING[-1].wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(signum)
+
+
+@contextlib.contextmanager
+def ray_session_in_background(options: RayOptions, address: str | None = None) -> Iterator[None]:
+    """:func:`ray_session`, started in a background thread: the block runs at once and waits for Ray
+    only where it first uses it (:func:`wait_for_ray`).
+
+    Why: starting the embedded Ray (GCS, raylet, the API server Ray starts even without a dashboard,
+    the prestarted workers) takes about 3 s of wall time here, mostly waiting on those processes;
+    the driver's own work before its first Ray task (the plan under the lock, claiming the output, a
+    stage's driver-side set-up such as ingest planning one file) runs meanwhile, with the workers'
+    environment (:data:`WORKER_ENV`) until Ray is up and the driver waits for it. ``ray.init`` only sets
+    its SIGTERM handler (exit, so the lock is released and Ray shut down) from the main thread: it is
+    set here, in the main thread, instead. On leaving, the start is waited for and Ray shut down."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    starting = _Starting(options, address)
+    _STARTING.append(starting)
+    try:
+        yield
+    finally:
+        _STARTING.remove(starting)
+        starting.close()

@@ -12,6 +12,7 @@ fingerprint reuses every shard that was committed.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.util
 import os
@@ -35,7 +36,7 @@ from pipeline.manifest import MANIFEST_NAME, canonical_json, read_manifest, sha2
 from pipeline.memory import release_memory
 from pipeline.output_guard import TMP_DIR, OutputLock, claim_output, sweep_work_dirs
 from pipeline.progress import Reporter
-from pipeline.ray_session import ray_session
+from pipeline.ray_session import ray_session_in_background
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
 
 
@@ -273,22 +274,25 @@ def run_pipeline(
     out = spec.output_dir(output)
     first = make_plan(spec, out, force)  # spec and input errors first, before anything is written
     with OutputLock(out).acquire(break_lock=break_lock):
-        plan = make_plan(spec, out, force, first.input_fingerprints)  # what is up to date, under the lock
-        claim_output(out, [s.name for s in plan.stages], spec.name)
-        reporter = reporter or Reporter()
-        to_run = [s for s in plan.stages if s.action == "run"]
+        # Ray starts in the background from here when a stage is to run: the plan under the lock,
+        # claiming the output and the first stage's driver-side work overlap its start (pipeline.ray_session)
+        ray_start = (ray_session_in_background(spec.model.ray, address)
+                     if any(s.action == "run" for s in first.stages) else contextlib.nullcontext())
         report: _Background | None = None
         try:
-            with reporter:
-                for sp in plan.stages:
-                    if sp.action == "skip":
-                        reporter.stage_skipped(sp.name)
-                if to_run:
-                    with ray_session(spec.model.ray, address):
-                        for sp in to_run:
-                            _run_stage(spec, plan, sp, reporter)
-                            release_memory()
-                        # the report reads only what the stages wrote: built while Ray shuts down
+            with ray_start:
+                plan = make_plan(spec, out, force, first.input_fingerprints)  # what is up to date, under the lock
+                claim_output(out, [s.name for s in plan.stages], spec.name)
+                reporter = reporter or Reporter()
+                to_run = [s for s in plan.stages if s.action == "run"]
+                with reporter:
+                    for sp in plan.stages:
+                        if sp.action == "skip":
+                            reporter.stage_skipped(sp.name)
+                    for sp in to_run:
+                        _run_stage(spec, plan, sp, reporter)
+                        release_memory()
+                    if to_run:  # the report reads only what the stages wrote: built while Ray shuts down
                         report = _Background(_write_report, out, spec, plan)
         finally:
             if report is not None:

@@ -208,9 +208,11 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         tok, trainer = build_tokenizer(cfg, stage1_vocab)
         counts = {"documents": 0, "bytes": 0}
         per_lang: Counter[str] = Counter()
+        trained_ids: set[str] = set()  # the sample's ids, as HF streams it: the held-out set needs them
 
         def texts() -> Iterator[str]:
             for row in iter_sample(files, sample, cfg.max_doc_chars):
+                trained_ids.add(row["id"])
                 nb = len(row["text"].encode("utf-8"))
                 counts["documents"] += 1
                 counts["bytes"] += nb
@@ -236,7 +238,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             tok.save(str(path))
         write_hf_tokenizer_files(ctx.work_dir, cfg.special_tokens)  # AutoTokenizer.from_pretrained(folder)
         n = cfg.report.heldout_docs
-        heldout = heldout_docs(files, sample, n, cfg.max_doc_chars)  # by id: never a trained document or copy
+        heldout = heldout_docs(files, sample, n, cfg.max_doc_chars,  # by id: never a trained document or copy
+                               trained_ids if trained is None else None)
         note = None if heldout else ("report.heldout_docs is 0" if n == 0 else
                                      "every document of the input is in the training sample")
         parallel = ctx.artifact("parallel_text").local_file() if cfg.parallel_text else None

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.locations import Location
 from pipeline.parquet_io import read_table
@@ -159,3 +160,111 @@ def test_tokenizer_sample_keeps_the_balanced_mix_and_budget(run_spec, tmp_path):
     assert len(trained) < len(set(ids))
     held = heldout_docs(files, sample, 400, 100_000)
     assert not {r["id"] for r in held} & trained and report["heldout"]["documents"] == len(held)
+
+
+def _reference_calibrate(files, sampler, budget_bytes, max_chars):
+    """The two-pass calibration this module had before the one-pass pool (language totals, then every
+    row's hash and bytes per language): the sample must stay the same."""
+    from stages.tokenizer.sample import ALL, _batches, _Candidates, text_bytes
+
+    sizes: dict[str, int] = {}
+    for ids, langs, text in _batches(files):
+        nb = text_bytes(text, max_chars)
+        sel = sampler.within.mask(ids, langs) if sampler.within is not None else np.ones(len(ids), bool)
+        for lang, n in zip(np.array(langs, dtype=object)[sel].tolist(), nb[sel].tolist(), strict=True):
+            sizes[lang] = sizes.get(lang, 0) + n
+    total = sum(sizes.values())
+    if total <= budget_bytes:
+        return sampler
+    cands = {lang: _Candidates(budget_bytes * n / total) for lang, n in sizes.items()}
+    for ids, langs, text in _batches(files):
+        h, nb = sampler.hashes(ids), text_bytes(text, max_chars)
+        sel = sampler.within.mask(ids, langs) if sampler.within is not None else np.ones(len(ids), bool)
+        lang_arr = np.array(langs, dtype=object)
+        for lang in set(lang_arr[sel].tolist()):
+            m = sel & (lang_arr == lang)
+            cands[lang].add(h[m], nb[m])
+    limits, got = {}, {}
+    for lang in sorted(cands):
+        c = cands[lang]
+        c.prune()
+        limits[lang] = ALL if c.cutoff is None else c.cutoff[0]
+        got[lang] = int(c.b.sum())
+    left = budget_bytes - sum(got.values())
+    for _, lang in sorted((got[lang] - c.budget, lang) for lang, c in cands.items() if c.cutoff is not None):
+        h_next, b_next = cands[lang].cutoff
+        if b_next <= left and b_next < 2 * (cands[lang].budget - got[lang]):
+            limits[lang], got[lang], left = h_next + 1, got[lang] + b_next, left - b_next
+    if sum(got.values()) == 0:
+        lang = min((c.cutoff[0], lang) for lang, c in cands.items() if c.cutoff is not None)[1]
+        limits[lang] = cands[lang].cutoff[0] + 1
+    return HashSample(sampler.stage, sampler.role, sampler.seed, 0, tuple(sorted(limits.items())), sampler.within)
+
+
+def _reference_heldout(files, sample, n, max_chars):
+    """Held-out documents as before: every row's text read, the lowest held-out hashes kept."""
+    import heapq
+
+    from stages.tokenizer.sample import read, row_keys
+
+    trained: set[str] = set()
+    for f in files:
+        for batch in read(f, ["id", "lang"]):
+            m = sample.mask(row_keys(batch), batch.column("lang").to_pylist())
+            trained.update(np.array(batch.column("id").to_pylist(), dtype=object)[m].tolist())
+    held = HashSample(sample.stage, "heldout", sample.seed)
+    heap, rows = [], {}
+    for f in files:
+        for r in read_table([f]).to_pylist():
+            hv = int(held.hashes([r["id"]])[0])
+            if r["id"] in trained or r["id"] in rows or (len(heap) >= n and hv >= -heap[0][0]):
+                continue
+            rows[r["id"]] = (hv, {"id": r["id"], "text": (r["text"] or "")[:max_chars], "lang": r["lang"]})
+            heapq.heappush(heap, (-hv, r["id"]))
+            if len(heap) > n:
+                del rows[heapq.heappop(heap)[1]]
+    return [r for _, r in sorted(rows.values(), key=lambda x: x[0])]
+
+
+def mixed_corpus(seed: int = 3) -> list[dict]:
+    """Languages of very different sizes, a few documents longer than max_chars (multi-byte text cut by
+    code points), copies, a null language and a language of a few large documents."""
+    rng = random.Random(seed)
+    rows = []
+    for lang, n, words in (("en", 2500, (5, 120)), ("de", 700, (5, 200)), ("ja", 150, (50, 400)),
+                           ("big", 6, (3000, 6000)), (None, 80, (5, 50))):
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) + ("日本" if lang == "ja" else "") for _ in range(rng.randint(*words)))
+            for c in range(rng.choice([1, 1, 1, 2])):
+                rows.append({"id": f"{lang}-{i}", "text": text, "lang": lang, "copy": c})
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.mark.parametrize("pool_factor", [4.0, 1.0, 0.3, 0.01])
+@pytest.mark.parametrize("budget", [60_000, 400_000, 3_000])
+def test_one_pass_calibration_equals_the_two_pass_one(tmp_path, monkeypatch, pool_factor, budget):
+    """The pool of low-hash rows gives the same thresholds as the full second pass, also when it falls
+    short for some languages (a small pool factor forces the per-language pass) and for a nested sample;
+    the streamed sample and the held-out documents are the same as reading every row's text."""
+    import stages.tokenizer.sample as sample_mod
+
+    monkeypatch.setattr(sample_mod, "POOL_FACTOR", pool_factor)
+    monkeypatch.setattr(sample_mod, "_PRUNE_AT", 64)  # prune often: the pool's limit falls mid-stream
+    rows = mixed_corpus()
+    files = write_parts(tmp_path, rows, per_part=900)
+    max_chars = 2_000
+    sampler = HashSample("tok", "sample", 5)
+    got, fig = calibrate(files, sampler, budget, max_chars)
+    assert got == _reference_calibrate(files, sampler, budget, max_chars)
+    streamed = list(iter_sample(files, got, max_chars))
+    assert sum(len(r["text"].encode()) for r in streamed) == fig["sample_bytes"] <= budget
+    expected = [{**r, "text": r["text"][:max_chars]} for r in read_table(files).to_pylist()
+                if got.mask([r["id"] if not r["copy"] else f"{r['id']}\x1f{r['copy']}"], [r["lang"]])[0]]
+    assert streamed == expected
+    assert heldout_docs(files, got, 150, max_chars) == _reference_heldout(files, got, 150, max_chars)
+    trained = {r["id"] for r in streamed}
+    assert heldout_docs(files, got, 150, max_chars, trained) == _reference_heldout(files, got, 150, max_chars)
+    nested = HashSample("tok", "stage2", 5, within=got)
+    assert calibrate(files, nested, budget / 3, max_chars)[0] == _reference_calibrate(files, nested, budget / 3,
+                                                                                       max_chars)

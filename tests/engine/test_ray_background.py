@@ -1,0 +1,64 @@
+"""The embedded Ray starts in a background thread that holds the session until it is shut down:
+Ray's head processes die with the thread that started them (PR_SET_PDEATHSIG), so start and shutdown
+must run on one thread that lives as long as the session; the run waits for Ray at its first pass."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import pipeline.ray_session as rs
+from pipeline.spec import RayOptions
+
+
+def _fake_session(log: list[tuple[str, str]], delay: float = 0.2, fail: Exception | None = None):
+    @contextlib.contextmanager
+    def session(options, address=None, worker_env=True):
+        assert not worker_env  # set by the starting thread, not by the session's
+        time.sleep(delay)
+        log.append(("start", threading.current_thread().name))
+        if fail is not None:
+            raise fail
+        try:
+            yield
+        finally:
+            log.append(("stop", threading.current_thread().name))
+    return session
+
+
+def test_start_and_shutdown_run_on_one_thread_that_lives_with_the_session(monkeypatch):
+    log: list[tuple[str, str]] = []
+    monkeypatch.setattr(rs, "ray_session", _fake_session(log))
+    monkeypatch.setattr(rs, "_starts_embedded", lambda options, address: True)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with rs.ray_session_in_background(RayOptions()):
+            assert log == []  # the block runs at once, while Ray starts
+            assert signal.getsignal(signal.SIGTERM) is rs._exit_on_sigterm  # set in the main thread
+            assert os.environ["OMP_NUM_THREADS"] == "1"  # the raylet starts with the workers' environment
+            rs.wait_for_ray()
+            assert os.environ["OMP_NUM_THREADS"] == "7"  # the driver's own once Ray is up
+            assert log == [("start", "tokenmill-ray")]
+            assert any(t.name == "tokenmill-ray" for t in threading.enumerate())  # still holding the session
+        assert log == [("start", "tokenmill-ray"), ("stop", "tokenmill-ray")]
+        rs.wait_for_ray()  # no session starting: returns at once
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_failed_start_is_raised_where_ray_is_first_needed(monkeypatch):
+    log: list[tuple[str, str]] = []
+    monkeypatch.setattr(rs, "ray_session", _fake_session(log, fail=RuntimeError("no raylet")))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(RuntimeError, match="no raylet"), rs.ray_session_in_background(RayOptions()):
+            rs.wait_for_ray()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert log == [("start", "tokenmill-ray")]
