@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipeline import text_tally
 from pipeline.executor import SCRATCH_DIR, ShardJob, ShardOutput, ShardTask, SidePass, WorkerError, run_shards
 from pipeline.layout import DATA_DIR, REJECTS_DIR, side_dir_name
 from pipeline.locations import Location
@@ -143,6 +144,11 @@ class StageContext:
         if count_rows:
             for stats in results:
                 self.manifest.add_shard(stats)
+            tally = None
+            for stats in results:
+                tally = text_tally.merge(tally, stats.get("text_tally"))
+            if tally is not None:  # the text figures of the parts this pass wrote, for the run report
+                self.manifest.stats["text"] = tally
         peaks = [s["peak_rss_mb"] for s in results if isinstance(s.get("peak_rss_mb"), int | float)]
         if peaks:  # the largest worker resident size of one shard, per pass: the memory model, measured
             memory = self.manifest.stats.setdefault("peak_task_rss_mb", {})

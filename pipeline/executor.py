@@ -51,7 +51,7 @@ class ShardOutput:
     def __init__(self, work_dir: Location | Path, key: str, schema: Any = None):
         work_dir = Location.of(work_dir)
         self.key = key
-        self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema)
+        self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema, tally=True)
         self.rejects = PartWriter(work_dir / REJECTS_DIR, f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
 
     def commit(self) -> tuple[int, int]:
@@ -114,6 +114,9 @@ def _run_one(job: ShardJob, work_dir: Location, task: ShardTask) -> dict[str, An
         stats = job.run(task, out)
         data_bytes, _ = out.commit()
         stats.setdefault("part_bytes", data_bytes)
+        text = out.data.tally.to_stats() if out.data.tally is not None and data_bytes else None
+        if text is not None:  # the report's text figures of this part (pipeline.text_tally)
+            stats["text_tally"] = text
         # the worker's peak resident size during this shard: the manifest's memory per pass
         stats.setdefault("peak_rss_mb", peak_rss_mb())
     except TokenmillError as exc:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.locations import Location
+from pipeline.text_tally import TextTally
 
 #: a Parquet file: a :class:`Location`, or a local path
 Source = Location | Path | str
@@ -55,7 +56,7 @@ class PartWriter:
     """
 
     def __init__(self, directory: Location | Path, name: str, schema: pa.Schema | None = None,
-                 write_empty: bool = True, options: dict | None = None):
+                 write_empty: bool = True, options: dict | None = None, tally: bool = False):
         self.final = Location.of(directory) / f"{name}.parquet"
         self.tmp = self.final if not self.final.is_local else self.final.parent / f".{name}.parquet.tmp"
         self.schema = schema
@@ -63,6 +64,8 @@ class PartWriter:
         self.options = {**WRITE_OPTIONS, **(options or {})}
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
+        # a dataset part's text figures for the run report (pipeline.text_tally), counted as written
+        self.tally = TextTally() if tally else None
 
     def write(self, table: pa.Table) -> None:
         if self.schema is None:
@@ -72,6 +75,8 @@ class PartWriter:
         if self._writer is None:
             self.final.parent.mkdir()
             self._writer = pq.ParquetWriter(self.tmp.path, self.schema, filesystem=self.tmp.fs, **self.options)
+        if self.tally is not None:
+            self.tally.add(table)
         if table.num_rows:
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             self.rows += table.num_rows

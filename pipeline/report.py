@@ -3,7 +3,8 @@
 Why: people judge a data run by looking at it (what each stage removed, how the language mix moved,
 how the tokenizer treats each language, how full the packed sequences are). Everything here is read
 back from what the run already wrote (``run.json``, each ``<stage>/manifest.json``, the tokenizer's
-``report.json`` and, for length histograms, the ``text`` column of the datasets), so
+``report.json`` and, for text bytes and length histograms, the tallies the workers wrote into the
+manifests as they wrote the parts, or else the ``text`` column of the datasets), so
 ``pipeline report OUTPUT_DIR`` rebuilds the same page at any time.
 
 Charts are drawn with matplotlib (Agg) and inlined as base64 PNG: the page makes no network request.
@@ -26,12 +27,12 @@ import numpy as np
 
 from pipeline.locations import Location, LocationError
 from pipeline.manifest import read_json, read_manifest, write_json_atomic
-from pipeline.parquet_io import read_one, read_schema
+from pipeline.parquet_io import parquet_rows, read_one, read_schema
+from pipeline.text_tally import LENGTH_BINS, median_from_counts
 
 # Length histograms read the text column of at most this many parts per dataset (evenly spread):
 # enough for a histogram, bounded for corpora of any size.
 LENGTH_PARTS = 16
-LENGTH_BINS = np.logspace(1, 7, 31)  # 10 B .. 10 MB, log-spaced
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,7 +53,9 @@ def collect(output: Location | Path) -> dict[str, Any]:
             continue
         extra: dict[str, Any] = {}
         parts = (output / name / "data").glob("*.parquet")
-        hist, text = text_figures(parts)
+        hist, text = tallied_text_figures(m, parts)
+        if hist is None and text is None:
+            hist, text = text_figures(parts)
         if hist is not None:
             extra["length_histogram"] = hist
         if text is not None:
@@ -62,6 +65,23 @@ def collect(output: Location | Path) -> dict[str, Any]:
             extra["report_part"] = part
         stages.append({**m, **extra})
     return {"output": str(output), "spec": run_info.get("spec"), "stages": stages}
+
+
+def tallied_text_figures(manifest: dict[str, Any], parts: list[Location]) -> tuple[dict[str, Any] | None,
+                                                                                  int | None]:
+    """(histogram, text bytes) from the tally the workers wrote into the manifest as they wrote the
+    parts (:mod:`pipeline.text_tally`): no text is read. Used only when the tally covers exactly the
+    rows the parts hold (their footers' row counts), else (None, None) and the parts are read."""
+    tally = manifest.get("stats", {}).get("text")
+    if not isinstance(tally, dict) or not parts:
+        return None, None
+    counts = np.asarray(tally.get("length_counts", []), dtype=np.int64)
+    if len(counts) != len(LENGTH_BINS) - 1 or int(counts.sum()) != sum(parquet_rows(p) for p in parts):
+        return None, None
+    hist = {"bins": [round(float(x), 1) for x in LENGTH_BINS], "counts": counts.tolist(),
+            "documents": int(counts.sum()), "parts_read": 0, "parts": len(parts),
+            "median_bytes": median_from_counts(counts)}
+    return hist, int(tally["bytes"])
 
 
 def text_figures(parts: list[Location]) -> tuple[dict[str, Any] | None, int | None]:
