@@ -254,7 +254,7 @@ class EncodeJob(MapStageJob):
             result = self._run(task, out, schema)
         except ParityFallback as fb:
             out.abort()
-            out.data = PartWriter(out.data.final.parent, f"part-{task.key}")
+            out.data = PartWriter(out.data.final.parent, f"part-{task.key}", tally=True)
             out.rejects = PartWriter(out.rejects.final.parent, f"part-{task.key}", schema=REJECT_SCHEMA,
                                      write_empty=False)
             stage.begin_shard(force_hf=True)
