@@ -142,10 +142,9 @@ class StageContext:
                 raise TokenmillError(str(exc)) from None
             raise StageFailed(self.name, str(exc)) from None
         if count_rows:
-            for stats in results:
-                self.manifest.add_shard(stats)
             tally = None
             for stats in results:
+                self.manifest.add_shard(stats)
                 tally = text_tally.merge(tally, stats.get("text_tally"))
             if tally is not None:  # the text figures of the parts this pass wrote, for the run report
                 self.manifest.stats["text"] = tally

@@ -29,6 +29,7 @@ from pipeline.locations import Location, LocationError
 from pipeline.manifest import read_json, read_manifest, write_json_atomic
 from pipeline.parquet_io import parquet_rows, read_one, read_schema
 from pipeline.text_tally import LENGTH_BINS, median_from_counts
+from pipeline.text_tally import histogram as length_histogram
 
 # Length histograms read the text column of at most this many parts per dataset (evenly spread):
 # enough for a histogram, bounded for corpora of any size.
@@ -78,14 +79,12 @@ def tallied_text_figures(manifest: dict[str, Any], parts: list[Location]) -> tup
     counts = np.asarray(tally.get("length_counts", []), dtype=np.int64)
     if len(counts) != len(LENGTH_BINS) - 1 or int(counts.sum()) != sum(parquet_rows(p) for p in parts):
         return None, None
-    hist = {"bins": [round(float(x), 1) for x in LENGTH_BINS], "counts": counts.tolist(),
-            "documents": int(counts.sum()), "parts_read": 0, "parts": len(parts),
-            "median_bytes": median_from_counts(counts)}
-    return hist, int(tally["bytes"])
+    return _histogram_figures(counts, int(counts.sum()), 0, len(parts), median_from_counts(counts)), int(tally["bytes"])
 
 
 def text_figures(parts: list[Location]) -> tuple[dict[str, Any] | None, int | None]:
-    """(:func:`length_histogram`, :func:`text_bytes`) from one read of each part's ``text`` column.
+    """(length histogram, text bytes) from one read of each part's ``text`` column: the fallback when
+    the manifest has no tally covering the parts (:func:`tallied_text_figures`).
 
     Why one pass: the two read the same column of the same parts (the histogram up to
     LENGTH_PARTS of them), which decompressed every stage's text twice; after an ingest -> dedup
@@ -111,26 +110,17 @@ def _histogram_parts(count: int) -> list[int]:
     return np.linspace(0, count - 1, LENGTH_PARTS).astype(int).tolist()
 
 
-def length_histogram(parts: list[Location]) -> dict[str, Any] | None:
-    """UTF-8 byte lengths of documents, histogrammed on LENGTH_BINS; None when there is no text column."""
-    if not parts:
-        return None
-    import pyarrow.compute as pc
-
-    if "text" not in read_schema(parts[0]).names:
-        return None
-    pick = [parts[i] for i in _histogram_parts(len(parts))]
-    lengths = [pc.binary_length(read_one(p, columns=["text"]).column("text")).to_numpy(zero_copy_only=False)
-               for p in pick]
-    return _histogram(lengths, len(pick), len(parts))
-
-
 def _histogram(lengths: list[np.ndarray], parts_read: int, parts: int) -> dict[str, Any]:
     arr = np.concatenate(lengths) if lengths else np.zeros(0)
-    counts, _ = np.histogram(np.clip(arr, LENGTH_BINS[0], LENGTH_BINS[-1]), bins=LENGTH_BINS)
+    return _histogram_figures(length_histogram(arr), int(arr.size), parts_read, parts,
+                              float(np.median(arr)) if arr.size else 0.0)
+
+
+def _histogram_figures(counts: np.ndarray, documents: int, parts_read: int, parts: int,
+                       median: float) -> dict[str, Any]:
+    """The report's length histogram, whether tallied by the workers or read back from the parts."""
     return {"bins": [round(float(x), 1) for x in LENGTH_BINS], "counts": counts.tolist(),
-            "documents": int(arr.size), "parts_read": parts_read, "parts": parts,
-            "median_bytes": float(np.median(arr)) if arr.size else 0.0}
+            "documents": documents, "parts_read": parts_read, "parts": parts, "median_bytes": median}
 
 
 def _stage_part(manifest: dict[str, Any], stage_dir: Location) -> Any:
@@ -145,20 +135,6 @@ def _stage_part(manifest: dict[str, Any], stage_dir: Location) -> Any:
     except Exception:  # a stage's report hook must not take the whole report down
         return None
     return part if (part.charts or part.notes or part.sections or part.tokens_out is not None or part.details) else None
-
-
-def text_bytes(parts: list[Location]) -> int | None:
-    """UTF-8 bytes of the ``text`` column over every part (one part, one column in memory at a time):
-    the one MB definition of the report for text stages. None when the dataset has no text."""
-    if not parts or "text" not in read_schema(parts[0]).names:
-        return None
-    import pyarrow.compute as pc
-
-    total = 0
-    for p in parts:
-        col = read_one(p, columns=["text"]).column("text")
-        total += int(pc.sum(pc.binary_length(col)).as_py() or 0)
-    return total
 
 
 def edges(data: dict[str, Any]) -> list[tuple[str, str]]:
