@@ -37,8 +37,6 @@ def _bucket_path(work: Location, part: int, shard: str) -> Location:
     return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
 
 
-_keep_k0 = keep_k0  # the name the tests import
-
 _KINDS = pa.array(["exact", "near"], pa.string())
 
 

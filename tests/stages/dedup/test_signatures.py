@@ -202,12 +202,12 @@ def test_signature_job_files_hold_every_key_once(tmp_path):
 
 def test_keep_k0_matches_keep_key():
     from stages.dedup.components import keep_key
-    from stages.dedup.pairs import _keep_k0
+    from stages.dedup.signatures import keep_k0
 
     texts = ["", "abc", "ñandú", "日本語のテキスト", "x" * 70]
     column = pa.chunked_array([pa.array([3, None, -2, 7, 0], pa.int64())])
     for keep in ("longest", "shortest", "first", "column"):
-        got = _keep_k0(keep, pa.array(texts), column if keep == "column" else None)
+        got = keep_k0(keep, pa.array(texts), column if keep == "column" else None)
         want = [keep_key(keep, len(t), "id", c)[0] for t, c in zip(texts, column.to_pylist(), strict=True)]
         assert got.dtype == np.float64 and got.tolist() == want, keep
 
