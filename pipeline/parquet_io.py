@@ -19,6 +19,26 @@ Source = Location | Path | str
 WRITE_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 ROW_GROUP_ROWS = 8192
 
+
+
+def bulk_options(schema: pa.Schema, bulk: Sequence[str], unique: Sequence[str] = ()) -> dict:
+    """:class:`PartWriter` options for a part whose ``bulk`` columns (texts, token lists) are most of
+    its bytes and nobody filters on them: those without dictionary pages or min/max statistics (a
+    dictionary of whole documents is built, then given up on) at zstd level 1, and a list column's
+    values byte-stream-split (zstd then sees the all-zero high bytes of small integers as runs).
+    ``unique`` columns (ids) keep their statistics but skip dictionary pages. The other columns keep
+    :data:`WRITE_OPTIONS`. The stages that use it say what it saved them."""
+    small = [f.name for f in schema if f.name not in bulk]
+    level = WRITE_OPTIONS["compression_level"]
+    options: dict = {"use_dictionary": [n for n in small if n not in unique], "write_statistics": small,
+                     "compression_level": {**{n: level for n in small},
+                                           **{f.name: 1 for f in schema if f.name in bulk}}}
+    lists = [f.name for f in schema if f.name in bulk and pa.types.is_list(f.type)]
+    if lists:
+        options["column_encoding"] = {f"{n}.list.element": "BYTE_STREAM_SPLIT" for n in lists}
+    return options
+
+
 REJECT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

@@ -41,7 +41,7 @@ from pipeline.context import MapStageJob, StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import REJECT_SCHEMA, WRITE_OPTIONS, PartWriter, make_rejects, read_one, read_schema
+from pipeline.parquet_io import REJECT_SCHEMA, PartWriter, bulk_options, make_rejects, read_one, read_schema
 from pipeline.stage_api import BatchResult, MapStage, RefKind, ReportPart, StageConfig, register_stage
 from stages.encode.engines import TextEncoder, choose_engine, load_encoder
 
@@ -204,16 +204,11 @@ class PhaseClock:
 #: (CPU seconds, one process): ids 1.80 s / 35.9 MB with the defaults -> 0.59 s / 36.9 MB; text 1.19 s
 #: / 29.0 MB -> 0.67 s / 35.9 MB; the gigatoken encode itself is ~4 s. Other columns keep the defaults.
 BULK_COLUMNS = ("text", "input_ids")
-IDS_LEAF = "input_ids.list.element"
 
 
 def write_options(schema: pa.Schema) -> dict[str, Any]:
     """Parquet writer options for the stage's output part (see :data:`BULK_COLUMNS`)."""
-    small = [f.name for f in schema if f.name not in BULK_COLUMNS]
-    level = WRITE_OPTIONS["compression_level"]
-    levels = {**{name: level for name in small}, "text": 1, IDS_LEAF: 1}
-    return {"use_dictionary": small, "write_statistics": small, "compression_level": levels,
-            "column_encoding": {IDS_LEAF: "BYTE_STREAM_SPLIT"}}
+    return bulk_options(schema, BULK_COLUMNS)
 
 
 def idle_in_span(spans: list[list[float]]) -> dict[str, float]:
