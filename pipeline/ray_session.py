@@ -88,25 +88,53 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _without_api_server() -> Iterator[None]:
-    """``ray.init`` of the embedded Ray without its API server process (the block only).
+def _without_idle_head_processes() -> Iterator[None]:
+    """``ray.init`` of the embedded Ray without the head processes and services it never uses (the
+    block only).
 
-    Ray 2.60 starts a dashboard process even with ``include_dashboard=False`` (for its job and state
-    HTTP APIs, which an embedded run never uses: ``pipeline submit`` talks to a cluster's) and waits
-    for it to publish its address before it starts the raylet: 1.8 s of ``ray.init``'s 5 s here, and
-    a Python process importing aiohttp on a 2-core host while the raylet and workers start. Tasks,
-    actors and Ray Data run without it (the tests and benchmarks run through it)."""
-    from ray._private import node
+    Ray 2.60 starts Python processes beside GCS and the raylet that an embedded run has no use for,
+    each importing much of Ray (and aiohttp) on a 2-core host while the raylet and the first workers
+    start, and it makes the start wait for some of them:
+
+    - the API server (a dashboard process even with ``include_dashboard=False``, for the job and
+      state HTTP APIs; ``pipeline submit`` talks to a cluster's): ``ray.init`` waits for it to publish
+      its address before it starts the raylet, 1.8 s of its 5 s here. Not started.
+    - the autoscaler monitor: a single-node embedded Ray has nothing to scale (``ray.init`` also asks
+      GCS which autoscaler version runs before it starts one). Not started.
+    - the log monitor, which tails worker log files to print them on the driver: the embedded Ray runs
+      with ``log_to_driver=False`` (a task's error comes back with its result, not through logs).
+      Not started.
+    - the raylet's dashboard agent, in full: its HTTP server (job submission, logs and metrics for a
+      dashboard) and its metrics exporter, which the raylet waits for before it registers the node:
+      3 s of a 6.6 s ``ray.init`` here under load, more when another Ray on the machine holds the
+      agent's fixed HTTP port (52365: the agent retries binding it for 3.4 s). It runs as the
+      agent of a minimal Ray install (``--minimal``: what Ray does when aiohttp is missing), which
+      keeps what the raylet needs of it.
+
+    ``ray.init`` took 3.6 s instead of 6.7-13.8 s on this host under load. Tasks, actors and Ray Data
+    run without them (the tests and benchmarks run through this). These are private functions of
+    ``ray._private``: the ``ray==2.60.0`` pin keeps them as measured."""
+    from ray._private import node, utils
 
     def no_api_server(self: node.Node, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
         self._webui_url = None
 
-    original = node.Node.start_api_server
-    node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
+    def not_started(self: node.Node) -> None:
+        return None
+
+    def minimal_agent() -> ImportError:
+        return ImportError("tokenmill's embedded Ray runs the raylet's agent as a minimal install's")
+
+    patches = [(node.Node, "start_api_server", no_api_server), (node.Node, "start_monitor", not_started),
+               (node.Node, "start_log_monitor", not_started), (utils, "get_dashboard_dependency_error", minimal_agent)]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, fn in patches:
+        setattr(owner, name, fn)
     try:
         yield
     finally:
-        node.Node.start_api_server = original  # type: ignore[method-assign]
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
 
 
 def _ray_defaults() -> None:
@@ -148,7 +176,7 @@ def ray_session(options: RayOptions, address: str | None = None, worker_env: boo
         # 2 CPUs) 5 worker processes of which 3 never ran a task (about 1 s of CPU each), and the
         # first task waited for a worker to start.
         with (_environ(WORKER_ENV) if worker_env else contextlib.nullcontext(), _without_log_level_notice(),
-              _without_api_server()):
+              _without_idle_head_processes()):
             ray.init(
                 address="local",
                 num_cpus=options.num_cpus or os.cpu_count(),
@@ -249,8 +277,8 @@ def ray_session_in_background(options: RayOptions, address: str | None = None) -
     """:func:`ray_session`, started in a background thread: the block runs at once and waits for Ray
     only where it first uses it (:func:`wait_for_ray`).
 
-    Why: starting the embedded Ray (GCS, raylet, the API server Ray starts even without a dashboard,
-    the prestarted workers) takes about 3 s of wall time here, mostly waiting on those processes;
+    Why: starting the embedded Ray (GCS, raylet, the raylet's agents, the prestarted workers) takes
+    about 3 s of wall time here, mostly waiting on those processes;
     the driver's own work before its first Ray task (the plan under the lock, claiming the output, a
     stage's driver-side set-up such as ingest planning one file) runs meanwhile, with the workers'
     environment (:data:`WORKER_ENV`) until Ray is up and the driver waits for it. ``ray.init`` only sets
