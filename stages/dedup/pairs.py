@@ -37,7 +37,8 @@ def _bucket_path(work: Location, part: int, shard: str) -> Location:
     return work / "_buckets" / f"p{part:04d}" / f"{shard}.parquet"
 
 
-_KINDS = pa.array(["exact", "near"], pa.string())
+#: the kind column's values by code (0 exact, 1 near); the only two bucket-row kinds there are
+KIND_NAMES = ("exact", "near")
 
 
 def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs, parts: int) -> pa.Table:
@@ -48,7 +49,8 @@ def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDo
     key = np.concatenate([k for k, _, _ in keyset])
     idx = np.concatenate([i for _, i, _ in keyset])
     kind = np.concatenate([np.full(len(i), c, np.int8) for _, i, c in keyset])
-    return pa.table({"key": key, "kind": _KINDS.take(pa.array(kind)), "node": docs.node[idx], "k0": docs.k0[idx],
+    kinds = pa.array(KIND_NAMES, pa.string()).take(pa.array(kind))
+    return pa.table({"key": key, "kind": kinds, "node": docs.node[idx], "k0": docs.k0[idx],
                      "id": docs.ids.take(pa.array(idx)).cast(pa.string()), "carrier": docs.carrier[idx],
                      "part": (key % np.uint64(parts)).astype(np.int64)})
 
