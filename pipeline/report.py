@@ -186,6 +186,16 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # charts: one matplotlib figure per section, inlined
 # ---------------------------------------------------------------------------------------------
+def load_chart_library() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (imported once per process)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
@@ -197,10 +207,7 @@ def _png(fig: Any) -> str:
 
 def charts(data: dict[str, Any]) -> dict[str, str]:
     """Chart name -> inlined PNG data URI, one per section whose stage ran."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = load_chart_library()
 
     out: dict[str, str] = {}
     stages = data["stages"]
