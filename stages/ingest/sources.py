@@ -193,13 +193,25 @@ class LineRange:
     start: int
     end: int  # -1: to the end of the stream
     first_line: int  # 1-based number of the first line in the range
+    #: a plain file holding exactly this range's uncompressed bytes (see :func:`plan_line_ranges`),
+    #: read instead of decompressing the file up to ``start``
+    spill: str | None = None
 
 
-def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
+def plan_line_ranges(path: Source, target_bytes: int, spill_dir: Path | None = None) -> list[LineRange]:
     """Split a line-based file into ranges of about ``target_bytes``, aligned to line starts.
 
     A file that fails part-way (cut, corrupt, unreadable) is planned up to the failure; its last
     range runs to the end, so the shard that reads it meets the failure and reports it.
+
+    ``spill_dir`` (compressed files only): the plan decompresses the whole stream anyway, so it also
+    writes each range's bytes to a plain file there, and each shard reads its range from that file
+    instead of decompressing the stream's prefix before it. Why: a shard of a single-frame ``.zst``
+    cannot seek, so N shards decompressed (N+1)/2 streams' worth on top of the plan's (measured on
+    the Debian corpus, 9 shards: 1.42 CPU-s of reading for the shards instead of 0.52; at 4x, 16
+    shards, ~5 CPU-s). The cost is disk: the file's uncompressed size, in the stage's scratch folder
+    until the stage commits. A file that fails part-way is planned without spilling (its shards
+    read the file itself, so the last one meets the failure as before).
     """
     path = Location.of(path)
     comp = compression_of(path)
@@ -213,18 +225,21 @@ def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
         stream = open_uncompressed(path)
     except OSError:
         return [LineRange(0, -1, 1)]
+    spill = _RangeSpill(spill_dir) if spill_dir is not None and comp is not None else None
     ranges: list[LineRange] = []
     start, start_line = 0, 1
     offset, line = 0, 1  # position of the chunk being scanned, and its first line number
+    failed = False
     try:
         while True:
             try:
                 chunk = stream.read(CHUNK)
             except (InputFailure, OSError):
+                failed = True
                 break
             if not chunk:
                 break
-            pos = 0
+            pos = written = 0
             while offset + len(chunk) - start > target_bytes:
                 want = max(pos, start + target_bytes - offset)
                 nl = chunk.find(b"\n", want)
@@ -232,14 +247,52 @@ def plan_line_ranges(path: Source, target_bytes: int) -> list[LineRange]:
                     break
                 line += chunk.count(b"\n", pos, nl + 1)
                 pos = nl + 1
-                ranges.append(LineRange(start, offset + pos, start_line))
+                ranges.append(LineRange(start, offset + pos, start_line,
+                                        spill.cut(chunk[written:pos]) if spill else None))
+                written = pos
                 start, start_line = offset + pos, line
+            if spill is not None:
+                spill.write(chunk[written:])
             line += chunk.count(b"\n", pos)
             offset += len(chunk)
     finally:
         stream.close()
-    ranges.append(LineRange(start, -1, start_line))
+    if spill is not None and failed:
+        spill.discard()
+        ranges = [LineRange(r.start, r.end, r.first_line) for r in ranges]
+        spill = None
+    ranges.append(LineRange(start, -1, start_line, spill.finish() if spill else None))
     return ranges
+
+
+class _RangeSpill:
+    """Writes consecutive ranges' bytes to numbered plain files (:func:`plan_line_ranges`)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.files = folder, [folder / "range-000000.bin"]
+        self.out: BinaryIO = open(self.files[0], "wb")  # noqa: SIM115 (closed by cut and discard)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def cut(self, data: bytes) -> str:
+        """Append ``data`` to the current range and close it; returns its file; the next range begins."""
+        done = self.finish(data)
+        self.files.append(self.folder / f"range-{len(self.files):06d}.bin")
+        self.out = open(self.files[-1], "wb")  # noqa: SIM115
+        return done
+
+    def finish(self, data: bytes = b"") -> str:
+        """Append ``data`` to the current (last) range and close it; returns its file."""
+        self.out.write(data)
+        self.out.close()
+        return str(self.files[-1])
+
+    def discard(self) -> None:
+        self.out.close()
+        for f in self.files:
+            f.unlink(missing_ok=True)
 
 
 def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int, InputFailure | None]]:
@@ -252,14 +305,14 @@ def iter_lines(path: Source, rng: LineRange) -> Iterator[tuple[list[bytes], int,
     """
     line_no = rng.first_line
     try:
-        stream = open_uncompressed(path)
+        stream = open(rng.spill, "rb") if rng.spill else open_uncompressed(path)  # noqa: SIM115
     except OSError as exc:
         yield [b""], line_no, UnreadableInput(f"cannot open: {exc}")
         return
     try:
         failure: InputFailure | None = None
         pos = rng.start
-        if rng.start:
+        if rng.start and not rng.spill:  # a spilled range's file holds exactly its bytes
             try:
                 if compression_of(path) is None:
                     stream.seek(rng.start)

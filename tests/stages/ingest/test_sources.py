@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,47 @@ def test_skip_over_a_cut_raises_the_cut(tmp_path):
     assert isinstance(stream.failure, TruncatedInput)
     (last,) = [b for b in iter_lines(path, LineRange(len(DATA) - 10, -1, 4990))]  # a range after the cut
     assert isinstance(last[2], TruncatedInput)
+
+
+def _read_all(path: Path, ranges: list[LineRange]) -> list[tuple[list[tuple[int, bytes]], str | None]]:
+    """Each range's (line number, line) pairs and the failure it ended with."""
+    out = []
+    for rng in ranges:
+        got, failure = [], None
+        for lines, first, fail in iter_lines(path, rng):
+            got += [(first + k, ln) for k, ln in enumerate(lines)]
+            failure = type(fail).__name__ if fail is not None else failure
+        out.append((got, failure))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_spilled_ranges_read_exactly_what_the_compressed_file_gives(tmp_path, kind):
+    """Ranges spilled to plain files by the plan: the same ranges, lines, line numbers and byte order
+    mark handling as reading the compressed file itself (a BOM opens the file and one line in the
+    middle starts with U+FEFF, which is text there, not a mark)."""
+    middle = DATA.index(b"\n", len(DATA) // 2) + 1  # a line start
+    data = b"\xef\xbb\xbf" + DATA[:middle] + b"\xef\xbb\xbfmid-file feff line\n" + DATA[middle:]
+    path = write(tmp_path, kind, data)
+    plain = plan_line_ranges(path, target_bytes=10_000)
+    spilled = plan_line_ranges(path, target_bytes=10_000, spill_dir=tmp_path / "spill")
+    assert len(plain) > 3
+    assert [(r.start, r.end, r.first_line) for r in spilled] == [(r.start, r.end, r.first_line) for r in plain]
+    assert all(r.spill and Path(r.spill).is_file() for r in spilled)
+    assert sum(Path(r.spill).stat().st_size for r in spilled) == len(data)
+    assert _read_all(path, spilled) == _read_all(path, plain)
+    lines = [ln for got, _ in _read_all(path, spilled) for _, ln in got]
+    assert lines[0] == b"line 0 " and b"\xef\xbb\xbfmid-file feff line" in lines
+
+
+def test_a_cut_file_is_planned_without_spilling(tmp_path):
+    """A truncated stream: no spilled ranges (and no files left), so the last shard still reads the
+    file itself and meets the cut."""
+    rng = random.Random(0)  # text that compresses little: whole zstd blocks decode before the cut
+    full = zstandard.ZstdCompressor().compress(b"".join(b"%x\n" % rng.getrandbits(512) for _ in range(5000)))
+    path = tmp_path / "t.jsonl.zst"
+    path.write_bytes(full[: len(full) * 2 // 3])
+    ranges = plan_line_ranges(path, target_bytes=10_000, spill_dir=tmp_path / "spill")
+    assert len(ranges) > 1 and all(r.spill is None for r in ranges)
+    assert not list((tmp_path / "spill").iterdir())
+    assert _read_all(path, ranges)[-1][1] == "TruncatedInput"
