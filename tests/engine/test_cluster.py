@@ -1,17 +1,18 @@
 """A real two-node Ray cluster on this machine: multi-node runs, job submission, fault tolerance.
 
-The head and the worker node are separate ``ray start --block`` processes (each in its own process
-group, so teardown ends exactly them and never another engineer's Ray). Every pipeline run is a
+The head and the worker node are separate ``ray start --block`` processes (each in its own session,
+so teardown ends exactly their processes and never another engineer's Ray). Every pipeline run is a
 subprocess (``sys.executable -m pipeline ...``): a process may only ``ray.init`` once, and the
 session-scoped ``ray_local`` fixture is not used here. Outputs are compared byte for byte with a
 single-node run of the same spec: the whole spec for the ``--address`` and job runs, its first stages
 (:data:`FAULT_STAGES`) for the fault tests.
 
-Order matters: the node-removal test stops the worker node, so it runs last.
+Order matters: the node-removal test kills the worker node, so it runs last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,10 +42,19 @@ FAULT_STAGES = STAGES[:5]
 N_DOCS, SHARD_MB = 6000, 0.5
 
 
+#: ports handed out so far: the kernel may give the same free port to two ``bind(0)`` calls once the
+#: first socket is closed, and a node given one port for two components fails to start
+_PORTS: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS:
+            _PORTS.add(port)
+            return port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -67,7 +77,9 @@ def _agent_ports() -> list[str]:
 
 
 class LocalCluster:
-    """A head and one worker node, each a ``ray start --block`` process group."""
+    """A head and one worker node, each a ``ray start --block`` process in a session of its own, so
+    that what the cluster started (Ray's workers run in process groups of their own, but stay in the
+    session) is told apart from any other Ray on the machine, another engineer's or the test session's."""
 
     def __init__(self, tmp: Path):
         self.port, self.dash = _free_port(), _free_port()
@@ -77,11 +89,13 @@ class LocalCluster:
         # a short path: Ray's Unix socket paths under the temp dir must stay below 108 bytes
         self.ray_tmp = tempfile.mkdtemp(prefix="tmray", dir="/tmp")
         self.procs: dict[str, subprocess.Popen] = {}
+        self.sessions: set[int] = set()  # every node's, stopped ones too: their processes are the cluster's
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
         self.procs[name] = subprocess.Popen([_ray_bin(), "start", "--block", *args], env=_env(),
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.sessions.add(self.procs[name].pid)
 
     def start(self) -> None:
         self._start("head", ["--head", f"--port={self.port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
@@ -112,41 +126,77 @@ class LocalCluster:
     def _wait_nodes(self, n: int, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if all(p.poll() is None for p in self.procs.values()) and self.alive_nodes() >= n:
+            for name, proc in self.procs.items():  # a node that failed to start does not come up later
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ray start of the {name} exited: "
+                                       + (self.tmp / f"{name}.log").read_text()[-2000:])
+            if self.alive_nodes() >= n:
                 return
             time.sleep(1)
         raise RuntimeError(f"cluster did not reach {n} nodes: " + (self.tmp / "head.log").read_text()[-2000:])
 
-    def stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def stop_all(self) -> None:
-        for name in ("worker", "head"):
-            self.stop(name)
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-
-    def worker_pids(self) -> list[int]:
-        """Ray worker processes of this cluster (same session as our ``ray start``) running a map task."""
-        sessions = {p.pid for p in self.procs.values()}
-        pids = []
+    def processes(self, node: str | None = None) -> set[int]:
+        """Live processes of the cluster: in the sessions of its ``ray start`` processes or naming its
+        temp dir (the GCS, raylets, log monitors, dashboard); ``node``: that node's session only (the
+        temp dir is every node's)."""
+        sessions = {self.procs[node].pid} if node else self.sessions
+        found = set()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            except (OSError, ValueError, IndexError):
+                state, _, _, sid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError):
                 continue
-            if sid in sessions and cmd.startswith("ray::") and ("Map" in cmd or "_run_task" in cmd):
-                pids.append(int(proc.name))
+            if state != "Z" and (int(sid) in sessions or (not node and self.ray_tmp in cmd)):  # zombies are dead
+                found.add(int(proc.name))
+        return found
+
+    def _kill(self, pids: set[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove_node(self, name: str) -> None:
+        """An abrupt node loss, as when a machine dies: every process of the node is SIGKILLed at once
+        (its raylet, agents and workers; nothing is drained or told to the head)."""
+        self._kill(self.processes(name))
+        self.procs.pop(name).wait(10)
+
+    def stop_all(self) -> None:
+        """Stop every node and make sure no process of the cluster is left for later tests: SIGTERM
+        (a head takes about 30 s to stop that way, a worker node under a second), a few seconds'
+        grace, then SIGKILL of whatever of the cluster is still alive (it is thrown away: nothing of
+        it outlives SIGKILL and the removal of its temp dir, /dev/shm included)."""
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 2
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.time()))
+        deadline = time.time() + 10
+        while (left := self.processes()) and time.time() < deadline:
+            self._kill(left)
+            time.sleep(0.1)
+        for proc in self.procs.values():
+            proc.wait(10)  # reaped: no zombie ray start either
+        self.procs.clear()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        assert not left, f"processes of the test cluster survived SIGKILL: {sorted(left)}"
+
+    def worker_pids(self) -> list[int]:
+        """Ray worker processes of this cluster running a map task (Ray names a worker's process after
+        the task it runs)."""
+        pids = []
+        for pid in self.processes():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::") and ("Map" in cmd or "_run_task" in cmd):
+                pids.append(pid)
         return pids
 
 
@@ -393,7 +443,7 @@ def test_fault_worker_node_removed_mid_run(cluster, corpus, reference, tmp_path)
     proc = subprocess.Popen(pipeline_cmd("run", str(spec), "--quiet", "--address", cluster.gcs), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     _wait_committed(tmp_path / "out", "ingest", 1, proc)
-    cluster.stop("worker")
+    cluster.remove_node("worker")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert digest(tmp_path / "out", FAULT_STAGES) == of_stages(reference, FAULT_STAGES)
