@@ -39,7 +39,9 @@ STAGES = ("ingest", "dedup", "balance", "tokenizer", "encode", "clean", "pack")
 #: that keep the tokenizer), and each run is compared up to encode; clean and pack (a third of a run's
 #: time here) run on the cluster in the ``--address`` and job runs, on the same executor
 FAULT_STAGES = STAGES[:5]
-N_DOCS, SHARD_MB = 6000, 0.5
+#: 3000 documents of ~0.5 KB in shards of 0.25 MB: 7 shards per stage, as many as 6000 in 0.5 MB
+#: shards gave, for the kill tests to strike in the middle of; half the tokenizer and clean work
+N_DOCS, SHARD_MB = 3000, 0.25
 
 
 #: ports handed out so far: the kernel may give the same free port to two ``bind(0)`` calls once the
