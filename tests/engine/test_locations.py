@@ -202,7 +202,7 @@ inputs:
   docs: {{paths: ["{docs}"], fields: {{id: id, text: text, lang: lang, source: source}}}}
   udhr: {{kind: artifact, path: "{parallel}"}}
 stages:
-  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.1}}
+  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.25}}
 """ + CHAIN
 
     remote_out = f"s3://testing:testing@pipes/out{query}"
