@@ -8,8 +8,10 @@ watchdog in its own session (a SIGKILL of the driver's group does not reach it).
 driver's process tree and remembers every Ray process in it (a command line naming this driver's
 Ray session folder, or a Ray worker's ``ray::`` title) with its start time; once the driver is
 gone it SIGKILLs the remembered processes still alive (same pid and same start time, so a reused
-pid is never hit) and their children, then exits. Only processes that descended from this driver
-are touched: other Ray instances on the machine are not.
+pid is never hit), their children, and every Ray worker whose ``RAY_RAYLET_PID`` names one of
+the remembered raylets: a worker the raylet started after the last scan is orphaned the moment
+the raylet dies, and it outlived the run by more than 10 s on a loaded CI host. Only processes
+that descended from this driver are touched: other Ray instances on the machine are not.
 
 Linux only (it reads ``/proc``); elsewhere it exits at once and Ray's own shutdown applies.
 """
@@ -28,7 +30,8 @@ POLL_S = 0.25
 #: how often the whole process table is read for new Ray processes: every poll while Ray starts its
 #: head processes and agents, then once a second. Reading all of /proc four times a second cost
 #: 0.7 CPU-s per 20 s on this 2-core host with a test suite's processes beside it; checking that the
-#: driver is alive reads one file. A Ray worker started after the last scan dies with its raylet.
+#: driver is alive reads one file. A Ray worker started after the last scan is found by its
+#: ``RAY_RAYLET_PID`` when the driver is gone (`_orphaned_workers`).
 SCAN_S = ((5.0, POLL_S), (float("inf"), 1.0))
 
 
@@ -62,19 +65,55 @@ def _descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[int]
     return found
 
 
-def _is_ray(pid: int, driver: int) -> bool:
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_ray(cmd: str, driver: int) -> bool:
     """A Ray worker (``ray::`` title) or a head process of this driver's session, whose folder
     ``/tmp/ray/session_<date>_<time>_<driver pid>`` its command line names."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
     return cmd.startswith("ray::") or f"_{driver}/" in cmd
+
+
+def _is_raylet(cmd: str) -> bool:
+    return cmd.split(" ", 1)[0].endswith("/raylet")
+
+
+def _raylet_of(pid: int) -> int | None:
+    """The ``RAY_RAYLET_PID`` a Ray worker was started with (Ray sets it for every worker)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"RAY_RAYLET_PID="):
+            with contextlib.suppress(ValueError):
+                return int(entry.split(b"=", 1)[1])
+    return None
+
+
+def _orphaned_workers(raylets: set[int], since: int, table: dict[int, tuple[int, int]]) -> set[int]:
+    """Ray workers started by one of this driver's raylets, found by their environment: those a
+    raylet started after the last scan were never seen, and once the raylet is gone they are no
+    longer in the driver's tree either. Only processes started at or after ``since`` (the first
+    raylet's start) are read, so an older Ray whose raylet had the same pid cannot match."""
+    found = set()
+    for pid, (_, start) in table.items():
+        if start < since:
+            continue
+        cmd = _cmdline(pid)
+        if (cmd.startswith("ray::") or "default_worker.py" in cmd) and _raylet_of(pid) in raylets:
+            found.add(pid)
+    return found
 
 
 def watch(driver: int, driver_start: int) -> None:
     me = os.getpid()
     seen: dict[int, int] = {}  # pid -> start ticks of every Ray process of this driver
+    raylets: dict[int, int] = {}  # the raylets among them, remembered while their command line is readable
     began = last_scan = time.monotonic()
     while True:
         now = time.monotonic()
@@ -82,19 +121,26 @@ def watch(driver: int, driver_start: int) -> None:
         if not seen or now - last_scan >= every:
             table = _table()
             for pid in _descendants({driver, *seen}, table):
-                if pid != me and pid not in seen and _is_ray(pid, driver):
+                if pid != me and pid not in seen and _is_ray(cmd := _cmdline(pid), driver):
                     seen[pid] = table[pid][1]
+                    if _is_raylet(cmd):
+                        raylets[pid] = table[pid][1]
             last_scan = now
         alive = _stat(driver)
         if alive is None or alive[1] != driver_start:
             break
         time.sleep(POLL_S)
-    table = _table()
-    targets = {p for p, start in seen.items() if table.get(p, (0, -1))[1] == start}
-    targets |= _descendants(targets, table) - {me}
-    for pid in sorted(targets):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    since = min(raylets.values(), default=0)
+    for _ in range(2):  # once more after a moment: a raylet may have been spawning a worker
+        table = _table()
+        targets = {p for p, start in seen.items() if table.get(p, (0, -1))[1] == start}
+        if raylets:
+            targets |= _orphaned_workers(set(raylets), since, table)
+        targets |= _descendants(targets, table) - {me}
+        for pid in sorted(targets):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(POLL_S)
 
 
 def start_watchdog() -> subprocess.Popen | None:
