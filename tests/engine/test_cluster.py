@@ -1,11 +1,11 @@
 """A real two-node Ray cluster on this machine: multi-node runs, job submission, fault tolerance.
 
 The head and the worker node are separate ``ray start --block`` processes (each in its own session,
-so teardown ends exactly their processes and never another engineer's Ray). Every pipeline run is a
-subprocess (``sys.executable -m pipeline ...``): a process may only ``ray.init`` once, and the
-session-scoped ``ray_local`` fixture is not used here. Outputs are compared byte for byte with a
-single-node run of the same spec: the whole spec for the ``--address`` and job runs, its first stages
-(:data:`FAULT_STAGES`) for the fault tests.
+so teardown ends exactly their processes and never another engineer's Ray). Every pipeline run on
+the cluster is a subprocess (``sys.executable -m pipeline ...``): a process may only ``ray.init``
+once, and this one holds the session-scoped ``ray_local``, on which the single-node reference runs.
+Outputs are compared byte for byte with that single-node run of the same spec: the whole spec for
+the ``--address`` and job runs, its first stages (:data:`FAULT_STAGES`) for the fault tests.
 
 Order matters: the node-removal test kills the worker node, so it runs last.
 """
@@ -301,12 +301,15 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> dict[str, str]:
-    """The single-node run: an embedded local Ray in its own process."""
+def reference(ray_local, corpus, tmp_path_factory) -> dict[str, str]:
+    """The single-node run: in this process, on the test session's local Ray (one node, 2 CPUs),
+    whose workers are up already (a process of its own paid 10-12 s more to start and warm one)."""
+    from pipeline.progress import QuietReporter
+    from pipeline.runner import run_pipeline
+    from pipeline.spec import load_spec
+
     d = tmp_path_factory.mktemp("single")
-    spec = write_spec(d, corpus)
-    r = run_cli("run", str(spec), "--quiet")
-    assert r.returncode == 0, r.stderr
+    run_pipeline(load_spec(write_spec(d, corpus)), reporter=QuietReporter())
     return digest(d / "out")
 
 
