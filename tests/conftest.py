@@ -62,6 +62,33 @@ def shared_corpus_rows(n: int) -> list[dict]:
         return [json.loads(line) for line in itertools.islice(reader, n)]
 
 
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or ``None`` once it is gone: a pid names
+    the same process for as long as its start time is the same (pids are reused)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_tree(pid: int) -> set[int]:
+    """The live descendants of process ``pid`` (children, their children, ...), from ``/proc``."""
+    children: dict[int, set[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, set()).add(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), set()) - found:
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 def write_spec(directory: Path, text: str) -> Path:
     path = directory / "spec.yaml"
     path.write_text(textwrap.dedent(text))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, REPO_ROOT, s3_filesystem, write_spec
+from conftest import DATA_DIR, REPO_ROOT, process_tree, s3_filesystem, start_time, write_spec
 
 from pipeline.errors import SpecError
 from pipeline.locations import Location
@@ -253,34 +253,6 @@ def test_a_copied_spec_and_data_with_new_mtimes_is_up_to_date(ray_local, tmp_pat
 # ----------------------------------------------------------------------------------- kill -9
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.add(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def _tree(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        for c in _children(todo.pop()) - found:
-            found.add(c)
-            todo.append(c)
-    return found
-
-
-def _start(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _cmd(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -304,21 +276,21 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_of_that_run(tmp_path):
     seen: set[int] = set()
     deadline = time.time() + 120
     while time.time() < deadline:  # until the stage runs on a fully started Ray (its agents outlived it)
-        seen |= _tree(driver.pid)
+        seen |= process_tree(driver.pid)
         # the raylet itself, not only the stage's folder: the folder may appear before Ray is up
         ray_up = any("raylet" in _cmd(p) for p in seen)
         if (ray_up and list((tmp_path / "out" / ".tmp").glob("ingest-*"))) or driver.poll() is not None:
             break
         time.sleep(0.2)
     time.sleep(1)
-    seen |= _tree(driver.pid)
+    seen |= process_tree(driver.pid)
     assert driver.poll() is None, "the run ended before Ray was up"
-    ray_procs = {p: (_start(p), _cmd(p)) for p in seen if "ray" in _cmd(p) and "ray_watchdog" not in _cmd(p)}
+    ray_procs = {p: (start_time(p), _cmd(p)) for p in seen if "ray" in _cmd(p) and "ray_watchdog" not in _cmd(p)}
     assert any("raylet" in c for _, c in ray_procs.values())
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     deadline = time.time() + 10  # the bound; the check passes as soon as the last of them is gone
-    while (alive := {p: c for p, (start, c) in ray_procs.items() if _start(p) == start}) and time.time() < deadline:
+    while (alive := {p: c for p, (start, c) in ray_procs.items() if start_time(p) == start}) and time.time() < deadline:
         time.sleep(0.1)  # same pid and same start time: the same process, still alive
     assert not alive, f"Ray processes of the killed run still alive 10 s later: {alive}"
 
