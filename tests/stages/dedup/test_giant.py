@@ -261,7 +261,7 @@ def test_a_driver_killed_in_the_giant_passes_resumes_identically(run_spec, tmp_p
     _, ref_out = run_spec(SPEC.format(docs=docs, keep="longest", extra=""), directory=ref_dir)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    m = kill_in_pass_then_resume(run_dir, SPEC.format(docs=docs, keep="longest", extra=", giant_component_docs: 1"),
-                                 "giant-heads")
+    giant = SPEC.format(docs=docs, keep="longest", extra=", giant_component_docs: 1")
+    m = kill_in_pass_then_resume(run_spec, run_dir, giant, "giant-heads")
     assert "giant-greedy" in m["stats"]["peak_task_rss_mb"]
     assert digest(run_dir / "out") == digest(ref_out)
