@@ -8,9 +8,9 @@ watchdog in its own session (a SIGKILL of the driver's group does not reach it).
 driver's process tree and remembers every Ray process in it (a command line naming this driver's
 Ray session folder, or a Ray worker's ``ray::`` title) with its start time; once the driver is
 gone it SIGKILLs the remembered processes still alive (same pid and same start time, so a reused
-pid is never hit), their children, and every Ray worker whose ``RAY_RAYLET_PID`` names one of
-the remembered raylets: a worker the raylet started after the last scan is orphaned the moment
-the raylet dies, and it outlived the run by more than 10 s on a loaded CI host. Only processes
+pid is never hit), their children, and the processes of the run it never scanned (`_orphans`):
+a worker or agent the raylet started after the last scan is orphaned the moment the raylet dies,
+and both outlived a killed run by more than 10 s on a loaded host. Only processes
 that descended from this driver are touched: other Ray instances on the machine are not.
 
 Linux only (it reads ``/proc``); elsewhere it exits at once and Ray's own shutdown applies.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ POLL_S = 0.25
 #: head processes and agents, then once a second. Reading all of /proc four times a second cost
 #: 0.7 CPU-s per 20 s on this 2-core host with a test suite's processes beside it; checking that the
 #: driver is alive reads one file. A Ray worker started after the last scan is found by its
-#: ``RAY_RAYLET_PID`` when the driver is gone (`_orphaned_workers`).
+#: ``RAY_RAYLET_PID`` when the driver is gone (`_orphans`).
 SCAN_S = ((5.0, POLL_S), (float("inf"), 1.0))
 
 
@@ -95,16 +96,18 @@ def _raylet_of(pid: int) -> int | None:
     return None
 
 
-def _orphaned_workers(raylets: set[int], since: int, table: dict[int, tuple[int, int]]) -> set[int]:
-    """Ray workers started by one of this driver's raylets, found by their environment: those a
-    raylet started after the last scan were never seen, and once the raylet is gone they are no
-    longer in the driver's tree either. Only processes started at or after ``since`` (the first
-    raylet's start) are read, so an older Ray whose raylet had the same pid cannot match."""
-    found = set()
-    for pid, (_, start) in table.items():
-        if start < since:
-            continue
-        cmd = _cmdline(pid)
+def _orphans(driver: int, raylets: set[int], since: int, table: dict[int, tuple[int, int]]) -> set[int]:
+    """Ray processes of this run that were never scanned: a raylet starts workers and agents at any
+    time, and once it is gone they are no longer in the driver's tree. They are found by what names
+    this run: a head process or agent by this driver's session folder on its command line, a worker
+    by the ``RAY_RAYLET_PID`` Ray sets in its environment. Only processes started at or after
+    ``since`` (the driver's start) are read, so an older Ray whose driver or raylet had the same pid
+    cannot match."""
+    session = re.compile(rf"/session_[0-9_-]+_{driver}/")
+    recent = {pid: _cmdline(pid) for pid, (_, start) in table.items() if start >= since}
+    found = {pid for pid, cmd in recent.items() if session.search(cmd)}
+    raylets = raylets | {pid for pid in found if _is_raylet(recent[pid])}
+    for pid, cmd in recent.items():
         if (cmd.startswith("ray::") or "default_worker.py" in cmd) and _raylet_of(pid) in raylets:
             found.add(pid)
     return found
@@ -130,12 +133,10 @@ def watch(driver: int, driver_start: int) -> None:
         if alive is None or alive[1] != driver_start:
             break
         time.sleep(POLL_S)
-    since = min(raylets.values(), default=0)
     for _ in range(2):  # once more after a moment: a raylet may have been spawning a worker
         table = _table()
         targets = {p for p, start in seen.items() if table.get(p, (0, -1))[1] == start}
-        if raylets:
-            targets |= _orphaned_workers(set(raylets), since, table)
+        targets |= _orphans(driver, set(raylets), driver_start, table)
         targets |= _descendants(targets, table) - {me}
         for pid in sorted(targets):
             with contextlib.suppress(OSError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ray_watchdog import _orphaned_workers, _stat, _table
+from pipeline.ray_watchdog import _orphans, _stat, _table
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 
@@ -19,25 +19,31 @@ def _spawn(args: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen(args, env={**os.environ, **env}, stdin=subprocess.DEVNULL)
 
 
-def test_a_worker_never_scanned_is_found_by_the_raylet_pid_in_its_environment(tmp_path):
-    """A worker the raylet started after the watchdog's last scan is not in the remembered set;
-    it is killed because its ``RAY_RAYLET_PID`` names a remembered raylet. A worker of another
-    raylet, and a process of ours without that variable, are left alone."""
-    worker_script = tmp_path / "default_worker.py"
-    worker_script.write_text("import time\ntime.sleep(60)\n")
+def test_processes_never_scanned_are_found_by_what_names_the_run(tmp_path):
+    """What a raylet started after the watchdog's last scan is in neither the remembered set nor
+    (once the raylet is gone) the driver's tree. An agent is found by the driver's session folder
+    on its command line, a worker by the ``RAY_RAYLET_PID`` in its environment. Another driver's
+    agent, another raylet's worker and a process without either are left alone."""
+    sleeper = tmp_path / "default_worker.py"
+    sleeper.write_text("import time\ntime.sleep(60)\n")
+    driver = _spawn(["sleep", "60"])  # stands for the driver: only its pid and start time are used
     raylet = _spawn(["sleep", "60"])
     other_raylet = _spawn(["sleep", "60"])
-    ours = _spawn([sys.executable, str(worker_script)], RAY_RAYLET_PID=str(raylet.pid))
-    theirs = _spawn([sys.executable, str(worker_script)], RAY_RAYLET_PID=str(other_raylet.pid))
-    plain = _spawn([sys.executable, str(worker_script)])
-    procs = [raylet, other_raylet, ours, theirs, plain]
+    session = f"/tmp/ray/session_2026-12-06_15-14-43_267107_{driver.pid}"
+    other_session = f"/tmp/ray/session_2026-12-06_15-14-43_267107_{other_raylet.pid}"
+    ours = _spawn([sys.executable, str(sleeper)], RAY_RAYLET_PID=str(raylet.pid))
+    agent = _spawn([sys.executable, str(sleeper), f"--log-dir={session}/logs"])
+    theirs = _spawn([sys.executable, str(sleeper)], RAY_RAYLET_PID=str(other_raylet.pid))
+    their_agent = _spawn([sys.executable, str(sleeper), f"--log-dir={other_session}/logs"])
+    plain = _spawn([sys.executable, str(sleeper)])
+    procs = [driver, raylet, other_raylet, ours, agent, theirs, their_agent, plain]
     try:
-        since = _stat(raylet.pid)[1]
-        found = _orphaned_workers({raylet.pid}, since, _table())
-        assert ours.pid in found
-        assert theirs.pid not in found and plain.pid not in found
-        # a process started before the raylet cannot be its worker (a reused pid of an older Ray)
-        assert _orphaned_workers({raylet.pid}, _stat(ours.pid)[1] + 10**9, _table()) == set()
+        since = _stat(driver.pid)[1]
+        found = _orphans(driver.pid, {raylet.pid}, since, _table())
+        assert {ours.pid, agent.pid} <= found
+        assert not found & {theirs.pid, their_agent.pid, plain.pid, raylet.pid, other_raylet.pid}
+        # processes started before the driver cannot be its run's (a reused pid of an older Ray)
+        assert _orphans(driver.pid, {raylet.pid}, _stat(plain.pid)[1] + 10**9, _table()) == set()
     finally:
         for p in procs:
             p.kill()
