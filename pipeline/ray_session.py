@@ -9,7 +9,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pipeline.ray_watchdog import start_watchdog, stop_watchdog
 from pipeline.spec import RayOptions
@@ -149,9 +149,12 @@ def _ray_defaults() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(options: RayOptions, address: str | None = None, worker_env: bool = True) -> Iterator[None]:
+def ray_session(options: RayOptions, address: str | None = None, worker_env: bool = True,
+                preload: Sequence[str] = ()) -> Iterator[None]:
     """Use the running Ray if this process already has one (tests), else connect or start one.
-    ``worker_env=False``: the caller has put :data:`WORKER_ENV` in the environment already."""
+    ``worker_env=False``: the caller has put :data:`WORKER_ENV` in the environment already.
+    ``preload``: modules the embedded Ray's workers import when they start, before they take a task
+    (Ray's ``preload_python_modules``; see :func:`pipeline.stage_api.worker_preload`)."""
     import ray
 
     _ray_defaults()
@@ -169,6 +172,8 @@ def ray_session(options: RayOptions, address: str | None = None, worker_env: boo
         watchdog = start_watchdog()  # before ray.init: the embedded Ray dies with this driver
         if options.object_store_memory_mb:
             kwargs["object_store_memory"] = options.object_store_memory_mb << 20
+        if preload:
+            kwargs["_system_config"] = {"preload_python_modules": list(preload)}
         # The workers' environment is inherited, not a runtime_env: the embedded raylet starts every
         # worker with the environment it was started with. A job runtime_env, even env_vars alone,
         # made Ray start each worker through a setup_worker process, discard the workers it had
@@ -201,7 +206,7 @@ class _Starting:
     ``PR_SET_PDEATHSIG``, which fires when the *thread* that started them exits: a thread that only
     ran ``ray.init`` and returned took GCS and raylet down with it."""
 
-    def __init__(self, options: RayOptions, address: str | None) -> None:
+    def __init__(self, options: RayOptions, address: str | None, preload: Sequence[str] = ()) -> None:
         # the workers' environment (WORKER_ENV, inherited by the raylet) is set here, in the calling
         # thread, and put back by it (restore_env): never changed by one thread while another reads it
         self.env: contextlib.AbstractContextManager[None] | None = None
@@ -209,7 +214,7 @@ class _Starting:
         if _starts_embedded(options, address):
             self.env = _environ(WORKER_ENV)
             self.env.__enter__()
-        self.session = ray_session(options, address, worker_env=False)
+        self.session = ray_session(options, address, worker_env=False, preload=preload)
         self.error: BaseException | None = None
         self.started, self.stop = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._hold, name="tokenmill-ray", daemon=True)
@@ -277,7 +282,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def ray_session_in_background(options: RayOptions, address: str | None = None) -> Iterator[None]:
+def ray_session_in_background(options: RayOptions, address: str | None = None,
+                              preload: Sequence[str] = ()) -> Iterator[None]:
     """:func:`ray_session`, started in a background thread: the block runs at once and waits for Ray
     only where it first uses it (:func:`wait_for_ray`).
 
@@ -290,7 +296,7 @@ def ray_session_in_background(options: RayOptions, address: str | None = None) -
     set here, in the main thread, instead. On leaving, the start is waited for and Ray shut down."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    starting = _Starting(options, address)
+    starting = _Starting(options, address, preload)
     _STARTING.append(starting)
     try:
         yield

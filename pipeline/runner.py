@@ -38,6 +38,7 @@ from pipeline.output_guard import TMP_DIR, OutputLock, claim_output, sweep_work_
 from pipeline.progress import Reporter
 from pipeline.ray_session import ray_session_in_background
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
+from pipeline.stage_api import worker_preload
 
 
 @dataclass
@@ -276,8 +277,9 @@ def run_pipeline(
     with OutputLock(out).acquire(break_lock=break_lock):
         # Ray starts in the background from here when a stage is to run: the plan under the lock,
         # claiming the output and the first stage's driver-side work overlap its start (pipeline.ray_session)
-        ray_start = (ray_session_in_background(spec.model.ray, address)
-                     if any(s.action == "run" for s in first.stages) else contextlib.nullcontext())
+        to_start = [first.dag.nodes[s.name].cls for s in first.stages if s.action == "run"]
+        ray_start = (ray_session_in_background(spec.model.ray, address, worker_preload(to_start))
+                     if to_start else contextlib.nullcontext())
         report: _Background | None = None
         try:
             with ray_start:

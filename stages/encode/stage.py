@@ -289,6 +289,7 @@ class EncodeStage(MapStage[EncodeConfig]):
     job_class: ClassVar[type[MapStageJob]] = EncodeJob
     batch_rows: ClassVar[int] = 8192
     worker_cpus: ClassVar[float] = 1.0
+    worker_imports: ClassVar[tuple[str, ...]] = ("awkward", "tokenizers", "gigatoken")  # in setup
 
     @classmethod
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:

@@ -18,7 +18,7 @@ from pipeline.spec import RayOptions
 
 def _fake_session(log: list[tuple[str, str]], delay: float = 0.2, fail: Exception | None = None):
     @contextlib.contextmanager
-    def session(options, address=None, worker_env=True):
+    def session(options, address=None, worker_env=True, preload=()):
         assert not worker_env  # set by the starting thread, not by the session's
         time.sleep(delay)
         log.append(("start", threading.current_thread().name))
@@ -62,3 +62,34 @@ def test_a_failed_start_is_raised_where_ray_is_first_needed(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, before)
     assert log == [("start", "tokenmill-ray")]
+
+
+def test_worker_preload_names_the_executor_the_stages_and_what_their_workers_import():
+    from pipeline.registry import discover_stages
+    from pipeline.stage_api import worker_preload
+
+    stages = discover_stages()
+    modules = worker_preload([stages["ingest"], stages["encode"]])
+    assert modules[modules.index("pipeline.executor") + 1:] == [
+        stages["ingest"].__module__, stages["encode"].__module__, *stages["encode"].worker_imports]
+    assert "gigatoken" in modules
+    assert len(modules) == len(set(modules))
+
+
+def test_the_embedded_rays_workers_import_the_preload_before_their_first_task(tmp_path):
+    """A process of its own (this one holds the session's Ray): its embedded Ray's worker has the
+    preloaded module imported when the first task arrives, which imports nothing itself."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, ray\n"
+        "from pipeline.ray_session import ray_session\n"
+        "from pipeline.spec import RayOptions\n"
+        "with ray_session(RayOptions(num_cpus=1), preload=['colorsys']):\n"
+        "    print(ray.get(ray.remote(lambda: 'colorsys' in sys.modules).remote()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True"
