@@ -15,7 +15,8 @@ dependency of tokenmill). Both sides start from the same JSONL.zst file and end 
 
 Wall time covers the whole command on each side (reading, work, writing); peak memory is the peak
 PSS of the child's whole process tree (pool workers, Ray's GCS, raylet and workers), sampled from /proc.
-Run: ``python benchmarks/bench_datatrove.py [--quick] [--only minhash|tokenize]``.
+Run: ``python benchmarks/bench_datatrove.py [--quick] [--only minhash|tokenize] [--repeat N]`` (N runs of
+each side, alternating; the median wall time counts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -163,7 +165,7 @@ def _train_tokenizer(lines: list[bytes], path: Path) -> None:
 TASKS = {"minhash": "minhash dedup", "tokenize": "tokenize"}
 
 
-def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
+def run(quick: bool, only: list[str] | None = None, repeat: int = 1) -> list[dict[str, Any]]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -185,7 +187,6 @@ def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
         wanted = {TASKS[t] for t in (only or TASKS)}
         if "tokenize" in wanted:
             _train_tokenizer(lines, d / "tokenizer.json")
-        results: dict[str, tuple[float, float]] = {}
         for name, ours_spec, dt_script in (
             ("minhash dedup", OURS_DEDUP, DT_DEDUP.format(root=str(ROOT), ngram=NGRAM, buckets=NUM_BUCKETS,
                                                           rows=ROWS, workers=WORKERS)),
@@ -194,20 +195,27 @@ def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
             if name not in wanted:
                 continue
             side = d / name.replace(" ", "_")
-            (side / "tm").mkdir(parents=True)
-            (side / "dt").mkdir()
-            for f in ("corpus.jsonl.zst", "tokenizer.json"):
-                if (d / f).exists():
-                    os.link(d / f, side / "tm" / f)
-            (side / "dt" / "in").mkdir()
-            os.link(d / "corpus.jsonl.zst", side / "dt" / "in" / "corpus.jsonl.zst")
-            if (d / "tokenizer.json").exists():
-                os.link(d / "tokenizer.json", side / "dt" / "tokenizer.json")
-            (side / "tm" / "spec.yaml").write_text(ours_spec)
-            (side / "dt" / "run.py").write_text(dt_script)
-            results["dt"] = _run([sys.executable, "run.py"], side / "dt")
-            results["tm"] = _run([sys.executable, "-m", "pipeline", "run", "spec.yaml", "--quiet"], side / "tm")
-            extra_tm, extra_dt = _outcome(name, side)
+            walls: dict[str, list[float]] = {"dt": [], "tm": []}
+            peaks: dict[str, list[float]] = {"dt": [], "tm": []}
+            for i in range(repeat):  # alternating, each run in folders of its own
+                tm, dt = side / f"tm{i}", side / f"dt{i}"
+                tm.mkdir(parents=True)
+                (dt / "in").mkdir(parents=True)
+                for f in ("corpus.jsonl.zst", "tokenizer.json"):
+                    if (d / f).exists():
+                        os.link(d / f, tm / f)
+                os.link(d / "corpus.jsonl.zst", dt / "in" / "corpus.jsonl.zst")
+                if (d / "tokenizer.json").exists():
+                    os.link(d / "tokenizer.json", dt / "tokenizer.json")
+                (tm / "spec.yaml").write_text(ours_spec)
+                (dt / "run.py").write_text(dt_script)
+                for who, cmd, cwd in (("dt", [sys.executable, "run.py"], dt),
+                                      ("tm", [sys.executable, "-m", "pipeline", "run", "spec.yaml", "--quiet"], tm)):
+                    wall, peak = _run(cmd, cwd)
+                    walls[who].append(wall)
+                    peaks[who].append(peak)
+            results = {who: (statistics.median(walls[who]), max(peaks[who])) for who in walls}
+            extra_tm, extra_dt = _outcome(name, tm, dt)
             for who, label, extra in (("dt", f"datatrove {version('datatrove')}", extra_dt),
                                       ("tm", "tokenmill", extra_tm)):
                 wall, peak = results[who]
@@ -215,19 +223,20 @@ def run(quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
                              "MB/s": round(mb / wall, 2), "docs/s": round(docs / wall), **extra,
                              **({"tokens/s": round(extra["tokens"] / wall)} if "tokens" in extra else {}),
                              "peak_pss_MB": round(peak),
+                             **({"wall_s_runs": " / ".join(f"{w:.1f}" for w in walls[who])} if repeat > 1 else {}),
                              "speedup_vs_datatrove": round(results["dt"][0] / wall, 2)})
     return rows
 
 
-def _outcome(name: str, side: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What each side produced: documents removed (dedup) or tokens written (tokenize)."""
+def _outcome(name: str, tm: Path, dt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What each side produced (its last run): documents removed (dedup) or tokens written (tokenize)."""
     if name == "minhash dedup":
-        m = json.loads((side / "tm" / "out" / "dedup" / "manifest.json").read_text())
-        kept_dt = sum(1 for f in (side / "dt" / "out").rglob("*.jsonl*") for _ in _lines(f))
-        ingest = json.loads((side / "tm" / "out" / "ingest" / "manifest.json").read_text())["rows_out"]
+        m = json.loads((tm / "out" / "dedup" / "manifest.json").read_text())
+        kept_dt = sum(1 for f in (dt / "out").rglob("*.jsonl*") for _ in _lines(f))
+        ingest = json.loads((tm / "out" / "ingest" / "manifest.json").read_text())["rows_out"]
         return {"removed": sum(m["dropped"].values())}, {"removed": ingest - kept_dt}
-    m = json.loads((side / "tm" / "out" / "encode" / "manifest.json").read_text())
-    dt_tokens = sum(f.stat().st_size for f in (side / "dt" / "tokens").rglob("*.ds")) // 2
+    m = json.loads((tm / "out" / "encode" / "manifest.json").read_text())
+    dt_tokens = sum(f.stat().st_size for f in (dt / "tokens").rglob("*.ds")) // 2
     return {"tokens": m["stats"]["tokens"]}, {"tokens": dt_tokens}
 
 
@@ -244,8 +253,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the first {QUICK_DOCS:,} documents")
     p.add_argument("--only", nargs="+", choices=sorted(TASKS), help="run only these tasks (default: all)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating; the table shows the "
+                   "median wall time (and every run's), the largest peak")
     args = p.parse_args()
-    rows = run(args.quick, args.only)
+    rows = run(args.quick, args.only, args.repeat)
     print_table("tokenmill vs datatrove", rows)
     # a partial run is printed, not saved: the results file (and the README table) keep every task
     if not args.only or set(args.only) == set(TASKS):
