@@ -10,8 +10,9 @@ Ray session folder, or a Ray worker's ``ray::`` title) with its start time; once
 gone it SIGKILLs the remembered processes still alive (same pid and same start time, so a reused
 pid is never hit), their children, and the processes of the run it never scanned (`_orphans`):
 a worker or agent the raylet started after the last scan is orphaned the moment the raylet dies,
-and both outlived a killed run by more than 10 s on a loaded host. Only processes
-that descended from this driver are touched: other Ray instances on the machine are not.
+and both outlived a killed run by more than 10 s on a loaded host. Only this run's processes are
+touched (its tree, its session folder, its raylets' workers): other Ray instances on the machine
+are not.
 
 Linux only (it reads ``/proc``); elsewhere it exits at once and Ray's own shutdown applies.
 """
@@ -73,10 +74,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _is_ray(cmd: str, driver: int) -> bool:
-    """A Ray worker (``ray::`` title) or a head process of this driver's session, whose folder
-    ``/tmp/ray/session_<date>_<time>_<driver pid>`` its command line names."""
-    return cmd.startswith("ray::") or f"_{driver}/" in cmd
+def _session_folder(driver: int) -> re.Pattern[str]:
+    """This driver's Ray session folder, ``/tmp/ray/session_<date>_<time>_<driver pid>/``, which the
+    command lines of its head processes, agents and starting workers name."""
+    return re.compile(rf"/session_[0-9_-]+_{driver}/")
+
+
+def _is_ray(cmd: str, session: re.Pattern[str]) -> bool:
+    """A Ray worker (``ray::`` title) or a process of this driver's session."""
+    return cmd.startswith("ray::") or session.search(cmd) is not None
 
 
 def _is_raylet(cmd: str) -> bool:
@@ -96,14 +102,13 @@ def _raylet_of(pid: int) -> int | None:
     return None
 
 
-def _orphans(driver: int, raylets: set[int], since: int, table: dict[int, tuple[int, int]]) -> set[int]:
+def _orphans(session: re.Pattern[str], raylets: set[int], since: int, table: dict[int, tuple[int, int]]) -> set[int]:
     """Ray processes of this run that were never scanned: a raylet starts workers and agents at any
     time, and once it is gone they are no longer in the driver's tree. They are found by what names
     this run: a head process or agent by this driver's session folder on its command line, a worker
     by the ``RAY_RAYLET_PID`` Ray sets in its environment. Only processes started at or after
     ``since`` (the driver's start) are read, so an older Ray whose driver or raylet had the same pid
     cannot match."""
-    session = re.compile(rf"/session_[0-9_-]+_{driver}/")
     recent = {pid: _cmdline(pid) for pid, (_, start) in table.items() if start >= since}
     found = {pid for pid, cmd in recent.items() if session.search(cmd)}
     raylets = raylets | {pid for pid in found if _is_raylet(recent[pid])}
@@ -116,7 +121,8 @@ def _orphans(driver: int, raylets: set[int], since: int, table: dict[int, tuple[
 def watch(driver: int, driver_start: int) -> None:
     me = os.getpid()
     seen: dict[int, int] = {}  # pid -> start ticks of every Ray process of this driver
-    raylets: dict[int, int] = {}  # the raylets among them, remembered while their command line is readable
+    raylets: set[int] = set()  # the raylets among them, remembered while their command line is readable
+    session = _session_folder(driver)
     began = last_scan = time.monotonic()
     while True:
         now = time.monotonic()
@@ -124,10 +130,10 @@ def watch(driver: int, driver_start: int) -> None:
         if not seen or now - last_scan >= every:
             table = _table()
             for pid in _descendants({driver, *seen}, table):
-                if pid != me and pid not in seen and _is_ray(cmd := _cmdline(pid), driver):
+                if pid != me and pid not in seen and _is_ray(cmd := _cmdline(pid), session):
                     seen[pid] = table[pid][1]
                     if _is_raylet(cmd):
-                        raylets[pid] = table[pid][1]
+                        raylets.add(pid)
             last_scan = now
         alive = _stat(driver)
         if alive is None or alive[1] != driver_start:
@@ -136,7 +142,7 @@ def watch(driver: int, driver_start: int) -> None:
     for _ in range(2):  # once more after a moment: a raylet may have been spawning a worker
         table = _table()
         targets = {p for p, start in seen.items() if table.get(p, (0, -1))[1] == start}
-        targets |= _orphans(driver, set(raylets), driver_start, table)
+        targets |= _orphans(session, raylets, driver_start, table)
         targets |= _descendants(targets, table) - {me}
         for pid in sorted(targets):
             with contextlib.suppress(OSError):

@@ -65,28 +65,17 @@ def shared_corpus_rows(n: int) -> list[dict]:
 def start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot), or ``None`` once it is gone: a pid names
     the same process for as long as its start time is the same (pids are reused)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    from pipeline.ray_watchdog import _stat
+
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
 
 
 def process_tree(pid: int) -> set[int]:
     """The live descendants of process ``pid`` (children, their children, ...), from ``/proc``."""
-    children: dict[int, set[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, set()).add(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), set()) - found:
-            found.add(child)
-            todo.append(child)
-    return found
+    from pipeline.ray_watchdog import _descendants, _table
+
+    return _descendants({pid}, _table())
 
 
 def write_spec(directory: Path, text: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ray_watchdog import _orphans, _stat, _table
+from pipeline.ray_watchdog import _orphans, _session_folder, _stat, _table
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 
@@ -39,11 +39,11 @@ def test_processes_never_scanned_are_found_by_what_names_the_run(tmp_path):
     procs = [driver, raylet, other_raylet, ours, agent, theirs, their_agent, plain]
     try:
         since = _stat(driver.pid)[1]
-        found = _orphans(driver.pid, {raylet.pid}, since, _table())
+        found = _orphans(_session_folder(driver.pid), {raylet.pid}, since, _table())
         assert {ours.pid, agent.pid} <= found
         assert not found & {theirs.pid, their_agent.pid, plain.pid, raylet.pid, other_raylet.pid}
         # processes started before the driver cannot be its run's (a reused pid of an older Ray)
-        assert _orphans(driver.pid, {raylet.pid}, _stat(plain.pid)[1] + 10**9, _table()) == set()
+        assert _orphans(_session_folder(driver.pid), {raylet.pid}, _stat(plain.pid)[1] + 10**9, _table()) == set()
     finally:
         for p in procs:
             p.kill()
