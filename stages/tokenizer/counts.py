@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,23 @@ def count_sample(files: list[Location], sample: HashSample, max_chars: int,
     return counts, figures
 
 
+def write_sample(files: list[Location], sample: HashSample, max_chars: int, path: Path) -> SampleFigures:
+    """Stream the sampled texts into ``path``, each followed by the separator (gigatoken's document
+    boundary), straight from the Arrow buffers: no Python string is made per document."""
+    figures = SampleFigures()
+    sep = pa.scalar(SEPARATOR.decode(), pa.string())
+    with open(path, "wb", buffering=1 << 20) as f:
+        for t in iter_sample_tables(files, sample, max_chars):
+            figures.add(t)
+            for chunk in t.column("text").chunks:
+                # text + "" joined by the separator: each text followed by it, nulls left out
+                joined = pc.binary_join_element_wise(chunk, pa.scalar("", pa.string()), sep)
+                offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32 if joined.type == pa.string()
+                                        else np.int64)[joined.offset:joined.offset + len(joined) + 1]
+                f.write(memoryview(joined.buffers()[2])[offsets[0]:offsets[-1]])
+    return figures
+
+
 def n_partitions(sample_bytes: int) -> int:
     return max(1, min(MAX_PARTITIONS, math.ceil(sample_bytes / PARTITION_BYTES)))
 
@@ -137,4 +155,4 @@ def read_counts(parts: list[Location]) -> tuple[list[bytes], list[int]]:
     return words, counts
 
 
-__all__ = ["SEPARATOR", "SampleFigures", "count_sample", "count_sample_on_ray", "read_counts"]
+__all__ = ["SEPARATOR", "SampleFigures", "count_sample", "count_sample_on_ray", "read_counts", "write_sample"]

@@ -5,11 +5,13 @@ that splits digits one by one), Unigram (Kudo 2018) and WordPiece. The training 
 deterministic sample of the input: the documents with the lowest hash of (stage name, role, id, seed) whose
 UTF-8 text fits the byte budget (:mod:`stages.tokenizer.sample`; the hash is salted, so the sample is
 independent of balance's and keeps the input's balanced language mix), whatever the block layout.
-Byte-level BPE with the GPT-2 pattern trains with gigatoken from the sample's pre-token counts
-(:mod:`stages.tokenizer.fast_trainer`), counted on Ray workers (map per part, reduce per hash
-partition, :mod:`stages.tokenizer.counts`) when the sample exceeds ``parallel_count_mb``; anything else
-streams from Parquet into HF's ``train_from_iterator``. Either way the trainer's memory is its
-word-count and pair tables (growing with distinct pre-tokens in the sample), never the corpus.
+Byte-level BPE with the GPT-2 pattern trains with gigatoken (:mod:`stages.tokenizer.fast_trainer`):
+on the sample's text, streamed to a scratch file, up to ``parallel_count_mb``; above it, from the
+sample's pre-token counts, counted on Ray workers (map per part, reduce per hash partition,
+:mod:`stages.tokenizer.counts`). Anything else streams from Parquet into HF's ``train_from_iterator``.
+Either way the trainer's memory is its word-count and pair tables (growing with distinct pre-tokens in
+the sample), never the corpus; the small-sample path also reads its file (at most
+``parallel_count_mb``) once, for the ``min_frequency`` check.
 
 Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 ``PreTrainedTokenizerFast(tokenizer_file=...)``), ``tokenizer_config.json`` and ``special_tokens_map.json``
@@ -19,9 +21,11 @@ Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -154,10 +158,11 @@ def _hf_info(why: str) -> dict[str, Any]:
 
 def train(cfg: TrainTokenizerConfig, tok: Any, trainer: Any, texts: Iterator[str],
           vocab_size: int) -> tuple[Any, dict[str, Any]]:
-    """gigatoken's BPE trainer on the texts' pre-token counts where its merges are exactly HF's
+    """gigatoken's BPE trainer on the texts where its merges are exactly HF's
     (:mod:`stages.tokenizer.fast_trainer`), else HF ``train_from_iterator``; returns the trained
-    tokenizer and which trainer ran and why. The texts are consumed once, streaming."""
-    from stages.tokenizer.fast_trainer import SEPARATOR, count_pretokens, fast_unsupported, train_from_counts
+    tokenizer and which trainer ran and why. The texts are consumed once, streaming, into a scratch
+    file, as the stage does with a sample up to ``parallel_count_mb``."""
+    from stages.tokenizer.fast_trainer import SEPARATOR, fast_unsupported, train_from_documents
 
     why = fast_unsupported(cfg)
     if why is not None:
@@ -165,22 +170,19 @@ def train(cfg: TrainTokenizerConfig, tok: Any, trainer: Any, texts: Iterator[str
         return tok, _hf_info(why)
     held: list[str] = []  # only to retrain with HF if a NUL turns up (gigatoken's document separator)
     nul = False
-
-    def docs() -> Iterator[bytes]:
-        nonlocal nul
-        for t in texts:
-            held.append(t)
-            b = t.encode("utf-8")
-            nul = nul or SEPARATOR in b
-            yield b
-
-    counts = count_pretokens(docs())
-    if nul:
-        tok.train_from_iterator(held, trainer=trainer)
-        return tok, _hf_info(NUL_REASON)
-    held.clear()
-    words = sorted(counts)
-    fast, figures = train_from_counts(cfg, tok, words, [counts[w] for w in words], vocab_size)
+    with tempfile.TemporaryDirectory(prefix="tokenmill-bpe-") as d:
+        path = Path(d) / "sample.bin"
+        with open(path, "wb") as f:
+            for t in texts:
+                held.append(t)
+                b = t.encode("utf-8")
+                nul = nul or SEPARATOR in b
+                f.write(b + SEPARATOR)
+        if nul:
+            tok.train_from_iterator(held, trainer=trainer)
+            return tok, _hf_info(NUL_REASON)
+        held.clear()
+        fast, figures = train_from_documents(cfg, tok, path, vocab_size)
     return fast, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "driver", **figures}
 
 
@@ -271,8 +273,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
                     tok: Any, counts: dict[str, int], per_lang: Counter[str]) -> tuple[Any, dict[str, Any]]:
         """gigatoken from the sample's pre-token counts, counted on Ray workers when the sample is larger
         than ``parallel_count_mb``; fills the sample figures. (None, info): HF must train, info says why."""
-        from stages.tokenizer.counts import count_sample, count_sample_on_ray, read_counts
-        from stages.tokenizer.fast_trainer import fast_unsupported, train_from_counts
+        from stages.tokenizer.counts import count_sample_on_ray, read_counts, write_sample
+        from stages.tokenizer.fast_trainer import fast_unsupported, train_from_counts, train_from_documents
 
         cfg = self.config
         why = fast_unsupported(cfg)
@@ -280,24 +282,35 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             return None, _hf_info(why)
         if sample_bytes > cfg.parallel_count_mb * 1e6 and len(files) > 1:
             parts, figures = count_sample_on_ray(ctx, files, sample, cfg.max_doc_chars, sample_bytes)
-            where = "ray"
-        else:
-            table, figures = count_sample(files, sample, cfg.max_doc_chars)
-            where = "driver"
-        if figures.has_nul:
-            return None, _hf_info(NUL_REASON)
+            if figures.has_nul or figures.documents == 0:
+                return self._no_fast_training(ctx, figures, counts, per_lang)
+            self._add_figures(figures, counts, per_lang)
+            words, n = read_counts(parts)
+            trained, stats = train_from_counts(cfg, tok, words, n, cfg.vocab_size)
+            return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "ray", **stats}
+        # the sample's text goes to gigatoken as it is: it pre-tokenizes and counts it itself, on all cores
+        with tempfile.TemporaryDirectory(prefix="tokenmill-bpe-") as d:
+            text = Path(d) / "sample.bin"
+            figures = write_sample(files, sample, cfg.max_doc_chars, text)
+            if figures.has_nul or figures.documents == 0:
+                return self._no_fast_training(ctx, figures, counts, per_lang)
+            self._add_figures(figures, counts, per_lang)
+            trained, stats = train_from_documents(cfg, tok, text, cfg.vocab_size)
+        return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "driver", **stats}
+
+    @staticmethod
+    def _add_figures(figures: Any, counts: dict[str, int], per_lang: Counter[str]) -> None:
         counts["documents"], counts["bytes"] = figures.documents, figures.bytes
         per_lang.update(figures.per_lang)
+
+    @staticmethod
+    def _no_fast_training(ctx: StageContext, figures: Any, counts: dict[str, int], per_lang: Counter[str],
+                          ) -> tuple[None, dict[str, Any]]:
+        """Why gigatoken does not train: an empty sample (an error) or a NUL in it, which gigatoken would
+        take for a document boundary, so HF trains (and streams the sample, filling the figures)."""
         if figures.documents == 0:
             raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
-        if where == "ray":
-            words, n = read_counts(parts)
-        else:
-            words = sorted(table)
-            n = [table[w] for w in words]
-            del table
-        trained, stats = train_from_counts(cfg, tok, words, n, cfg.vocab_size)
-        return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": where, **stats}
+        return None, _hf_info(NUL_REASON)
 
     def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location],
                          sample: HashSample) -> tuple[Any, dict[str, Any]]:
@@ -343,7 +356,9 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
 def _trainer_summary(info: dict[str, Any]) -> str:
     if info.get("trainer") != "gigatoken":
         return f"{info.get('trainer', 'hf')} ({info.get('reason', '')})"
-    return (f"gigatoken, {info.get('distinct_pretokens', 0):,} distinct pre-tokens counted on "
+    if "distinct_pretokens" not in info:  # trained on the sample's text: gigatoken counted it itself
+        return f"gigatoken, on the sample's text, {info.get('merges', 0):,} merges"
+    return (f"gigatoken, {info['distinct_pretokens']:,} distinct pre-tokens counted on "
             f"{info.get('counted_on')}, {info.get('merges', 0):,} merges")
 
 

@@ -42,7 +42,7 @@ def test_stage_trainer_equals_hf_for_every_pretokenizer(texts, pretokenizer):
     got, info = train(cfg, tok, trainer, iter(texts), cfg.vocab_size)
     if pretokenizer == "gpt2":
         assert info["trainer"] == "gigatoken" and info["merges_cut_by_min_frequency"] == 0, info
-        assert info["distinct_pretokens"] > 30_000
+        assert info["counted_on"] == "driver" and info["merges"] == cfg.vocab_size - 258, info
     else:  # gigatoken's trainer splits with GPT-2's pattern only: HF trains, and says why
         assert info["trainer"] == "hf" and f"pretokenizer {pretokenizer}" in info["reason"]
     want = _model(_hf(cfg, texts))
@@ -129,7 +129,7 @@ def test_stage_counts_on_ray_and_driver_to_the_same_tokenizer(run_spec, tmp_path
     assert m[0]["trainer"]["trainer"] == "gigatoken"
     for key in ("training_documents", "training_bytes", "training_bytes_per_language"):
         assert m[0][key] == m[1000][key], key
-    assert m[0]["trainer"]["distinct_pretokens"] == m[1000]["trainer"]["distinct_pretokens"]
+    assert m[0]["trainer"]["distinct_pretokens"] > 10_000  # counted by the workers' map/reduce
     got = (outs[0] / "tok" / "tokenizer.json").read_bytes()
     assert got == (outs[1000] / "tok" / "tokenizer.json").read_bytes()
     assert not list((outs[0] / "tok").rglob("*.parquet"))  # the counts were scratch, removed on commit
