@@ -93,3 +93,46 @@ def test_the_embedded_rays_workers_import_the_preload_before_their_first_task(tm
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_embedded_raylets_dashboard_agent_is_a_stand_in_that_goes_with_it(tmp_path):
+    """The embedded raylet runs with the stand-in, not Ray's dashboard agent, reads "-1, not in use"
+    from the agent's port files, runs tasks, and the stand-in is gone after the shutdown."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import glob, json, os, time, ray\n"
+        "from pipeline.ray_session import ray_session\n"
+        "from pipeline.spec import RayOptions\n"
+        "def procs():\n"
+        "    out = {}\n"
+        "    for p in glob.glob('/proc/[0-9]*/cmdline'):\n"
+        "        try:\n"
+        "            cmd = open(p, 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if f'_{os.getpid()}/' in cmd:\n"
+        "            out[int(p.split('/')[2])] = cmd\n"
+        "    return out\n"
+        "with ray_session(RayOptions(num_cpus=1)):\n"
+        "    task = ray.get(ray.remote(lambda: 6 * 7).remote())\n"
+        "    session = ray._private.worker.global_worker.node.get_session_dir_path()\n"
+        "    ports = {os.path.basename(f).rsplit('_', 1)[0]: open(f).read().strip()\n"
+        "             for f in glob.glob(session + '/*_port_*')}\n"
+        "    during = procs()\n"
+        "time.sleep(1.5)\n"
+        "print(json.dumps({'task': task, 'ports': ports, 'during': list(during.values()),\n"
+        "                  'after': [c for p, c in procs().items() if os.path.exists(f'/proc/{p}')]}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["task"] == 42
+    assert got["ports"]["metrics_agent_port"] == "-1" and got["ports"]["dashboard_agent_listen_port"] == "-1"
+    assert not [c for c in got["during"] if "dashboard/agent.py" in c]
+    assert [c for c in got["during"] if rs._STAND_IN.splitlines()[1] in c]  # the stand-in ran
+    assert any("/raylet " in c for c in got["during"])
+    assert got["after"] == []  # raylet, stand-in and workers all gone
