@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -105,17 +106,19 @@ def _without_idle_head_processes() -> Iterator[None]:
     - the log monitor, which tails worker log files to print them on the driver: the embedded Ray runs
       with ``log_to_driver=False`` (a task's error comes back with its result, not through logs).
       Not started.
-    - the raylet's dashboard agent: its HTTP server (job submission, logs and metrics for a
-      dashboard) and its metrics exporter. Run in full, the raylet waited for it before it registered
-      the node: 3 s of a 6.6 s ``ray.init`` here under load, more when another Ray on the machine
-      held the agent's fixed HTTP port (52365: the agent retries binding it for 3.4 s). The agent
-      of a minimal Ray install (``--minimal``, what Ray runs when aiohttp is missing) serves
-      nothing: it imports Ray's dashboard modules (1.3 s, while the raylet waits) only to write
-      "-1, not in use" into the port files the raylet reads. So the files are written before the
-      raylet starts and a stand-in takes the agent's place (:func:`_dashboard_agent_stand_in`):
-      a bare Python process that lives as long as the raylet, as the agent would, since the raylet
-      monitors it. ``ray.init`` 1.99-2.46 s instead of 2.47-2.85 s, alternating on a quiet host.
-
+    - the raylet's two Python agents. The dashboard agent (HTTP server for job submission, logs
+      and metrics; metrics exporter), run in full, made the raylet wait before it registered the
+      node: 3 s of a 6.6 s ``ray.init`` here under load, more when another Ray on the machine held
+      its fixed HTTP port (52365). Run as a minimal install's (``--minimal``, what Ray runs when
+      aiohttp is missing) it serves nothing, but still imports Ray's dashboard modules (1.3 s) only
+      to write "-1, not in use" into the port files the raylet waits for. The runtime-env agent
+      (1 CPU-second of imports while the raylet waits for its port file) serves only tasks that ask
+      for a runtime environment, which tokenmill's embedded runs never pass. Both are replaced by
+      stand-ins that start in milliseconds (:mod:`pipeline.ray_stand_in`, :func:`_agent_stand_ins`):
+      the dashboard agent's port files are written before the raylet starts; the runtime-env
+      stand-in binds and publishes the agent's port and becomes the real agent at the first
+      connection (a plugin's task with a ``runtime_env`` still gets one, tested). ``ray.init``
+      1.45-1.66 s instead of 2.47-2.85 s on a quiet host.
     ``ray.init`` took 3.6 s instead of 6.7-13.8 s on this host under load. Tasks, actors and Ray Data
     run without them (the tests and benchmarks run through this).
 
@@ -153,14 +156,14 @@ def _without_idle_head_processes() -> Iterator[None]:
 
     start_process = services.start_ray_process
 
-    def start_raylet_without_agent(command: list[str], process_type: str, *args: object, **kwargs: object) -> object:
+    def start_raylet_with_stand_ins(command: list[str], process_type: str, *args: object, **kwargs: object) -> object:
         if process_type == "raylet":
-            command = _dashboard_agent_stand_in(command)
+            command = _agent_stand_ins(command)
         return start_process(command, process_type, *args, **kwargs)
 
     patches = [(node.Node, "start_api_server", no_api_server), (node.Node, "start_monitor", not_started),
                (node.Node, "start_log_monitor", not_started), (utils, "get_dashboard_dependency_error", minimal_agent),
-               (services, "get_node", _polled_get_node), (services, "start_ray_process", start_raylet_without_agent)]
+               (services, "get_node", _polled_get_node), (services, "start_ray_process", start_raylet_with_stand_ins)]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, fn in patches:
         setattr(owner, name, fn)
@@ -171,22 +174,21 @@ def _without_idle_head_processes() -> Iterator[None]:
             setattr(owner, name, fn)
 
 
-#: the dashboard agent's stand-in: it only waits for its parent, the raylet, to go (then exits, as
-#: the agent would); the raylet stops it at shutdown as it stops the agent
-_STAND_IN = "import os, time\nraylet = os.getppid()\nwhile os.getppid() == raylet:\n    time.sleep(1)"
-
-
-def _dashboard_agent_stand_in(command: list[str]) -> list[str]:
-    """The raylet's command line with :data:`_STAND_IN` as its dashboard agent, after writing the
-    port files the minimal agent would write (-1: no metrics agent, no agent HTTP server), so the
-    raylet reads them at once. The stand-in names the session folder on its command line, as every
-    process of the session does, so the watchdog finds it (:mod:`pipeline.ray_watchdog`)."""
+def _agent_stand_ins(command: list[str]) -> list[str]:
+    """The raylet's command line with :mod:`pipeline.ray_stand_in` in its two agents' places, after
+    writing the port files the minimal dashboard agent would write (-1: no metrics agent, no agent
+    HTTP server), so the raylet reads them at once. The runtime-env stand-in writes its own port
+    file and starts the real agent if a task ever asks for a runtime environment. Both name the
+    session folder on their command lines, as every process of the session does, so the watchdog
+    finds them (:mod:`pipeline.ray_watchdog`)."""
     from ray._raylet import (
         DASHBOARD_AGENT_LISTEN_PORT_NAME,
         METRICS_AGENT_PORT_NAME,
         METRICS_EXPORT_PORT_NAME,
         persist_port,
     )
+
+    from pipeline import ray_stand_in
 
     args = dict(c[2:].split("=", 1) for c in command if c.startswith("--") and "=" in c)
     session, node_id = args["session_dir"], args["node_id"]
@@ -195,9 +197,17 @@ def _dashboard_agent_stand_in(command: list[str]) -> list[str]:
                         (DASHBOARD_AGENT_LISTEN_PORT_NAME, None)):
         if given in (None, "0"):  # a port Ray left to the agent to choose: the raylet reads its file
             persist_port(session, node_id, name, -1)
-    stand_in = [sys.executable, "-S", "-c", _STAND_IN, f"--session-dir={session.rstrip('/')}/"]
-    return [f"--dashboard_agent_command={subprocess.list2cmdline(stand_in)}"
-            if c.startswith("--dashboard_agent_command=") else c for c in command]
+    stand_in = [sys.executable, "-S", ray_stand_in.__file__]
+    dashboard = [*stand_in, "dashboard", f"--session-dir={session.rstrip('/')}/"]
+    out = []
+    for c in command:
+        if c.startswith("--dashboard_agent_command="):
+            c = f"--dashboard_agent_command={subprocess.list2cmdline(dashboard)}"
+        elif c.startswith("--runtime_env_agent_command="):
+            agent = shlex.split(c.split("=", 1)[1])
+            c = f"--runtime_env_agent_command={subprocess.list2cmdline([*stand_in, 'runtime_env', *agent])}"
+        out.append(c)
+    return out
 
 
 def _ray_defaults() -> None:

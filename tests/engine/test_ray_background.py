@@ -95,9 +95,10 @@ def test_the_embedded_rays_workers_import_the_preload_before_their_first_task(tm
     assert out.stdout.strip().splitlines()[-1] == "True"
 
 
-def test_the_embedded_raylets_dashboard_agent_is_a_stand_in_that_goes_with_it(tmp_path):
-    """The embedded raylet runs with the stand-in, not Ray's dashboard agent, reads "-1, not in use"
-    from the agent's port files, runs tasks, and the stand-in is gone after the shutdown."""
+def test_the_embedded_raylets_agents_are_stand_ins_that_go_with_it(tmp_path):
+    """The embedded raylet runs the stand-ins, not Ray's agents, reads "-1, not in use" from the
+    dashboard agent's port files and runs tasks; a task that asks for a runtime environment gets it
+    (the runtime-env stand-in becomes the real agent); nothing outlives the session."""
     import json
     import subprocess
     import sys
@@ -122,17 +123,22 @@ def test_the_embedded_raylets_dashboard_agent_is_a_stand_in_that_goes_with_it(tm
         "    session = ray._private.worker.global_worker.node.get_session_dir_path()\n"
         "    ports = {os.path.basename(f).rsplit('_', 1)[0]: open(f).read().strip()\n"
         "             for f in glob.glob(session + '/*_port_*')}\n"
-        "    during = procs()\n"
+        "    before = procs()\n"
+        "    env = ray.get(ray.remote(lambda: os.environ.get('PROBE')).options(\n"
+        "        runtime_env={'env_vars': {'PROBE': 'yes'}}).remote(), timeout=120)\n"
         "time.sleep(1.5)\n"
-        "print(json.dumps({'task': task, 'ports': ports, 'during': list(during.values()),\n"
+        "print(json.dumps({'task': task, 'env': env, 'ports': ports, 'before': list(before.values()),\n"
         "                  'after': [c for p, c in procs().items() if os.path.exists(f'/proc/{p}')]}))\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["task"] == 42
+    assert got["task"] == 42 and got["env"] == "yes"
     assert got["ports"]["metrics_agent_port"] == "-1" and got["ports"]["dashboard_agent_listen_port"] == "-1"
-    assert not [c for c in got["during"] if "dashboard/agent.py" in c]
-    assert [c for c in got["during"] if rs._STAND_IN.splitlines()[1] in c]  # the stand-in ran
-    assert any("/raylet " in c for c in got["during"])
-    assert got["after"] == []  # raylet, stand-in and workers all gone
+    assert int(got["ports"]["runtime_env_agent_port"]) > 0  # bound and written by the stand-in
+    from pipeline import ray_stand_in
+
+    argv = [c.split(" ") for c in got["before"]]  # [python, -S|-u, script, ...]
+    assert sorted(a[3] for a in argv if a[2:3] == [ray_stand_in.__file__]) == ["dashboard", "runtime_env"]
+    assert not [a for a in argv if len(a) > 2 and a[2].endswith(("dashboard/agent.py", "agent/main.py"))]
+    assert got["after"] == []  # raylet, stand-ins, the started agent and workers all gone
