@@ -164,6 +164,13 @@ class Stage(Generic[C]):
     def __init__(self, config: C):
         self.config = config
 
+    def driver_bound(self) -> bool:
+        """Whether this stage's work is mostly one driver thread that releases the GIL (a trainer's
+        loop in Rust) while Ray's workers idle: the runner then runs it beside the stages that do not
+        need its output (:func:`pipeline.runner._run_stages`). A loop that holds the GIL would stall
+        the other stage's driver instead."""
+        return False
+
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -198,6 +198,13 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
         return report_part(manifest, stage_dir)
 
+    def driver_bound(self) -> bool:
+        """HF's trainer (every config but gigatoken's) counts and merges in Rust with the GIL released,
+        on the driver, while Ray's workers idle; ``gigatoken.train_bpe`` holds the GIL (measured)."""
+        from stages.tokenizer.fast_trainer import fast_unsupported
+
+        return fast_unsupported(self.config) is not None
+
     def run(self, ctx: StageContext) -> None:
         from stages.tokenizer.quality import quality_report
 
