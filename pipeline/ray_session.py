@@ -112,13 +112,14 @@ def _without_idle_head_processes() -> Iterator[None]:
       its fixed HTTP port (52365). Run as a minimal install's (``--minimal``, what Ray runs when
       aiohttp is missing) it serves nothing, but still imports Ray's dashboard modules (1.3 s) only
       to write "-1, not in use" into the port files the raylet waits for. The runtime-env agent
-      (1 CPU-second of imports while the raylet waits for its port file) serves only tasks that ask
+      (0.6-1 CPU-second of imports while the raylet waits for its port file) serves only tasks that ask
       for a runtime environment, which tokenmill's embedded runs never pass. Both are replaced by
       stand-ins that start in milliseconds (:mod:`pipeline.ray_stand_in`, :func:`_agent_stand_ins`):
       the dashboard agent's port files are written before the raylet starts; the runtime-env
       stand-in binds and publishes the agent's port and becomes the real agent at the first
       connection (a plugin's task with a ``runtime_env`` still gets one, tested). ``ray.init``
       1.45-1.66 s instead of 2.47-2.85 s on a quiet host.
+
     ``ray.init`` took 3.6 s instead of 6.7-13.8 s on this host under load. Tasks, actors and Ray Data
     run without them (the tests and benchmarks run through this).
 

@@ -334,7 +334,9 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
                 side = next((sp for sp in pending if ready(sp) and _driver_bound(plan, sp)), None)
                 if side is not None:
                     pending.remove(side)
-                    job = _Background(_run_stage, spec, plan, side, reporter, name=f"tokenmill-{side.name}")
+                    # a daemon: an interrupted run exits without waiting for it (its stage stays uncommitted)
+                    job = _Background(_run_stage, spec, plan, side, reporter, name=f"tokenmill-{side.name}",
+                                      daemon=True)
                     background = (side, job)
             sp = next((p for p in pending if ready(p)), None)
             if sp is None:  # everything left needs the background stage's output
@@ -390,7 +392,7 @@ class _Background:
     measured here), and the run report after it took as long again in the same single thread;
     side by side they overlap."""
 
-    def __init__(self, fn: Any, *args: Any, name: str = "tokenmill-report") -> None:
+    def __init__(self, fn: Any, *args: Any, name: str = "tokenmill-report", daemon: bool = False) -> None:
         import threading
 
         self.error: BaseException | None = None
@@ -401,8 +403,7 @@ class _Background:
             except BaseException as exc:  # handed to the thread that joins
                 self.error = exc
 
-        # a daemon: an interrupted run exits without waiting for it (its work folder is never committed)
-        self.thread = threading.Thread(target=target, name=name, daemon=name != "tokenmill-report")
+        self.thread = threading.Thread(target=target, name=name, daemon=daemon)
         self.thread.start()
 
     def running(self) -> bool:
