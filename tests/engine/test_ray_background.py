@@ -13,6 +13,7 @@ import time
 import pytest
 
 import pipeline.ray_session as rs
+from pipeline import ray_stand_in
 from pipeline.spec import RayOptions
 
 
@@ -79,20 +80,26 @@ def test_worker_preload_names_the_executor_the_stages_and_what_their_workers_imp
 def test_the_embedded_rays_workers_import_the_preload_before_their_first_task(tmp_path):
     """A process of its own (this one holds the session's Ray): its embedded Ray's worker has the
     preloaded module imported when the first task arrives, which imports nothing itself."""
+    assert _probe(tmp_path,
+                  "import sys, ray\n"
+                  "from pipeline.ray_session import ray_session\n"
+                  "from pipeline.spec import RayOptions\n"
+                  "with ray_session(RayOptions(num_cpus=1), preload=['colorsys']):\n"
+                  "    print(ray.get(ray.remote(lambda: 'colorsys' in sys.modules).remote()))\n") == "True"
+
+
+def _probe(tmp_path, code: str) -> str:
+    """Run ``code`` in a process of its own (this one holds the session's Ray, so an embedded Ray
+    needs another process); its last line of output."""
     import subprocess
     import sys
 
     script = tmp_path / "probe.py"
-    script.write_text(
-        "import sys, ray\n"
-        "from pipeline.ray_session import ray_session\n"
-        "from pipeline.spec import RayOptions\n"
-        "with ray_session(RayOptions(num_cpus=1), preload=['colorsys']):\n"
-        "    print(ray.get(ray.remote(lambda: 'colorsys' in sys.modules).remote()))\n")
+    script.write_text(code)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "True"
+    return out.stdout.strip().splitlines()[-1]
 
 
 def test_the_embedded_raylets_agents_are_stand_ins_that_go_with_it(tmp_path):
@@ -100,11 +107,9 @@ def test_the_embedded_raylets_agents_are_stand_ins_that_go_with_it(tmp_path):
     dashboard agent's port files and runs tasks; a task that asks for a runtime environment gets it
     (the runtime-env stand-in becomes the real agent); nothing outlives the session."""
     import json
-    import subprocess
-    import sys
 
-    script = tmp_path / "probe.py"
-    script.write_text(
+    got = json.loads(_probe(
+        tmp_path,
         "import glob, json, os, time, ray\n"
         "from pipeline.ray_session import ray_session\n"
         "from pipeline.spec import RayOptions\n"
@@ -126,17 +131,14 @@ def test_the_embedded_raylets_agents_are_stand_ins_that_go_with_it(tmp_path):
         "    before = procs()\n"
         "    env = ray.get(ray.remote(lambda: os.environ.get('PROBE')).options(\n"
         "        runtime_env={'env_vars': {'PROBE': 'yes'}}).remote(), timeout=120)\n"
-        "time.sleep(1.5)\n"
+        "deadline = time.monotonic() + 30\n"  # the session's processes exit on their own after shutdown
+        "while procs() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.1)\n"
         "print(json.dumps({'task': task, 'env': env, 'ports': ports, 'before': list(before.values()),\n"
-        "                  'after': [c for p, c in procs().items() if os.path.exists(f'/proc/{p}')]}))\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=240)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+        "                  'after': list(procs().values())}))\n"))
     assert got["task"] == 42 and got["env"] == "yes"
     assert got["ports"]["metrics_agent_port"] == "-1" and got["ports"]["dashboard_agent_listen_port"] == "-1"
     assert int(got["ports"]["runtime_env_agent_port"]) > 0  # bound and written by the stand-in
-    from pipeline import ray_stand_in
 
     argv = [c.split(" ") for c in got["before"]]  # [python, -S|-u, script, ...]
     assert sorted(a[3] for a in argv if a[2:3] == [ray_stand_in.__file__]) == ["dashboard", "runtime_env"]
