@@ -8,9 +8,11 @@ bytes, paths and file sources alike), so the ``llama3`` and ``digits`` patterns 
 gigatoken their pre-tokens would not help, since GPT-2's pattern splits some of them again
 (``(Hello``, ``.com``, ``.\\n``, ``'S``) and BPE never merges across a split.
 
-Training from counts. BPE's merges depend only on the distinct pre-tokens and their counts, so the
-sample is first reduced to (pre-token, count) pairs (:func:`count_pretokens`; on Ray workers for large
-samples, :mod:`stages.tokenizer.counts`). gigatoken takes no counts, only text, so each pre-token is
+Two inputs. A sample up to ``parallel_count_mb`` goes to gigatoken as text (:func:`train_from_documents`):
+the sampled documents in a scratch file, each followed by the NUL separator, which gigatoken
+pre-tokenizes and counts itself on all cores. A larger one is counted on Ray workers first
+(:mod:`stages.tokenizer.counts`), and the trainer gets counts (:func:`train_from_counts`): BPE's merges
+depend only on the distinct pre-tokens and their counts. gigatoken takes no counts, only text, so each pre-token is
 written ``count`` times to a scratch file, each copy followed by the NUL separator (a document
 boundary for gigatoken), and gigatoken memory-maps the file: a GPT-2 pre-token alone in a document
 pre-tokenizes to itself (the only context-dependent rule, ``\\s+(?!\\S)``, splits whitespace runs
@@ -128,6 +130,7 @@ def holding_in_documents(data: Any) -> Holding:
         at = data.find(joined)
         while at != -1:
             end = data.find(SEPARATOR, at)
+            end = len(data) if end < 0 else end  # the last document, had it no separator after it
             docs.append(data[data.rfind(SEPARATOR, 0, at) + 1:end])
             at = data.find(joined, end + 1)
         counted = [(w, n) for w, n in pretokenized_counts(SEPARATOR.join(docs), SEPARATOR) if joined in w]
