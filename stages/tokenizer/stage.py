@@ -278,8 +278,9 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
 
     def _train_fast(self, ctx: StageContext, files: list[Location], sample: HashSample, sample_bytes: int,
                     tok: Any, counts: dict[str, int], per_lang: Counter[str]) -> tuple[Any, dict[str, Any]]:
-        """gigatoken from the sample's pre-token counts, counted on Ray workers when the sample is larger
-        than ``parallel_count_mb``; fills the sample figures. (None, info): HF must train, info says why."""
+        """gigatoken on the sample's text, or, when the sample is larger than ``parallel_count_mb``, on
+        its pre-token counts made on Ray workers; fills the sample figures. (None, info): HF must
+        train, info says why."""
         from stages.tokenizer.counts import count_sample_on_ray, read_counts, write_sample
         from stages.tokenizer.fast_trainer import fast_unsupported, train_from_counts, train_from_documents
 
@@ -287,37 +288,26 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         why = fast_unsupported(cfg)
         if why is not None:
             return None, _hf_info(why)
-        if sample_bytes > cfg.parallel_count_mb * 1e6 and len(files) > 1:
-            parts, figures = count_sample_on_ray(ctx, files, sample, cfg.max_doc_chars, sample_bytes)
-            if figures.has_nul or figures.documents == 0:
-                return self._no_fast_training(ctx, figures, counts, per_lang)
-            self._add_figures(figures, counts, per_lang)
-            words, n = read_counts(parts)
-            trained, stats = train_from_counts(cfg, tok, words, n, cfg.vocab_size)
-            return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "ray", **stats}
-        # the sample's text goes to gigatoken as it is: it pre-tokenizes and counts it itself, on all cores
+        on_ray = sample_bytes > cfg.parallel_count_mb * 1e6 and len(files) > 1
         with tempfile.TemporaryDirectory(prefix="tokenmill-bpe-") as d:
+            # the text path: the sample's text as it is, which gigatoken pre-tokenizes and counts on all cores
             text = Path(d) / "sample.bin"
-            figures = write_sample(files, sample, cfg.max_doc_chars, text)
-            if figures.has_nul or figures.documents == 0:
-                return self._no_fast_training(ctx, figures, counts, per_lang)
-            self._add_figures(figures, counts, per_lang)
-            trained, stats = train_from_documents(cfg, tok, text, cfg.vocab_size)
-        return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "driver", **stats}
-
-    @staticmethod
-    def _add_figures(figures: Any, counts: dict[str, int], per_lang: Counter[str]) -> None:
-        counts["documents"], counts["bytes"] = figures.documents, figures.bytes
-        per_lang.update(figures.per_lang)
-
-    @staticmethod
-    def _no_fast_training(ctx: StageContext, figures: Any, counts: dict[str, int], per_lang: Counter[str],
-                          ) -> tuple[None, dict[str, Any]]:
-        """Why gigatoken does not train: an empty sample (an error) or a NUL in it, which gigatoken would
-        take for a document boundary, so HF trains (and streams the sample, filling the figures)."""
-        if figures.documents == 0:
-            raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
-        return None, _hf_info(NUL_REASON)
+            if on_ray:
+                parts, figures = count_sample_on_ray(ctx, files, sample, cfg.max_doc_chars, sample_bytes)
+            else:
+                figures = write_sample(files, sample, cfg.max_doc_chars, text)
+            if figures.documents == 0:
+                raise TokenmillError(f"stage '{ctx.name}': no training text (empty input)")
+            if figures.has_nul:  # gigatoken would take it for a document boundary: HF streams the sample
+                return None, _hf_info(NUL_REASON)
+            counts["documents"], counts["bytes"] = figures.documents, figures.bytes
+            per_lang.update(figures.per_lang)
+            if on_ray:
+                trained, stats = train_from_counts(cfg, tok, *read_counts(parts), cfg.vocab_size)
+            else:
+                trained, stats = train_from_documents(cfg, tok, text, cfg.vocab_size)
+        return trained, {"trainer": "gigatoken", "reason": FAST_REASON, "counted_on": "ray" if on_ray else "driver",
+                         **stats}
 
     def _superbpe_stage2(self, ctx: StageContext, stage1: Any, files: list[Location],
                          sample: HashSample) -> tuple[Any, dict[str, Any]]:
