@@ -153,7 +153,9 @@ def _without_idle_head_processes() -> Iterator[None]:
         return None
 
     def minimal_agent() -> ImportError:
-        return ImportError("tokenmill's embedded Ray runs the raylet's agent as a minimal install's")
+        # Ray asks by importing the dashboard's optional dependencies (aiohttp, ...) in the driver, only
+        # to choose the dashboard agent's command line, which the stand-in replaces anyway
+        return ImportError("tokenmill's embedded Ray runs a stand-in for the raylet's dashboard agent")
 
     start_process = services.start_ray_process
 
@@ -191,7 +193,7 @@ def _agent_stand_ins(command: list[str]) -> list[str]:
 
     from pipeline import ray_stand_in
 
-    args = dict(c[2:].split("=", 1) for c in command if c.startswith("--") and "=" in c)
+    args = ray_stand_in.options(command)
     session, node_id = args["session_dir"], args["node_id"]
     for name, given in ((METRICS_AGENT_PORT_NAME, args.get("metrics-agent-port")),
                         (METRICS_EXPORT_PORT_NAME, args.get("metrics_export_port")),

@@ -25,7 +25,8 @@ import time
 PORT_FILE = "runtime_env_agent_port"
 
 
-def _options(argv: list[str]) -> dict[str, str]:
+def options(argv: list[str]) -> dict[str, str]:
+    """``--name=value`` arguments of a command line, by name (without the dashes)."""
     return dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
 
 
@@ -45,7 +46,7 @@ def dashboard() -> None:
 
 
 def runtime_env(argv: list[str]) -> None:
-    opts = _options(argv)
+    opts = options(argv)
     family, kind, proto, _, address = socket.getaddrinfo(opts["node-ip-address"], 0, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent binds it

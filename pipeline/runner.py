@@ -388,9 +388,9 @@ def _write_report(out: Location, spec: LoadedSpec, plan: Plan) -> None:
 class _Background:
     """``fn(*args)`` in a thread; ``join`` waits and raises what it raised.
 
-    Why: ``ray.shutdown()`` of the embedded Ray mostly waits for its processes to exit (1.5-2 s
-    measured here), and the run report after it took as long again in the same single thread;
-    side by side they overlap."""
+    Used for the run report, built beside ``ray.shutdown()`` (which mostly waits for the embedded
+    Ray's processes to exit, 1.5-2 s measured here; the report after it took as long again in the
+    same single thread), and for a driver-bound stage beside the others (:func:`_run_stages`)."""
 
     def __init__(self, fn: Any, *args: Any, name: str = "tokenmill-report", daemon: bool = False) -> None:
         import threading
