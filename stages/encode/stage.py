@@ -267,6 +267,9 @@ class EncodeJob(MapStageJob):
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = threads_before
         ended = time.time()
+        engine = "hf" if result["stats"].get("parity_fallback_shards") else stage.encoder.engine
+        result["stats"]["engine_shards"] = {engine: 1}
+        result["stats"]["engine_chosen"] = [stage.encoder.engine, stage.encoder.reason]
         seconds = result["stats"].setdefault("seconds", {})
         setup_s, stage.setup_s = getattr(stage, "setup_s", 0.0), 0.0  # counted on the worker's first shard
         seconds["read_write"] = max(0.0, ended - started - sum(seconds.values()))  # Parquet in and out, the rest
@@ -308,13 +311,14 @@ class EncodeStage(MapStage[EncodeConfig]):
         vocab = tok.get_vocab_size(with_added_tokens=True)
         bos = find_special(tok, cfg.bos_token, BOS_CANDIDATES, "bos") if cfg.add_bos else None
         eos = find_special(tok, cfg.eos_token, EOS_CANDIDATES, "eos") if cfg.add_eos else None
-        _, engine, reason = choose_engine(raw.decode("utf-8"), cfg.engine)  # fails here when fast is impossible
+        if cfg.engine == "fast":  # fails here, before any worker starts, when gigatoken cannot load it
+            choose_engine(raw.decode("utf-8"), "fast")
+        # with engine auto the workers choose (load_encoder) and their shards report it (finish): the
+        # driver loading gigatoken as well only to learn the same answer cost every run ~0.08 s before
+        # the first shard could start
         info = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "vocab_size": vocab, "bos_id": bos,
                 "eos_id": eos, "dtype": str(ids_type(vocab))}
         ctx.manifest.stats["tokenizer"] = info
-        ctx.manifest.stats["engine"] = {"requested": cfg.engine, "engine": engine, "reason": reason}
-        if ctx.reporter is not None:  # the run's output (quiet runs keep it in the manifest only)
-            ctx.reporter.message(f"[{ctx.name}] encode engine: {engine} ({reason})")
         self.prepared_at = time.time()
         self.prepare_s = time.perf_counter() - started
         return {**info, "path": path}  # the workers' copy: a Location (local path or URI)
@@ -432,6 +436,7 @@ class EncodeStage(MapStage[EncodeConfig]):
 
     def finish(self, ctx: StageContext, shard_stats: Any) -> None:
         s = ctx.manifest.stats
+        self._record_engine(ctx)
         s.setdefault("parity_checked", 0)
         s.setdefault("parity_mismatches", 0)
         if "parity_mismatch_examples" in s:
@@ -440,6 +445,19 @@ class EncodeStage(MapStage[EncodeConfig]):
             s["bytes_per_token"] = round(s["text_bytes"] / s["tokens"], 4)
             s["tokens_per_lang"] = dict(sorted(s.get("tokens_per_lang", {}).items(), key=lambda kv: -kv[1]))
         s["seconds"] = self.profile(s.pop("seconds", {}), s.pop("shard_spans", []))
+
+    def _record_engine(self, ctx: StageContext) -> None:
+        """Which engine encoded, and why, into the manifest and the run's output: as the workers'
+        shards reported it (``engine_shards``: shards per engine, a parity fallback's shard under hf),
+        or, when no shard ran (an empty input), as the driver decides it."""
+        s = ctx.manifest.stats
+        shards: dict[str, int] = s.pop("engine_shards", {})
+        chosen, reason = s.pop("engine_chosen", [None, None])[:2]  # lists concatenate: the first shard's
+        if chosen is None:
+            _, chosen, reason = choose_engine(ctx.artifact("tokenizer").read_text(), self.config.engine)
+        s["engine"] = {"requested": self.config.engine, "engine": chosen, "reason": reason, "shards": shards}
+        if ctx.reporter is not None:  # the run's output (quiet runs keep it in the manifest only)
+            ctx.reporter.message(f"[{ctx.name}] encode engine: {chosen} ({reason})")
 
     def profile(self, worker: dict[str, float], spans: list[list[float]]) -> dict[str, Any]:
         """Where the stage's wall time went: on the driver (``prepare``; ``to_first_shard``: Ray Data

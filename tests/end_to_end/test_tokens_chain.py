@@ -122,6 +122,8 @@ def test_encode_dtype_counts_and_manifest(chain):
     # default llama3-pattern BPE: gigatoken ran on the Ray actors, parity-checked against HF
     assert m["stats"]["engine"]["engine"] == "fast", m["stats"]["engine"]
     n_parts = len(list((chain / "encode" / "data").glob("*.parquet")))
+    assert m["stats"]["engine"]["shards"] == {"fast": n_parts}, m["stats"]["engine"]  # as the workers reported it
+    assert "gigatoken supports" in m["stats"]["engine"]["reason"]
     assert m["stats"]["parity_checked"] >= min(16 * n_parts, enc.num_rows)
     assert m["stats"]["parity_mismatches"] == 0
 

@@ -208,6 +208,8 @@ def test_fallback_reencodes_the_shard_with_hf_and_records_it(tokenizers, docs, t
     assert written.column("id").to_pylist() == [d["id"] for d in docs[:60]]  # no batch written twice
     assert result["rows_out"] == 60
     assert result["stats"]["parity_fallback_shards"] == 1
+    assert result["stats"]["engine_shards"] == {"hf": 1}  # the shard's ids are HF's; the engine chosen stays
+    assert result["stats"]["engine_chosen"][0] == "fast"
     assert result["stats"]["parity_mismatches"] > 0
     assert "differ from HF" in result["stats"]["parity_mismatch_examples"][0]
 
