@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +207,10 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def charts(data: dict[str, Any]) -> dict[str, str]:
-    """Chart name -> inlined PNG data URI, one per section whose stage ran."""
+def charts(data: dict[str, Any], drawn: dict[str, StageCharts] | None = None) -> dict[str, str]:
+    """Chart name -> inlined PNG data URI, one per section whose stage ran. ``drawn``: stages' charts
+    drawn earlier (:func:`stage_charts`), used where the stage's manifest is still the one they were
+    drawn from."""
     plt = load_chart_library()
 
     out: dict[str, str] = {}
@@ -254,15 +258,53 @@ def charts(data: dict[str, Any]) -> dict[str, str]:
         ax.legend(fontsize=7)
         out["lengths"] = _png(fig)
 
+    output = Location.of(data["output"])
     for s in stages:
-        part = s.get("report_part")
-        for chart in part.charts if part is not None else []:
-            fig = chart.draw(plt)
-            if fig is not None:
-                key = f"{chart.key}:{s['stage']}"
-                out[key] = _png(fig)
-                data.setdefault("captions", {})[key] = chart.caption
+        name = s["stage"]
+        ready = (drawn or {}).get(name)
+        if ready is None or ready.digest != manifest_digest(output / name):
+            ready = _draw_stage(name, s.get("report_part"), "")
+        out.update(ready.images)
+        data.setdefault("captions", {}).update(ready.captions)
     return out
+
+
+@dataclass(frozen=True)
+class StageCharts:
+    """One stage's charts, drawn from the manifest whose digest they carry (see :func:`stage_charts`)."""
+
+    digest: str
+    images: dict[str, str]
+    captions: dict[str, str]
+
+
+def manifest_digest(stage_dir: Location) -> str:
+    """SHA-256 of a stage's ``manifest.json`` (empty when it has none): what its charts were drawn from."""
+    path = stage_dir / "manifest.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def stage_charts(output: Location, name: str) -> StageCharts:
+    """A committed stage's own charts, as :func:`charts` draws them, drawn on their own: a stage's
+    charts read only its manifest and its output (``Stage.report``), so they can be drawn as soon as it
+    commits (:mod:`pipeline.report_renderer`). The manifest's digest is read first: a manifest
+    rewritten meanwhile makes :func:`charts` draw them again."""
+    digest = manifest_digest(output / name)
+    m = read_manifest(output / name)
+    return _draw_stage(name, _stage_part(m, output / name) if m is not None else None, digest)
+
+
+def _draw_stage(name: str, part: Any, digest: str) -> StageCharts:
+    plt = load_chart_library()
+    images: dict[str, str] = {}
+    captions: dict[str, str] = {}
+    for chart in part.charts if part is not None else []:
+        fig = chart.draw(plt)
+        if fig is not None:
+            key = f"{chart.key}:{name}"
+            images[key] = _png(fig)
+            captions[key] = chart.caption
+    return StageCharts(digest, images, captions)
 
 
 def expected_charts(data: dict[str, Any]) -> set[str]:
@@ -414,11 +456,11 @@ reads raw files, or writes no text).</small></p>
 """
 
 
-def build_report(output: Location | Path) -> dict[str, Any]:
-    """Write report.json and report.html under ``output``; returns the report data."""
+def build_report(output: Location | Path, drawn: dict[str, StageCharts] | None = None) -> dict[str, Any]:
+    """Write report.json and report.html under ``output``; returns the report data. ``drawn``: see :func:`charts`."""
     output = Location.of(output)
     data = collect(output)
-    images = charts(data)
+    images = charts(data, drawn)
     summary = {"output": data["output"], "charts": sorted(images), "funnel": funnel(data), "stages": [
         {**{k: s.get(k) for k in ("stage", "type", "status", "rows_in", "rows_out", "rejected", "dropped",
                                   "bytes_in", "bytes_out", "wall_time_s", "stats")},

@@ -149,3 +149,52 @@ def test_short_chain_gets_only_its_charts(run_spec, tmp_path):
     summary = build_report(out)
     assert summary["charts"] == ["funnel", "lengths", "stage_time"]
     assert "data-chart=\"funnel\"" in (out / "report.html").read_text()
+
+
+def test_the_renderer_process_draws_the_page_the_driver_draws(chain, tmp_path):
+    """``pipeline run``'s report process (:mod:`pipeline.report_renderer`), told each stage as it
+    commits, writes the page byte for byte as the driver's in-process ``build_report`` does, and exits."""
+    from pipeline.report_renderer import ReportRenderer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(chain, copy)
+    build_report(copy)
+    expected = (copy / "report.html").read_bytes()
+    (copy / "report.html").unlink()
+    renderer = ReportRenderer(copy)
+    proc = renderer.proc
+    for name in ("ingest", "dedup", "balance", "tok", "encode", "clean", "pack"):
+        renderer.stage_committed(name)
+    assert renderer.write_report()
+    assert proc.returncode == 0 and renderer.proc is None
+    assert (copy / "report.html").read_bytes() == expected
+
+
+def test_charts_drawn_ahead_are_used_only_for_the_manifest_they_were_drawn_from(chain, tmp_path):
+    from pipeline.locations import Location
+    from pipeline.report import StageCharts, stage_charts
+
+    copy = tmp_path / "copy"
+    shutil.copytree(chain, copy)
+    build_report(copy)
+    expected = (copy / "report.html").read_bytes()
+    drawn = {name: stage_charts(Location.of(copy), name) for name in ("dedup", "balance", "pack")}
+    assert drawn["dedup"].images and set(drawn["dedup"].images) <= set(drawn["dedup"].captions)
+    build_report(copy, drawn)
+    assert (copy / "report.html").read_bytes() == expected
+    # a stale drawing (its manifest has changed since) is drawn again, not used
+    stale = {"dedup": StageCharts(drawn["dedup"].digest[::-1], {"clusters:dedup": "data:image/png;base64,AA=="}, {})}
+    build_report(copy, stale)
+    assert (copy / "report.html").read_bytes() == expected
+
+
+def test_a_renderer_that_died_leaves_the_report_to_the_driver(tmp_path):
+    from pipeline.report_renderer import ReportRenderer
+
+    renderer = ReportRenderer(tmp_path)
+    renderer.proc.kill()
+    renderer.proc.wait()
+    renderer.stage_committed("ingest")  # a dead process is not an error: the driver draws the report
+    assert renderer.write_report() is False
+    assert renderer.proc is None
+    renderer.close()
