@@ -16,7 +16,10 @@ over workers, and the workers' idle time inside the span (start skew, between sh
 The 1-minute load average is printed beside each row: on a shared host rows under
 different loads are not comparable.
 
-    python benchmarks/bench_encode.py [--quick | --docs N] [--no-threads-variant]
+With ``--repeat N`` raw gigatoken and the stage run N times, alternating, and the rows show the
+median run (each run's seconds beside it): on this shared 2-core host the same run varies by ~30 %.
+
+    python benchmarks/bench_encode.py [--quick | --docs N] [--no-threads-variant] [--repeat N]
 """
 
 from __future__ import annotations
@@ -57,9 +60,18 @@ stages:
 PROFILES: dict[str, dict] = {}
 
 
-def _row(what: str, docs: int, mb: float, n_tok: int, secs: float, peak: float) -> dict:
-    return {"what": what, "docs": docs, "MB": mb, "tokens": n_tok, "seconds": secs, "tokens/s": n_tok / secs,
-            "MB/s": mb / secs, "peak MB": peak, "load avg": os.getloadavg()[0]}
+def _row(what: str, docs: int, mb: float, n_tok: int, secs: float, peak: float,
+         runs: list[float] | None = None) -> dict:
+    row = {"what": what, "docs": docs, "MB": mb, "tokens": n_tok, "seconds": secs, "tokens/s": n_tok / secs,
+           "MB/s": mb / secs, "peak MB": peak, "load avg": os.getloadavg()[0]}
+    if runs is not None and len(runs) > 1:
+        row["seconds, each run"] = " / ".join(f"{s:.2f}" for s in runs)
+    return row
+
+
+def _median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median run by seconds (the lower middle of an even count): its seconds and its peak."""
+    return sorted(runs)[(len(runs) - 1) // 2]
 
 
 def _check_stage_ids(out: Path, docs: list[dict], hf_ids: list[list[int]]) -> int:
@@ -90,8 +102,9 @@ def profile_rows(profiles: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def run(limit: int | bool | None, threads_variant: bool = True) -> list[dict]:
-    """The rows; ``limit``: first N documents, or run_all's quick flag (True: 5,000, False: all)."""
+def run(limit: int | bool | None, threads_variant: bool = True, repeat: int = 1) -> list[dict]:
+    """The rows; ``limit``: first N documents, or run_all's quick flag (True: 5,000, False: all);
+    ``repeat``: runs of raw gigatoken and of each stage variant, alternating (rows show medians)."""
     if isinstance(limit, bool):
         limit = 5000 if limit else None
     PROFILES.clear()
@@ -121,20 +134,15 @@ def run(limit: int | bool | None, threads_variant: bool = True) -> list[dict]:
         n_tok, secs, peak = measure(hf)
         rows.append(_row("HF encode_batch, all threads", len(texts), mb, n_tok, secs, peak))
 
-        fast = gigatoken.Tokenizer.from_json((d / "tokenizer.json").read_text(encoding="utf-8"))
+        json_text = (d / "tokenizer.json").read_text(encoding="utf-8")
         fast_ids: list = []
 
+        fresh: list = []
+
         def giga() -> int:
-            fast_ids[:] = [fast.encode_batch(texts, parallel=True)]
+            fast_ids[:] = [fresh.pop().encode_batch(texts, parallel=True)]
             return len(fast_ids[0].layout.content)
 
-        n_fast, secs, peak = measure(giga)
-        rows.append(_row("gigatoken encode_batch, all threads", len(texts), mb, n_fast, secs, peak))
-        fast_lists = fast_ids[0].to_list()
-        bad = sum(a != b for a, b in zip(hf_ids, fast_lists, strict=True))
-        assert bad == 0 and n_fast == n_tok, f"gigatoken differs from HF on {bad} documents"
-        fast_ids.clear()
-        del fast_lists
         write_jsonl(docs, d / "docs.jsonl")
         (d / "spec.yaml").write_text(SPEC % "")
         (d / "spec-threads.yaml").write_text(SPEC % ", rust_threads: true")
@@ -142,19 +150,41 @@ def run(limit: int | bool | None, threads_variant: bool = True) -> list[dict]:
         if threads_variant:
             variants.append(("spec-threads.yaml", "encode stage, 1 worker, engine threads",
                              {"TOKENMILL_MAX_WORKERS": "1"}))
-        for spec, label, env in variants:
-            os.environ.pop("TOKENMILL_MAX_WORKERS", None)
-            os.environ.update(env)
-            try:
-                _, peak = run_cli(["run", spec, "--quiet"], d)  # ingest runs once, encode per variant
-            finally:
+        raw_runs: list[tuple[float, float]] = []
+        stage_runs: dict[str, list[tuple[float, float, dict]]] = {label: [] for _, label, _ in variants}
+        for i in range(repeat):  # alternating: raw gigatoken, then each stage variant, `repeat` times
+            # a new tokenizer each run, loaded before the clock starts: its word cache starts empty, as each
+            # stage worker's does (a second call on the same one was 2-3x faster here)
+            fresh.append(gigatoken.Tokenizer.from_json(json_text))
+            n_fast, secs, peak = measure(giga)
+            raw_runs.append((secs, peak))
+            if i == 0:
+                fast_lists = fast_ids[0].to_list()
+                bad = sum(a != b for a, b in zip(hf_ids, fast_lists, strict=True))
+                assert bad == 0 and n_fast == n_tok, f"gigatoken differs from HF on {bad} documents"
+                del fast_lists
+            fast_ids.clear()
+            for spec, label, env in variants:
                 os.environ.pop("TOKENMILL_MAX_WORKERS", None)
-            m = manifest(d / "out", "encode")
-            secs, n_stage = m["wall_time_s"], m["stats"]["tokens"]
+                os.environ.update(env)
+                try:  # ingest as well on every run: encode then starts on warm workers, as in the first run
+                    _, peak = run_cli(["run", spec, "--quiet", *(["--force", "ingest", "--force", "encode"]
+                                                                  if i else [])], d)
+                finally:
+                    os.environ.pop("TOKENMILL_MAX_WORKERS", None)
+                m = manifest(d / "out", "encode")
+                stage_runs[label].append((m["wall_time_s"], peak, m))
+                _check_stage_ids(d / "out", docs, hf_ids)
+        secs, peak = _median(raw_runs)
+        rows.append(_row("gigatoken encode_batch, all threads", len(texts), mb, n_fast, secs, peak,
+                         [s for s, _ in raw_runs]))
+        for _, label, _ in variants:
+            runs = stage_runs[label]
+            secs, peak = _median([(s, p) for s, p, _ in runs])
+            m = next(m for s, _, m in runs if s == secs)  # the median run's manifest and profile
             eng = m["stats"]["engine"]["engine"]
             rows.append(_row(f"{label} (engine {eng}, parity {m['stats']['parity_checked']} docs)",
-                             len(texts), mb, n_stage, secs, peak))
-            _check_stage_ids(d / "out", docs, hf_ids)
+                             len(texts), mb, m["stats"]["tokens"], secs, peak, [s for s, _, _ in runs]))
             PROFILES[label] = m["stats"].get("seconds", {})
     hf_rate, fast_rate = rows[0]["MB/s"], rows[1]["MB/s"]
     for r in rows:
@@ -171,8 +201,10 @@ if __name__ == "__main__":
     p.add_argument("--quick", action="store_true", help="first 5k documents")
     p.add_argument("--docs", type=int, default=None, help="first N documents (default: the whole corpus)")
     p.add_argument("--no-threads-variant", action="store_true", help="skip the 1-worker, engine-threads stage run")
+    p.add_argument("--repeat", type=int, default=1, help="runs of raw gigatoken and of each stage variant, "
+                   "alternating; rows show the medians (the run-to-run spread on a shared host is ~30 %%)")
     a = p.parse_args()
-    out = run(5000 if a.quick else a.docs, threads_variant=not a.no_threads_variant)
+    out = run(5000 if a.quick else a.docs, threads_variant=not a.no_threads_variant, repeat=a.repeat)
     print_table("encode stage vs HF encode_batch vs gigatoken (stage/HF, stage/fast: MB/s ratios)", out)
     print_table("encode stage profile (manifest stats.seconds; Σ = summed over workers)", profile_rows(PROFILES))
     save("encode", out, quick=a.quick or a.docs is not None)
