@@ -39,6 +39,14 @@ class ReportRenderer:
             [sys.executable, "-m", "pipeline.report_renderer", str(output)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
+    @classmethod
+    def start(cls, output: Location) -> ReportRenderer | None:
+        """A renderer for ``output``, or None when its process cannot start (the driver draws the report)."""
+        try:
+            return cls(output)
+        except OSError:
+            return None
+
     def stage_committed(self, name: str) -> None:
         self._send(f"stage {name}\n")
 

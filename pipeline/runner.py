@@ -283,7 +283,7 @@ def run_pipeline(
         # Ray starts in the background from here when a stage is to run: the plan under the lock,
         # claiming the output and the first stage's driver-side work overlap its start (pipeline.ray_session)
         to_start = [first.dag.nodes[s.name].cls for s in first.stages if s.action == "run"]
-        renderer = ReportRenderer(out) if background_report and to_start and out.is_local else None
+        renderer = ReportRenderer.start(out) if background_report and to_start and out.is_local else None
         ray_start = (ray_session_in_background(spec.model.ray, address, worker_preload(to_start))
                      if to_start else contextlib.nullcontext())
         report: _Background | None = None
