@@ -7,7 +7,8 @@ back from what the run already wrote (``run.json``, each ``<stage>/manifest.json
 manifests as they wrote the parts, or else the ``text`` column of the datasets), so
 ``pipeline report OUTPUT_DIR`` rebuilds the same page at any time.
 
-Charts are drawn with matplotlib (Agg) and inlined as base64 PNG: the page makes no network request.
+The run-wide charts are small hand-written SVGs (:mod:`pipeline.svg_charts`), the stages' own charts
+matplotlib (Agg) PNGs, all inlined as base64: the page makes no network request.
 The engine draws what every run has (the stage table and funnel, the DAG, wall time, document
 lengths); each stage type adds its own charts, funnel notes, token counts and example sections
 through ``Stage.report`` (a :class:`~pipeline.stage_api.ReportPart`), so this module never names a
@@ -186,7 +187,7 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# charts: one matplotlib figure per section, inlined
+# charts: SVG for the run-wide ones, a matplotlib figure per stage chart, inlined
 # ---------------------------------------------------------------------------------------------
 def load_chart_library() -> Any:
     """matplotlib's pyplot on the non-interactive Agg backend (imported once per process)."""
@@ -208,10 +209,11 @@ def _png(fig: Any) -> str:
 
 
 def charts(data: dict[str, Any], drawn: dict[str, StageCharts] | None = None) -> dict[str, str]:
-    """Chart name -> inlined PNG data URI, one per section whose stage ran. ``drawn``: stages' charts
+    """Chart name -> inlined image data URI, one per section whose stage ran: the run-wide charts as
+    SVG (:mod:`pipeline.svg_charts`), the stages' own as matplotlib PNGs. ``drawn``: stages' charts
     drawn earlier (:func:`stage_charts`), used where the stage's manifest is still the one they were
     drawn from."""
-    plt = load_chart_library()
+    from pipeline import svg_charts
 
     out: dict[str, str] = {}
     stages = data["stages"]
@@ -229,34 +231,19 @@ def charts(data: dict[str, Any], drawn: dict[str, StageCharts] | None = None) ->
     tok_rows = [r for r in fun if r["tokens_out"]]
     if tok_rows:
         panels.append(("tokens", [r["stage"] for r in tok_rows], [r["tokens_out"] for r in tok_rows]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (label, xs, vals) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.bar(xs, vals, color="#4c72b0")
-        ax.set_title(f"funnel: {label} after each stage", fontsize=10)
-        ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    out["funnel"] = _png(fig)
+    out["funnel"] = svg_charts.data_uri(svg_charts.bar_panels(
+        [(f"funnel: {label} after each stage", xs, vals) for label, xs, vals in panels]))
 
     every = funnel(data)
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh([r["stage"] for r in every][::-1], [r["wall_time_s"] for r in every][::-1], color="#937860")
-    ax.set_xlabel("wall time (s)")
-    ax.set_title("time per stage")
-    out["stage_time"] = _png(fig)
+    out["stage_time"] = svg_charts.data_uri(svg_charts.hbars(
+        [r["stage"] for r in every], [r["wall_time_s"] or 0.0 for r in every], "wall time (s)", "time per stage"))
 
     hists = [(s["stage"], s["length_histogram"]) for s in stages if s.get("length_histogram", {}).get("documents")]
     if hists:
-        fig, ax = plt.subplots(figsize=(8, 3.2))
-        for name, h in hists:
-            edges = np.array(h["bins"])
-            share = np.array(h["counts"]) / max(1, h["documents"])
-            ax.step(edges[:-1], share, where="post", label=f"{name} ({h['documents']:,} docs)")
-        ax.set_xscale("log")
-        ax.set_xlabel("document length (UTF-8 bytes)")
-        ax.set_ylabel("share of documents")
-        ax.set_title("document lengths")
-        ax.legend(fontsize=7)
-        out["lengths"] = _png(fig)
+        series = [(f"{name} ({h['documents']:,} docs)", h["bins"],
+                   [c / max(1, h["documents"]) for c in h["counts"]]) for name, h in hists]
+        out["lengths"] = svg_charts.data_uri(svg_charts.log_steps(
+            series, "document length (UTF-8 bytes)", "share of documents", "document lengths"))
 
     output = Location.of(data["output"])
     for s in stages:
@@ -295,11 +282,10 @@ def stage_charts(output: Location, name: str) -> StageCharts:
 
 
 def _draw_stage(name: str, part: Any, digest: str) -> StageCharts:
-    plt = load_chart_library()
     images: dict[str, str] = {}
     captions: dict[str, str] = {}
     for chart in part.charts if part is not None else []:
-        fig = chart.draw(plt)
+        fig = chart.draw(load_chart_library())  # imported only for a stage that has charts
         if fig is not None:
             key = f"{chart.key}:{name}"
             images[key] = _png(fig)

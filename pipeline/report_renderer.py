@@ -3,9 +3,10 @@
 Why: importing matplotlib and drawing the charts (about 0.2 s each) were the last 2.5-3 s of a
 ``pipeline run`` (the six-stage benchmark spec at 1x: import 0.5 s, nine charts 2.2 s of a 25 s
 run), on one core, after every stage had finished. A stage's charts read only its own manifest and
-output (``Stage.report``), so this process draws them as each stage commits, at the lowest CPU
-priority (``SCHED_IDLE``, else nice 19: with the time the stages leave idle, not theirs), and at the
-end draws the run-wide charts (funnel, time per stage, lengths) and writes the report. The page is
+output (``Stage.report``), so this process draws them as each stage commits (importing matplotlib
+at the first stage that has charts), at the lowest CPU priority (``SCHED_IDLE``, else nice 19: with
+the time the stages leave idle, not theirs), and at the end draws the run-wide charts (funnel, time
+per stage, lengths: SVG, :mod:`pipeline.svg_charts`) and writes the report. The page is
 the one :func:`pipeline.report.build_report` writes in the driver (tested byte for byte), which
 stays the fallback when this process is not there, fails or is too slow, and the only way for an
 output on an object store (this process is given a local path).
@@ -105,10 +106,9 @@ def main(argv: list[str]) -> int:
         # below nice 19: Ray's workers run at nice 15 by default, against which nice 19 still gets ~30 %
         # of a shared core; SCHED_IDLE runs only on a core nothing else wants (Linux)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    from pipeline.report import StageCharts, build_report, load_chart_library, stage_charts
+    from pipeline.report import StageCharts, build_report, stage_charts
 
     output = Location.of(argv[0])
-    load_chart_library()  # while the first stages run
     drawn: dict[str, StageCharts] = {}
     for line in sys.stdin:
         command, _, name = line.rstrip("\n").partition(" ")

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+from xml.etree import ElementTree
 
 import orjson
 import pytest
@@ -94,9 +95,15 @@ def test_report_is_self_contained_with_every_chart(chain):
     assert not URL.search(page), "report.html must not reference any external URL"
     # nothing the browser would fetch: no CSS url()/@import either (URLs quoted in corpus text are just text)
     assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//|@import""", page, re.I)
-    charts = dict(re.findall(r'data-chart="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page))
-    for name, b64 in charts.items():
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n", name
+    images = re.findall(r'data-chart="([^"]+)" src="data:image/(png|svg\+xml);base64,([A-Za-z0-9+/=]+)"', page)
+    charts = {name: b64 for name, _, b64 in images}
+    for name, kind, b64 in images:
+        if kind == "png":  # the stages' own charts (matplotlib)
+            assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n", name
+        else:  # the run-wide ones (pipeline.svg_charts): well-formed SVG, nothing fetched
+            svg = base64.b64decode(b64).decode()
+            ElementTree.fromstring(svg)
+            assert name in ("funnel", "stage_time", "lengths") and "href" not in svg, name
     want = {"funnel", "stage_time", "lengths", "clusters:dedup", "languages:balance", "premiums:tok",
             "bytes_per_token:tok", "masked:clean", "packing:pack"}
     assert want <= set(charts), want - set(charts)
@@ -198,3 +205,21 @@ def test_a_renderer_that_died_leaves_the_report_to_the_driver(tmp_path):
     assert renderer.write_report() is False
     assert renderer.proc is None
     renderer.close()
+
+
+def test_run_wide_svg_charts_draw_their_values():
+    """The hand-written SVG charts: a bar's length follows its value, labels are escaped, log steps
+    span the bins."""
+    from pipeline import svg_charts
+
+    bars = ElementTree.fromstring(svg_charts.hbars(["a<b", "c"], [2.0, 4.0], "s", "time"))
+    widths = [float(r.get("width")) for r in bars.iter("{http://www.w3.org/2000/svg}rect") if r.find(
+        "{http://www.w3.org/2000/svg}title") is not None]
+    assert widths[1] == 2 * widths[0] > 0
+    assert any(t.text == "a<b" for t in bars.iter("{http://www.w3.org/2000/svg}text"))
+    panels = ElementTree.fromstring(svg_charts.bar_panels([("docs", ["x", "y"], [10, 0]), ("MB", ["x"], [1.5])]))
+    assert panels.get("width") == "600"
+    steps = svg_charts.log_steps([("ingest", [1, 10, 100, 1000], [0.2, 0.5, 0.3])], "bytes", "share", "lengths")
+    line = ElementTree.fromstring(steps).find("{http://www.w3.org/2000/svg}polyline")
+    xs = [float(p.split(",")[0]) for p in line.get("points").split()]
+    assert len(xs) == 6 and xs == sorted(xs) and xs[0] < xs[-1]
