@@ -184,7 +184,7 @@ def run_shards(
     """
     import ray
 
-    from pipeline.ray_session import configure_data_context
+    from pipeline.ray_session import configure_data_context, wait_for_ray
 
     work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
@@ -201,7 +201,10 @@ def run_shards(
             pending.append(task)
 
     if pending:
-        cap, slots = pass_capacity(worker_cpus)
+        wait_for_ray()  # the embedded Ray may still be starting (pipeline.ray_session.ray_session_in_background)
+        cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
+        slots = max(1, int(cluster_cpus / worker_cpus))  # how many of this pass's tasks Ray can run at once
         workers = max(1, min(len(pending), max_workers or cap, cap, slots))
         retries = retries or RetryConfig()
         if use_actors:
@@ -257,25 +260,6 @@ def run_shards(
                 for ref in in_flight:
                     ray.cancel(ref)
     return [results[t.key] for t in tasks]
-
-
-def pass_capacity(worker_cpus: float = 1.0) -> tuple[int, int]:
-    """(cap, slots): the ``TOKENMILL_MAX_WORKERS`` cap on a pass's workers (else the cluster's CPUs;
-    for tests and shared hosts) and how many tasks of ``worker_cpus`` CPUs each Ray can run at once.
-    Waits for the embedded Ray, which may still be starting (:func:`pipeline.ray_session.wait_for_ray`)."""
-    import ray
-
-    from pipeline.ray_session import wait_for_ray
-
-    wait_for_ray()
-    cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus
-    return cap, max(1, int(cluster_cpus / worker_cpus))
-
-
-def worker_slots(worker_cpus: float = 1.0) -> int:
-    """How many tasks of a pass run at once (see :func:`pass_capacity`)."""
-    return min(pass_capacity(worker_cpus))
 
 
 def queue_depth(workers: int, slots: int) -> int:

@@ -108,9 +108,8 @@ class DedupConfig(StageConfig):
     partitions: int | Literal["auto"] = Field(
         default="auto",
         description="Hash partitions of the bucket shuffle and of the components passes; `auto`: one per "
-        f"`partition_rows` input rows, at least {MIN_AUTO_PARTITIONS}, rounded up to a multiple of the tasks the "
-        "cluster runs at once when above it (no pass ends on one task alone). A task's memory grows with its "
-        "partition's size, so at a fixed partition size it stays flat however large the corpus.",
+        f"`partition_rows` input rows, at least {MIN_AUTO_PARTITIONS}. A task's memory grows with its partition's "
+        "size, so at a fixed partition size it stays flat however large the corpus.",
     )
     partition_rows: int = Field(default=100_000, ge=1_000, description="Input rows per partition for auto.")
     giant_component_docs: int = Field(

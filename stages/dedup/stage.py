@@ -50,8 +50,6 @@ block order. The root is always kept; other members are kept when no kept docume
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -59,7 +57,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.context import StageContext
-from pipeline.executor import ShardTask, worker_slots
+from pipeline.executor import ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import parquet_rows, write_one
 from pipeline.stage_api import ReportPart, Stage, register_stage
@@ -94,7 +92,7 @@ class DedupStage(Stage[DedupConfig]):
         counts = [parquet_rows(f) for f in files]
         offsets = dict(zip(keys, np.r_[0, np.cumsum(counts)[:-1]].astype(int).tolist(), strict=True)) if files else {}
         tasks = [ShardTask(k, f) for k, f in zip(keys, files, strict=True)]
-        parts = self._partitions(ctx, sum(counts))
+        parts = cfg.partition_count(sum(counts))
         cfg = cfg.model_copy(update={"partitions": parts})  # the passes see the resolved count
         if cfg.near.enabled and cfg.near.bands is None:
             # bands and rows resolved once here: in a worker, datasketch's import (scipy) cost ~0.9 s of CPU
@@ -171,26 +169,6 @@ class DedupStage(Stage[DedupConfig]):
                                             "threshold": cfg.near.threshold, "shingle": cfg.near.shingle.model_dump(),
                                             "partitions": parts, "keep": self.config.keep}
         cc.rmtree()
-
-    def _partitions(self, ctx: StageContext, rows: int) -> int:
-        """The partition count: with ``partitions: auto``, ``partition_count`` rounded up to a multiple of
-        the tasks the cluster runs at once, when above it. Why: every pass after the signatures runs one
-        task per partition, and 5 tasks on 2 workers run as 2 + 2 + 1, one core idle for a third of
-        the pass (the pipeline benchmark at 4x: 5 partitions); 6 smaller ones take 5/6 of that time.
-        The output does not depend on the count (tested). The count is kept in the stage's scratch folder, so a
-        run resumed on a cluster of another size finds the partitions its committed passes wrote."""
-        cfg = self.config
-        chosen = ctx.scratch_dir / "partitions.json"
-        if chosen.exists():
-            return int(json.loads(chosen.read_text())["partitions"])
-        parts = cfg.partition_count(rows)
-        if cfg.partitions == "auto":
-            slots = worker_slots()
-            if parts > slots:
-                parts = math.ceil(parts / slots) * slots
-        chosen.parent.mkdir()
-        chosen.write_text(json.dumps({"partitions": parts}))
-        return parts
 
     @staticmethod
     def _components(ctx: StageContext, cc: Location, part_tasks: list[ShardTask]) -> tuple[Location, int, int]:

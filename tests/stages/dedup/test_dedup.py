@@ -288,25 +288,3 @@ def test_true_jaccard_verification_uses_the_shingle_sets():
     assert _verify(edges, (nodes, sig, None), 0.75).column("sim").to_pylist() == [1.0]
     assert _verify(edges, (nodes, sig, [a, b]), 0.75).num_rows == 0
     assert _verify(edges, (nodes, sig, [a, b]), 0.5).column("sim").to_pylist() == [70 / 130]
-
-
-def test_auto_partitions_fill_the_workers_and_are_kept_for_a_resumed_run(ray_local, tmp_path, monkeypatch):
-    """``partitions: auto`` rounds up to a multiple of the tasks the cluster runs at once (2 here), so
-    no pass ends on one task alone; the count is kept in the scratch folder, so a run resumed with
-    another number of workers uses the partitions its committed passes wrote."""
-    from types import SimpleNamespace
-
-    from pipeline.locations import Location
-    from stages.dedup.config import DedupConfig
-    from stages.dedup.stage import DedupStage
-
-    def partitions(rows: int, scratch: str, **cfg: object) -> int:
-        stage = DedupStage(DedupConfig(name="d", type="dedup", inputs=["x"], partition_rows=1000, **cfg))
-        return stage._partitions(SimpleNamespace(scratch_dir=Location.of(tmp_path / scratch)), rows)
-
-    assert partitions(5000, "a") == 6  # 5 by partition_rows, on 2 workers
-    assert partitions(1500, "b") == 2  # not above the workers: as partition_rows says
-    assert partitions(5000, "c", partitions=5) == 5  # an explicit count is the user's
-    monkeypatch.setenv("TOKENMILL_MAX_WORKERS", "1")
-    assert partitions(5000, "d") == 5
-    assert partitions(5000, "a") == 6  # resumed: the count of the first run
