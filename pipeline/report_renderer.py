@@ -73,8 +73,9 @@ class ReportRenderer:
         if proc is not None:
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    stream and stream.close()
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
 
     def _send(self, line: str) -> bool:
         if self.proc is None or self.proc.stdin is None:

@@ -158,15 +158,20 @@ def test_short_chain_gets_only_its_charts(run_spec, tmp_path):
     assert "data-chart=\"funnel\"" in (out / "report.html").read_text()
 
 
+def _copy_with_driver_page(chain, tmp_path):
+    """A copy of the chain's output and the page the driver's in-process ``build_report`` writes for it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(chain, copy)
+    build_report(copy)
+    return copy, (copy / "report.html").read_bytes()
+
+
 def test_the_renderer_process_draws_the_page_the_driver_draws(chain, tmp_path):
     """``pipeline run``'s report process (:mod:`pipeline.report_renderer`), told each stage as it
     commits, writes the page byte for byte as the driver's in-process ``build_report`` does, and exits."""
     from pipeline.report_renderer import ReportRenderer
 
-    copy = tmp_path / "copy"
-    shutil.copytree(chain, copy)
-    build_report(copy)
-    expected = (copy / "report.html").read_bytes()
+    copy, expected = _copy_with_driver_page(chain, tmp_path)
     (copy / "report.html").unlink()
     renderer = ReportRenderer(copy)
     proc = renderer.proc
@@ -181,10 +186,7 @@ def test_charts_drawn_ahead_are_used_only_for_the_manifest_they_were_drawn_from(
     from pipeline.locations import Location
     from pipeline.report import StageCharts, stage_charts
 
-    copy = tmp_path / "copy"
-    shutil.copytree(chain, copy)
-    build_report(copy)
-    expected = (copy / "report.html").read_bytes()
+    copy, expected = _copy_with_driver_page(chain, tmp_path)
     drawn = {name: stage_charts(Location.of(copy), name) for name in ("dedup", "balance", "pack")}
     assert drawn["dedup"].images and set(drawn["dedup"].images) <= set(drawn["dedup"].captions)
     build_report(copy, drawn)
