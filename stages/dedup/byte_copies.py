@@ -10,17 +10,26 @@ Two passes find the groups without gathering the corpus, its hashes or its copie
 2. ``byte-groups`` (:class:`ByteGroupsJob`, per hash partition): documents of equal hash form a
    group; each copy (every member but the carrier) is written twice: to its own input part
    (``_copies``: the signature pass skips it) and, with its keep key and id, to the carrier's input
-   part (``_members``: the signature pass writes the copy's bucket rows beside its carrier's, with
-   the carrier's keys, so the pairs pass sees every bucket row it saw without the short-circuit).
+   part (``_members``: the signature pass writes the copy's exact bucket row beside its carrier's).
 
-Why the output does not change (with exact dedup on; the stage uses these passes only then): the
-representatives (:func:`~stages.dedup.components.representatives`, and the giant passes alike) map
-both ends of every near edge to their exact-group heads and use the set of (head, head, similarity)
-triples; byte copies lie in one exact group (equal bytes, equal normalised text), and a near pair
-(a, b) found at the member level has the similarity of (carrier(a), carrier(b)). The pairs pass
-computes the member-level pairs exactly as before (same bucket rows, same window) and maps each
-near pair to the carriers, so the set of triples, and the connectivity (exact stars still join
-every exact group, member by member), are the same. Exact pairs stay member-level.
+What a copy keeps and loses (with exact dedup on; the stage uses these passes only then): its exact
+bucket row, so the exact stars join every copy to its group and the representatives
+(:func:`~stages.dedup.components.representatives`, and the giant passes alike) see every member as
+before. It has no near bucket rows: a near pair through a copy is a pair of its carrier with the
+same similarity (equal bytes, equal shingles), found through the carrier's own rows, and the
+representatives map both ends of every near edge to their exact-group heads anyway. So the set of
+(head, head, similarity) triples and the connectivity are those of every copy signed, for every
+near bucket the pairs pass takes whole (up to ``bucket_window + 1`` documents). A larger bucket is
+paired by a window in keep order, which now runs over distinct texts instead of spending its slots
+on copies of one text: it may find pairs the window over documents missed.
+
+Why not the copies' near rows as well (what this module did before): they were the repeated
+corpus's bulk for nothing. Measured on the 4x repeated Debian corpus (444,040 documents, three in
+four a byte copy), ``--force dedup``, alternating runs: the pairs pass 1.3 s instead of 2.9 s, the
+stage 19.7 / 21.4 s instead of 26.1 / 24.8 s, 39.1 / 40.5 CPU-s for the run instead of 49.5 / 47.4.
+The kept documents and the clusters are the same; one removed text (with its three copies) names a
+more similar kept twin (similarity 0.807 instead of 0.805), which the window of a big bucket found
+once it ran over distinct texts.
 
 Memory: a ``byte-hash`` task holds one batch and its part's hash rows (about 40 bytes per document);
 a ``byte-groups`` task one hash partition (``N / P`` rows); a signature task additionally the copies

@@ -69,9 +69,11 @@ class NearConfig(_Strict):
     )
     copies_once: bool = Field(
         default=True,
-        description="With exact dedup on, documents of byte-identical text go through signatures, pairs and "
-        "verification once (two passes find them first); the output is the same, the cost of a repeated "
-        "corpus that of its distinct texts.",
+        description="With exact dedup on, documents of byte-identical text go through signatures, near pairs "
+        "and verification once (two passes find them first; each copy keeps its exact bucket row), so a "
+        "repeated corpus costs about what its distinct texts cost. The output is that of every copy signed, "
+        "except in a near bucket above bucket_window + 1 documents, whose window then runs over distinct "
+        "texts instead of copies.",
     )
     twin_margin: float = Field(
         default=0.1, ge=0, le=0.5,

@@ -42,44 +42,46 @@ KIND_NAMES = ("exact", "near")
 
 
 def _bucket_rows(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs, parts: int) -> pa.Table:
-    """One batch's bucket rows (key, kind, node, k0, id, carrier) and each row's partition, in keyset
-    order then document order: gathered with numpy and ``take`` instead of a table per key kind and
-    partition. ``carrier`` is the document whose signature stands for the row's (itself, or for a
-    byte copy the group's carrier: :mod:`stages.dedup.byte_copies`)."""
+    """One batch's bucket rows (key, kind, node, k0, id) and each row's partition, in keyset order
+    then document order: gathered with numpy and ``take`` instead of a table per key kind and
+    partition."""
     key = np.concatenate([k for k, _, _ in keyset])
     idx = np.concatenate([i for _, i, _ in keyset])
     kind = np.concatenate([np.full(len(i), c, np.int8) for _, i, c in keyset])
     kinds = pa.array(KIND_NAMES, pa.string()).take(pa.array(kind))
     return pa.table({"key": key, "kind": kinds, "node": docs.node[idx], "k0": docs.k0[idx],
-                     "id": docs.ids.take(pa.array(idx)).cast(pa.string()), "carrier": docs.carrier[idx],
+                     "id": docs.ids.take(pa.array(idx)).cast(pa.string()),
                      "part": (key % np.uint64(parts)).astype(np.int64)})
 
 
 @dataclass(frozen=True)
 class BatchDocs:
-    """The documents a batch's bucket rows are written for: node, keep key, id and carrier each."""
+    """The documents a batch's bucket rows are written for: node, keep key and id each."""
 
     node: np.ndarray
     k0: np.ndarray
     ids: pa.Array | pa.ChunkedArray
-    carrier: np.ndarray
 
 
 def _copy_keys(keyset: list[tuple[np.ndarray, np.ndarray, int]], docs: BatchDocs,
                members: pa.Table) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], BatchDocs]:
     """The keyset of byte copies (``members``, ``MEMBER_SCHEMA``, their carriers all in ``docs``):
-    each copy gets every key of its carrier, the rows its own signature would have given (equal
-    bytes, equal keys), with its own node, keep key and id."""
+    each copy gets its carrier's exact key (equal bytes, equal normalised text), with its own node,
+    keep key and id, so the exact stars join every copy to its group as before. A copy gets no near
+    keys: a near pair through a copy is a pair of its carrier, with the same similarity, and the
+    carrier's own rows give it (see :mod:`stages.dedup.byte_copies`)."""
     at = np.searchsorted(docs.node, members.column("carrier").to_numpy())
     copied = []
     for keys, idx, kind in keyset:
+        if KIND_NAMES[kind] != "exact":
+            continue
         pos = np.full(len(docs.node), -1, np.int64)
         pos[idx] = np.arange(len(idx))
         mine = pos[at]
         has = np.flatnonzero(mine >= 0)
         copied.append((keys[mine[has]], has, kind))
     return copied, BatchDocs(members.column("node").to_numpy(), members.column("k0").to_numpy(),
-                             members.column("id"), members.column("carrier").to_numpy())
+                             members.column("id"))
 
 
 class _BucketWriter:
@@ -127,7 +129,7 @@ class SignatureJob:
 
     With ``byte_copies`` (the passes of :mod:`stages.dedup.byte_copies` ran), the part's byte copies
     are skipped (no shingles, signature or hash: their carriers' rows stand for them) and the copies
-    whose carrier is in the part get the carrier's bucket rows."""
+    whose carrier is in the part get the carrier's exact bucket row (:func:`_copy_keys`)."""
 
     def __init__(self, cfg: DedupConfig, work: Location, offsets: dict[str, int], byte_copies: bool = False):
         self.cfg, self.work, self.offsets, self.byte_copies = cfg, work, offsets, byte_copies
@@ -182,7 +184,7 @@ class SignatureJob:
                     table["shingles"] = sets.to_arrow()
                 sig_rows.append(pa.table(table))
             if keyset:
-                docs = BatchDocs(node, k0, ids, node)
+                docs = BatchDocs(node, k0, ids)
                 buckets.add(_bucket_rows(keyset, docs, cfg.partitions))
                 lo, hi = np.searchsorted(carriers, node[0]), np.searchsorted(carriers, node[-1], side="right")
                 for start in range(lo, hi, COPY_CHUNK):  # the batch's documents' byte copies
@@ -208,9 +210,9 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
     the best copy to the others. Near buckets pair every member with the bucket's best and with the
     next ``window`` members in keep order: all pairs of a bucket of up to ``window + 1`` members (a
     star alone missed pairs whose star edges verification dropped), O(size × window) pairs for a
-    huge bucket. A near pair then stands for its documents' carriers (:func:`_carrier_rows`: a byte
-    copy's signature is its carrier's, so the pair's similarity is theirs); pairs of one carrier go.
-    Each pair appears once (smaller node first; an exact pair wins over a near one).
+    huge bucket. Byte copies have exact rows only (:func:`_copy_keys`), so a near bucket holds each
+    distinct text once and its window runs over distinct texts. Each pair appears once (smaller node
+    first; an exact pair wins over a near one).
     """
     tables = [read_one(f) for f in files]
     if not tables:
@@ -237,9 +239,6 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
             break
         pairs.append(np.c_[near_rows[:-d][same], near_rows[d:][same]])
     ij = np.concatenate(pairs)
-    near = kind[ij[:, 0]] == "near"
-    if "carrier" in t.column_names and near.any():
-        ij[near] = _carrier_rows(group, node, t.column("carrier").to_numpy())[ij[near]]
     ij = ij[node[ij[:, 0]] != node[ij[:, 1]]]
     if not len(ij):
         return CANDIDATE_SCHEMA.empty_table()
@@ -253,20 +252,6 @@ def _edges_for_partition(files: list[Location], window: int = 64) -> pa.Table:
                                       schema=CANDIDATE_SCHEMA))
 
 
-def _carrier_rows(group: np.ndarray, node: np.ndarray, carrier: np.ndarray) -> np.ndarray:
-    """For each bucket row, the row of its carrier in the same bucket (a row is its own carrier's
-    unless it is a byte copy's). A copy's rows are its carrier's keys, so the carrier's row is
-    there: checked, since a pair left on a copy would be verified without a signature."""
-    order = np.lexsort((node != carrier, carrier, group))  # each (bucket, carrier) run: the carrier first
-    g, c = group[order], carrier[order]
-    start = np.r_[True, (g[1:] != g[:-1]) | (c[1:] != c[:-1])]
-    rows = np.empty(len(node), np.int64)
-    rows[order] = order[np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))]
-    if not np.array_equal(node[rows], carrier):
-        raise RuntimeError("a byte copy's bucket row has no carrier row in its bucket")
-    return rows
-
-
 def _shared_keys(t: pa.Table) -> pa.Table:
     """The rows of the buckets that can give a pair, in their order.
 
@@ -274,21 +259,18 @@ def _shared_keys(t: pa.Table) -> pa.Table:
     key), and the keep-order sort of :func:`_edges_for_partition` compares the string ids, so
     it is left the few rows that can pair: numpy sorts of the uint64 keys instead (measured on
     the Debian corpus, 8 partitions: the pairs pass went from 1.8 s to 1.0 s of CPU, reads included).
-    An exact bucket pairs when it has two rows; a near bucket when its rows have two carriers: the
-    pairs of a bucket of byte copies of one text only (every near bucket of a repeated corpus)
-    would all fall on one carrier. Whole buckets stay, in their original order, so they sort
-    exactly as before and give the same pairs.
+    A bucket pairs when it has rows of two documents (keys of the two kinds apart: they may be
+    equal numbers). Whole buckets stay, in their original order, so they sort exactly as before and
+    give the same pairs.
     """
     key = t.column("key").to_numpy()
     if len(key) < 2:
         return t
     near = t.column("kind").to_numpy(zero_copy_only=False) == "near"
-    carrier = t.column("carrier").to_numpy() if "carrier" in t.column_names else t.column("node").to_numpy()
+    node = t.column("node").to_numpy()
     keep = np.zeros(len(key), bool)
-    exact = np.flatnonzero(~near)
-    keep[exact[_several(key[exact], np.arange(len(exact)))]] = True
-    near = np.flatnonzero(near)
-    keep[near[_several(key[near], carrier[near])]] = True
+    for rows in (np.flatnonzero(~near), np.flatnonzero(near)):
+        keep[rows[_several(key[rows], node[rows])]] = True
     return t.filter(pa.array(keep))
 
 

@@ -17,13 +17,13 @@ Execution, every step an engine pass (progress, resume markers, retries) writing
 
 0. *byte-copy passes* (with exact dedup on, :mod:`stages.dedup.byte_copies`): groups of
    byte-identical texts by a hash partition of their xxh3-128; one member per group (its carrier)
-   stands for the others in the signature, pairs and verification work, for the same output;
+   stands for the others in the signature, near pairs and verification work (the copies keep
+   their exact rows), for the same output up to the window of big near buckets;
 1. *signature pass* (one task per input part): exact hash, signature, band keys (and, for
    true-Jaccard verification, each document's distinct shingle hashes); band keys are written
-   hash-partitioned into ``P`` bucket files (a shuffle write), a carrier's also for its copies;
+   hash-partitioned into ``P`` bucket files (a shuffle write), a carrier's exact key also for its copies;
 2. *pairs pass* (one task per partition): pairs inside each bucket (all pairs of small buckets,
-   a window in keep order for big ones; stars for exact buckets), near pairs mapped to their
-   documents' carriers; *verification passes* (two
+   a window in keep order for big ones; stars for exact buckets); *verification passes* (two
    joins over node partitions, :mod:`stages.dedup.verify`): each pair verified on the true Jaccard
    of the shingle sets or on the signature estimate, reduced to a local forest;
 3. *components passes* (one task per node partition): large-star and small-star rounds (Kiveris
