@@ -142,6 +142,22 @@ def read_one(source: Source, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(source).read(columns=columns)
 
 
+#: a stage's scratch tables (the shuffles between its passes, read back once or twice, then removed):
+#: LZ4, no statistics, no dictionary pages unless asked. Measured on dedup's signature table of the
+#: Debian corpus (111,010 rows, 100 MB of node, 128 min-hashes and shingle hashes; CPU seconds, one
+#: process): written in 0.33 s instead of 0.50 s and read in 0.25 s instead of 1.40 s (decoding the
+#: dictionary pages of random hashes was most of the read), at the same size (hashes do not compress)
+SCRATCH_OPTIONS = {"compression": "lz4", "write_statistics": False}
+
+
+def write_scratch(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = False) -> None:
+    """Write a scratch table as one Parquet file (:data:`SCRATCH_OPTIONS`); ``use_dictionary``: the
+    columns whose few values repeat, if any."""
+    loc = Location.of(dest)
+    loc.parent.mkdir()
+    pq.write_table(table, loc.path, filesystem=loc.fs, use_dictionary=use_dictionary, **SCRATCH_OPTIONS)
+
+
 def write_one(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = True) -> None:
     """Write a whole table as one Parquet file (same options as the parts). ``use_dictionary``: False
     (or the columns that repeat) for columns of random hashes, where dictionary pages only cost time."""

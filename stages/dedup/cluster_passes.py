@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import read_one, write_one
+from pipeline.parquet_io import read_one, write_scratch
 from stages.dedup.components import large_star, node_partition, representatives, roots_by_key, small_star
 
 _PAIR_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
@@ -76,7 +76,7 @@ def scatter(table: pa.Table, by: np.ndarray, parts: int, folder: Location, write
     for p in range(parts):
         lo, hi = int(bounds[p]), int(bounds[p + 1])
         if hi > lo:
-            write_one(table.slice(lo, hi - lo), partition_folder(folder, p) / f"{writer}.parquet")
+            write_scratch(table.slice(lo, hi - lo), partition_folder(folder, p) / f"{writer}.parquet")
 
 
 def scatter_both_ways(a: np.ndarray, b: np.ndarray, parts: int, folder: Location, writer: str) -> None:
@@ -114,7 +114,7 @@ class StarJob:
         if self.kind == "large":
             nodes, label, big, small, violations = large_star(src, dst)
             assert self.labels is not None
-            write_one(pa.table({"node": nodes, "label": label}), self.labels / f"{task.key}.parquet")
+            write_scratch(pa.table({"node": nodes, "label": label}), self.labels / f"{task.key}.parquet")
             new = pa.table({"src": big, "dst": small}, schema=_PAIR_SCHEMA)
             scatter(new, node_partition(big, self.parts), self.parts, self.graph_out, task.key)
             return {"violations": violations, "nodes": len(nodes), "edges": len(big)}
@@ -163,7 +163,7 @@ class LabelJoinJob:
         """Write the rows of giant components to ``<cc>/<folder>/<key>``; the other rows and labels."""
         giant = np.isin(label, self.giant)
         if giant.any():
-            write_one(table.filter(pa.array(giant)), self.cc / folder / f"{key}.parquet")
+            write_scratch(table.filter(pa.array(giant)), self.cc / folder / f"{key}.parquet")
         return table.filter(pa.array(~giant)), label[~giant]
 
 
@@ -189,7 +189,8 @@ class RepresentativesJob:
         result, stats = cluster_rows(forest, edges, self.min_sim)
         where = np.searchsorted(self.starts, node, side="right") - 1  # the input part of each document
         for k in np.unique(where).tolist():
-            write_one(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"{task.key}.parquet")
+            write_scratch(result.filter(pa.array(where == k)),
+                          self.cc / "result" / self.keys[k] / f"{task.key}.parquet")
         return stats
 
 

@@ -73,7 +73,7 @@ import pyarrow.compute as pc
 from pipeline.context import StageContext
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import read_one, write_one
+from pipeline.parquet_io import read_one, write_scratch
 from stages.dedup.cluster_passes import RESULT_SCHEMA, read_partition, scatter
 from stages.dedup.components import node_partition
 
@@ -318,7 +318,7 @@ class HeadsJob:
         table = pa.table({"node": node, "k0": nodes.column("k0"), "id": nodes.column("id"),
                           "label": nodes.column("label"), "head": head, "hk0": hk0, "hid": hid, "hmem": hmem},
                          schema=_GNODE_SCHEMA)
-        write_one(table, self.cc / "g_nodes" / f"{task.key}.parquet")
+        write_scratch(table, self.cc / "g_nodes" / f"{task.key}.parquet")
         # each partition holding copies of a head asks for its decision once (a head with 10^7
         # copies gets at most one request per partition, not one per copy)
         want = np.unique(head[is_member])
@@ -508,7 +508,7 @@ class _RowsBase:
         every = result.column("node").to_numpy()
         where = np.searchsorted(self.starts, every, side="right") - 1  # the input part of each document
         for k in np.unique(where).tolist():
-            write_one(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"{name}.parquet")
+            write_scratch(result.filter(pa.array(where == k)), self.cc / "result" / self.keys[k] / f"{name}.parquet")
 
 
 class HeadRowsJob(_RowsBase):

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_one, write_one
+from pipeline.parquet_io import iter_batches, read_one, write_scratch
 from stages.dedup.byte_copies import part_copies
 from stages.dedup.cluster_passes import scatter, write_pairs_outputs
 from stages.dedup.components import _forest, node_partition
@@ -114,7 +114,7 @@ class _BucketWriter:
         self.files += 1
         for p in range(self.parts):
             if bounds[p + 1] > bounds[p]:
-                write_one(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, name),
+                write_scratch(t.slice(bounds[p], bounds[p + 1] - bounds[p]), _bucket_path(self.work, p, name),
                           use_dictionary=["kind", "id"])
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_table, write_one
+from pipeline.parquet_io import iter_batches, read_table, write_scratch
 from stages.tokenizer.fast_trainer import SEPARATOR, count_pretokens
 from stages.tokenizer.sample import HashSample, iter_sample_tables
 
@@ -115,7 +115,7 @@ def _count_part(payload: tuple[Location, HashSample, int, Location, int, str]) -
     table = pa.table({"word": pa.array(words, pa.binary()),
                       "count": pa.array([counts[w] for w in words], pa.int64())}, schema=SCHEMA)
     for p in range(n):
-        write_one(table.filter(pa.array(where == p)), folder / f"p{p:03d}" / f"{key}.parquet")
+        write_scratch(table.filter(pa.array(where == p)), folder / f"p{p:03d}" / f"{key}.parquet")
     return figures
 
 
@@ -125,7 +125,7 @@ def _reduce_partition(payload: tuple[list[Location], Location]) -> int:
     table = read_table(parts).group_by("word").aggregate([("count", "sum")])
     table = pa.table({"word": table.column("word"), "count": table.column("count_sum")}, schema=SCHEMA)
     table = table.sort_by("word")
-    write_one(table, dest)
+    write_scratch(table, dest)
     return table.num_rows
 
 
