@@ -6,7 +6,7 @@ import os
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,7 +106,7 @@ class StageContext:
     def map_shards(
         self,
         job: ShardJob,
-        tasks: Sequence[ShardTask],
+        tasks: Iterable[ShardTask],
         *,
         use_actors: bool = False,
         reuse_setup: bool = False,
@@ -115,10 +115,15 @@ class StageContext:
         count_rows: bool = True,
         pass_name: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest."""
-        label = pass_name if pass_name is not None else _pass_name(job, tasks, self.config.type)
+        """Run a shard job on Ray (see :mod:`pipeline.executor`); adds its counts to the manifest.
+        ``tasks`` may be an iterator of tasks that arrive while the pass runs (the progress total
+        grows as they do)."""
+        streamed = not isinstance(tasks, Sequence)
+        label = pass_name if pass_name is not None else _pass_name(job, [] if streamed else tasks, self.config.type)
         if self.reporter:
-            self.reporter.stage_total(self.name, len(tasks), label)
+            self.reporter.stage_total(self.name, 0 if streamed else len(tasks), label)
+            if streamed:
+                tasks = self._counted(tasks)
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
@@ -154,8 +159,15 @@ class StageContext:
             memory[label or "main"] = max([*peaks, memory.get(label or "main", 0)])
         # wall seconds and tasks of each pass: where a multi-pass stage's time goes, fixed costs included
         passes = self.manifest.stats.setdefault("passes", {})
-        passes[label or "main"] = {"seconds": round(time.perf_counter() - started, 3), "tasks": len(tasks)}
+        passes[label or "main"] = {"seconds": round(time.perf_counter() - started, 3), "tasks": len(results)}
         return results
+
+    def _counted(self, tasks: Iterable[ShardTask]) -> Iterator[ShardTask]:
+        """``tasks``, each added to the progress total as it arrives."""
+        for task in tasks:
+            if self.reporter:
+                self.reporter.more_shards(self.name, 1)
+            yield task
 
     def run_pass(
         self,

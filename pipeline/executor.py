@@ -18,7 +18,7 @@ import threading
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,7 +162,7 @@ def _actor_class(job: ShardJob, work_dir: Location, tasks: list[ShardTask]) -> t
 
 def run_shards(
     job: ShardJob,
-    tasks: Sequence[ShardTask],
+    tasks: Iterable[ShardTask],
     work_dir: Location | Path,
     *,
     use_actors: bool = False,
@@ -173,6 +173,11 @@ def run_shards(
     retries: RetryConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``job`` over ``tasks`` on Ray; returns per-task stats in task order.
+
+    ``tasks`` may be an iterator that yields while the pass runs (ingest's plan of one big
+    compressed file, cut into ranges as it is read): plain tasks are then submitted as they arrive,
+    so the workers start on the first range instead of waiting for the whole plan (the actor path
+    takes them all first).
 
     Tasks committed by an earlier, interrupted run of the same stage are not run again.
     ``on_result(task, stats, resumed)`` is called as shards finish (for progress display).
@@ -188,24 +193,32 @@ def run_shards(
 
     work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
-    pending: list[ShardTask] = []
+    seen: list[ShardTask] = []
     # one listing, then only the markers that exist are read (one request each on an object store)
     committed = {m.name for m in (work_dir / SHARDS_DIR).glob("*.json")}
-    for task in tasks:
-        done = shard_done(work_dir, task.key) if f"{task.key}.json" in committed else None
-        if done is not None:
-            results[task.key] = done
-            if on_result:
-                on_result(task, done, True)
-        else:
-            pending.append(task)
+
+    def to_run(source: Iterable[ShardTask]) -> Iterator[ShardTask]:
+        """The tasks not committed by an earlier run, as they arrive (the others' results are read)."""
+        for task in source:
+            seen.append(task)
+            done = shard_done(work_dir, task.key) if f"{task.key}.json" in committed else None
+            if done is not None:
+                results[task.key] = done
+                if on_result:
+                    on_result(task, done, True)
+            else:
+                yield task
+
+    arriving = to_run(tasks)
+    streamed = not isinstance(tasks, Sequence) and not use_actors
+    pending: list[ShardTask] = [*arriving] if not streamed else [t for t in [next(arriving, None)] if t is not None]
 
     if pending:
         wait_for_ray()  # the embedded Ray may still be starting (pipeline.ray_session.ray_session_in_background)
         cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         cap = int(os.environ.get("TOKENMILL_MAX_WORKERS", "0")) or cluster_cpus  # a cap for tests and shared hosts
         slots = max(1, int(cluster_cpus / worker_cpus))  # how many of this pass's tasks Ray can run at once
-        workers = max(1, min(len(pending), max_workers or cap, cap, slots))
+        workers = max(1, min(slots if streamed else len(pending), max_workers or cap, cap, slots))
         retries = retries or RetryConfig()
         if use_actors:
             import ray.data  # only here: importing Ray Data cost the driver 0.4-0.9 s on every run
@@ -245,11 +258,20 @@ def run_shards(
             token = uuid.uuid4().hex if reuse_setup else ""
             job_ref, queue, in_flight = [ray.put(job)], list(pending), {}
             depth = queue_depth(workers, slots)
+            more = streamed  # tasks may still arrive
             try:
-                while queue or in_flight:
-                    while queue and len(in_flight) < depth:
+                while queue or in_flight or more:
+                    while len(in_flight) < depth and (queue or more):
+                        if not queue:  # waits for the plan's next task, if it is not there yet
+                            nxt = next(arriving, None)
+                            if nxt is None:
+                                more = False
+                                break
+                            queue.append(nxt)
                         task = queue.pop(0)
                         in_flight[run_remote.remote(job_ref, token, work_dir, task)] = task
+                    if not in_flight:
+                        continue
                     done, _ = ray.wait(list(in_flight), num_returns=1)
                     for ref in done:
                         task = in_flight.pop(ref)
@@ -259,7 +281,7 @@ def run_shards(
             finally:  # a failed shard stops the pass: the shards still running are not waited for
                 for ref in in_flight:
                     ray.cancel(ref)
-    return [results[t.key] for t in tasks]
+    return [results[t.key] for t in seen]
 
 
 def queue_depth(workers: int, slots: int) -> int:

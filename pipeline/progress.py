@@ -96,6 +96,15 @@ class Reporter:
                 self._task_ids[f"{name}\0{st.passes}"] = self._progress.add_task(
                     shown, total=shards, stage=shown, rows="0 rows", mb="0.0", rate="")
 
+    def more_shards(self, name: str, shards: int) -> None:
+        """The current pass has ``shards`` more shards than it had (tasks that arrive while it runs)."""
+        st = self._stages.setdefault(name, _StageProgress())
+        ps = self._passes.setdefault(name, st)
+        ps.total += shards
+        task = self._task_ids.get(f"{name}\0{st.passes}")
+        if self._progress is not None and task is not None:
+            self._progress.update(task, total=ps.total)
+
     def shard_done(self, name: str, rows: int, nbytes: int, resumed: bool = False, rows_out: int | None = None) -> None:
         st = self._stages.setdefault(name, _StageProgress())
         ps = self._passes.setdefault(name, st)

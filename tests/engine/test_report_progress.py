@@ -90,3 +90,21 @@ def test_pass_names_come_from_side_passes_task_keys_or_the_job():
     assert _pass_name(MaskJob(), [ShardTask(f"hist-{k.key}", None) for k in keys], "clean") == "hist"
     assert _pass_name(MaskJob(), keys, "clean") == "mask"
     assert _pass_name(IngestJob(), keys, "ingest") == ""  # a stage's own pass: no label
+
+
+def test_a_pass_whose_shards_arrive_as_it_runs_grows_its_total():
+    """Ingest's tasks of one big file arrive as the plan cuts its ranges: the total follows them."""
+    buf = io.StringIO()
+    rep = Reporter(console=Console(file=buf, width=200), live=False, interval_s=0)
+    rep.stage_started("ingest", "ingest")
+    rep.stage_total("ingest", 0)
+    rep.more_shards("ingest", 1)
+    rep.shard_done("ingest", rows=5, nbytes=1000)
+    rep.more_shards("ingest", 1)
+    rep.more_shards("ingest", 1)
+    rep.shard_done("ingest", rows=5, nbytes=1000)
+    rep.shard_done("ingest", rows=5, nbytes=1000)
+    lines = buf.getvalue().splitlines()
+    assert re.fullmatch(r"\[ingest\] 1/1 shards, 5 rows, .*MB/s", lines[1])
+    assert re.fullmatch(r"\[ingest\] 2/3 shards, 10 rows, .*ETA \d+s", lines[2])
+    assert re.fullmatch(r"\[ingest\] 3/3 shards, 15 rows, .*MB/s", lines[3])

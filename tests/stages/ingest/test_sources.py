@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from stages.ingest.sources import LineRange, TruncatedInput, iter_lines, open_uncompressed, plan_line_ranges
+from stages.ingest.sources import (
+    LineRange,
+    TruncatedInput,
+    iter_line_ranges,
+    iter_lines,
+    open_uncompressed,
+    plan_line_ranges,
+)
 
 LINES = [f"line {i} " + "x" * (i % 37) for i in range(5000)]
 DATA = ("\n".join(LINES) + "\n").encode()
@@ -127,14 +134,35 @@ def test_spilled_ranges_read_exactly_what_the_compressed_file_gives(tmp_path, ki
     assert lines[0] == b"line 0 " and b"\xef\xbb\xbfmid-file feff line" in lines
 
 
-def test_a_cut_file_is_planned_without_spilling(tmp_path):
-    """A truncated stream: no spilled ranges (and no files left), so the last shard still reads the
-    file itself and meets the cut."""
+def test_a_cut_file_spills_its_complete_ranges_and_the_last_meets_the_cut(tmp_path):
+    """A truncated stream: the ranges before the cut keep their spilled bytes (complete lines); the
+    last is not spilled (no file left for it), so its shard reads the file itself and meets the cut;
+    every range reads what the unspilled plan reads."""
     rng = random.Random(0)  # text that compresses little: whole zstd blocks decode before the cut
     full = zstandard.ZstdCompressor().compress(b"".join(b"%x\n" % rng.getrandbits(512) for _ in range(5000)))
     path = tmp_path / "t.jsonl.zst"
     path.write_bytes(full[: len(full) * 2 // 3])
     ranges = plan_line_ranges(path, target_bytes=10_000, spill_dir=tmp_path / "spill")
-    assert len(ranges) > 1 and all(r.spill is None for r in ranges)
-    assert not list((tmp_path / "spill").iterdir())
-    assert _read_all(path, ranges)[-1][1] == "TruncatedInput"
+    assert len(ranges) > 1 and all(r.spill and Path(r.spill).is_file() for r in ranges[:-1])
+    assert ranges[-1].spill is None
+    assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == sorted(Path(r.spill).name for r in ranges[:-1])
+    read = _read_all(path, ranges)
+    assert read[-1][1] == "TruncatedInput" and all(failure is None for _, failure in read[:-1])
+    assert read == _read_all(path, plan_line_ranges(path, target_bytes=10_000))
+
+
+def test_ranges_are_yielded_as_the_scan_cuts_them(tmp_path):
+    """A range is handed out once its spilled file is complete, while the scan has read only the
+    chunk that cut it (ingest's tasks start before the plan ends); the whole plan is the same."""
+    rng = random.Random(1)
+    data = b"".join(b"%x\n" % rng.getrandbits(256) for _ in range(180_000))  # ~12 MB: three scan chunks
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=1).compress(data))
+    ranges = iter_line_ranges(path, target_bytes=1 << 20, spill_dir=tmp_path / "spill")
+    first = next(ranges)
+    assert first.start == 0 and 0 < first.end < len(data) // 2
+    assert Path(first.spill).read_bytes() == data[:first.end]
+    files_then = len(list((tmp_path / "spill").iterdir()))
+    rest = list(ranges)
+    assert files_then < len(rest) + 1 == len(list((tmp_path / "spill").iterdir()))
+    assert [(r.start, r.end) for r in [first, *rest]] == [(r.start, r.end) for r in plan_line_ranges(path, 1 << 20)]
