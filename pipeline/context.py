@@ -123,7 +123,7 @@ class StageContext:
         if self.reporter:
             self.reporter.stage_total(self.name, 0 if streamed else len(tasks), label)
             if streamed:
-                tasks = self._counted(tasks)
+                tasks = _counted(tasks, self.reporter, self.name)
 
         def on_result(task: ShardTask, stats: dict[str, Any], resumed: bool) -> None:
             self.manifest.shards["resumed" if resumed else "run"] += 1
@@ -161,13 +161,6 @@ class StageContext:
         passes = self.manifest.stats.setdefault("passes", {})
         passes[label or "main"] = {"seconds": round(time.perf_counter() - started, 3), "tasks": len(results)}
         return results
-
-    def _counted(self, tasks: Iterable[ShardTask]) -> Iterator[ShardTask]:
-        """``tasks``, each added to the progress total as it arrives."""
-        for task in tasks:
-            if self.reporter:
-                self.reporter.more_shards(self.name, 1)
-            yield task
 
     def run_pass(
         self,
@@ -216,6 +209,13 @@ class StageContext:
             merge_stats(merged, stats.get("stats", {}))
         self.manifest.stats.update(merged)
         stage.finish(self, [s.get("stats", {}) for s in results])
+
+
+def _counted(tasks: Iterable[ShardTask], reporter: Reporter, stage: str) -> Iterator[ShardTask]:
+    """``tasks``, each added to the stage's progress total as it arrives."""
+    for task in tasks:
+        reporter.more_shards(stage, 1)
+        yield task
 
 
 def _pass_name(job: Any, tasks: Sequence[ShardTask], stage_type: str) -> str:

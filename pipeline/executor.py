@@ -211,7 +211,11 @@ def run_shards(
 
     arriving = to_run(tasks)
     streamed = not isinstance(tasks, Sequence) and not use_actors
-    pending: list[ShardTask] = [*arriving] if not streamed else [t for t in [next(arriving, None)] if t is not None]
+    if streamed:  # the first task only: the others are taken as the pass runs
+        first = next(arriving, None)
+        pending: list[ShardTask] = [first] if first is not None else []
+    else:
+        pending = list(arriving)
 
     if pending:
         wait_for_ray()  # the embedded Ray may still be starting (pipeline.ray_session.ray_session_in_background)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -153,17 +154,16 @@ SCRATCH_OPTIONS = {"compression": "lz4", "write_statistics": False}
 def write_scratch(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = False) -> None:
     """Write a scratch table as one Parquet file (:data:`SCRATCH_OPTIONS`); ``use_dictionary``: the
     columns whose few values repeat, if any."""
-    loc = Location.of(dest)
-    loc.parent.mkdir()
-    pq.write_table(table, loc.path, filesystem=loc.fs, use_dictionary=use_dictionary, **SCRATCH_OPTIONS)
+    write_one(table, dest, use_dictionary, **SCRATCH_OPTIONS)
 
 
-def write_one(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = True) -> None:
-    """Write a whole table as one Parquet file (same options as the parts). ``use_dictionary``: False
-    (or the columns that repeat) for columns of random hashes, where dictionary pages only cost time."""
+def write_one(table: pa.Table, dest: Location | Path, use_dictionary: bool | list[str] = True, **options: Any) -> None:
+    """Write a whole table as one Parquet file (same options as the parts, unless ``options`` say
+    otherwise). ``use_dictionary``: False (or the columns that repeat) for columns of random hashes,
+    where dictionary pages only cost time."""
     loc = Location.of(dest)
     loc.parent.mkdir()
-    pq.write_table(table, loc.path, filesystem=loc.fs, use_dictionary=use_dictionary)
+    pq.write_table(table, loc.path, filesystem=loc.fs, use_dictionary=use_dictionary, **options)
 
 
 def read_table(paths: Sequence[Source], columns: list[str] | None = None) -> pa.Table:

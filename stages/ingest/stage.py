@@ -452,15 +452,21 @@ def _plan_tasks(ctx: StageContext, files: list[tuple[str, FilesInput, Location, 
     took ~2.3 s of the driver's CPU before the first task; ingest alone ran 7.9-8.3 s instead of
     8.7 s in alternating runs (a small gain: Ray's workers were still starting for most of it)."""
     if len(files) <= DRIVER_PLAN_FILES:
-        # a compressed file's ranges are spilled uncompressed where the workers write their parts:
-        # a local output folder (shared by the nodes of a cluster that writes there); not to an object store
-        scratch = ctx.scratch_dir
-        return (grouped for fi, f in enumerate(files)
-                for task in _file_tasks(fi, _plan_file(*f, target, scratch.local / "ranges" / f"{fi:06d}"
-                                                       if scratch.is_local else None))
-                for grouped in _group_text_files([task], target))
+        return _driver_tasks(ctx, files, target)
     planned = ctx.map_function("plan", _plan_one, [(*f, target) for f in files])
     return _group_text_files([t for fi, shards in enumerate(planned) for t in _file_tasks(fi, shards)], target)
+
+
+def _driver_tasks(ctx: StageContext, files: list[tuple[str, FilesInput, Location, str]], target: int,
+                  ) -> Iterator[ShardTask]:
+    """The tasks of the files planned on the driver (at most :data:`DRIVER_PLAN_FILES`: one, whose
+    text shard has no neighbour to merge with), each as the scan cuts it. A compressed file's ranges
+    are spilled uncompressed where the workers write their parts: a local output folder (shared by
+    the nodes of a cluster that writes there); not to an object store."""
+    scratch = ctx.scratch_dir
+    for fi, f in enumerate(files):
+        spill = scratch.local / "ranges" / f"{fi:06d}" if scratch.is_local else None
+        yield from _file_tasks(fi, _plan_file(*f, target, spill))
 
 
 @register_stage
