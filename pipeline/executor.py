@@ -177,7 +177,8 @@ def run_shards(
     ``tasks`` may be an iterator that yields while the pass runs (ingest's plan of one big
     compressed file, cut into ranges as it is read): plain tasks are then submitted as they arrive,
     so the workers start on the first range instead of waiting for the whole plan (the actor path
-    takes them all first).
+    takes them all first). While the embedded Ray is still starting (:func:`pipeline.ray_session.ray_starting`)
+    the plan goes on instead of waiting: the driver's cutting fills the start's idle cores.
 
     Tasks committed by an earlier, interrupted run of the same stage are not run again.
     ``on_result(task, stats, resumed)`` is called as shards finish (for progress display).
@@ -189,7 +190,7 @@ def run_shards(
     """
     import ray
 
-    from pipeline.ray_session import configure_data_context, wait_for_ray
+    from pipeline.ray_session import configure_data_context, ray_starting, wait_for_ray
 
     work_dir = Location.of(work_dir)
     results: dict[str, dict[str, Any]] = {}
@@ -211,9 +212,10 @@ def run_shards(
 
     arriving = to_run(tasks)
     streamed = not isinstance(tasks, Sequence) and not use_actors
-    if streamed:  # the first task only: the others are taken as the pass runs
-        first = next(arriving, None)
-        pending: list[ShardTask] = [first] if first is not None else []
+    if streamed:  # the first task, and more while the embedded Ray starts; the others as the pass runs
+        pending: list[ShardTask] = []
+        while (not pending or ray_starting()) and (nxt := next(arriving, None)) is not None:
+            pending.append(nxt)
     else:
         pending = list(arriving)
 

@@ -353,6 +353,11 @@ def wait_for_ray() -> None:
         _STARTING[-1].wait()
 
 
+def ray_starting() -> bool:
+    """Whether the Ray session :func:`ray_session_in_background` is starting is not up yet."""
+    return bool(_STARTING) and not _STARTING[-1].started.is_set()
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(signum)
 
