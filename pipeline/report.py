@@ -7,8 +7,8 @@ back from what the run already wrote (``run.json``, each ``<stage>/manifest.json
 manifests as they wrote the parts, or else the ``text`` column of the datasets), so
 ``pipeline report OUTPUT_DIR`` rebuilds the same page at any time.
 
-The run-wide charts are small hand-written SVGs (:mod:`pipeline.svg_charts`), the stages' own charts
-matplotlib (Agg) PNGs, all inlined as base64: the page makes no network request.
+Every chart is a small hand-written SVG (:mod:`pipeline.svg_charts`: the run-wide ones here, the
+stages' own drawn by their ``ReportChart.draw``), inlined as base64: the page makes no network request.
 The engine draws what every run has (the stage table and funnel, the DAG, wall time, document
 lengths); each stage type adds its own charts, funnel notes, token counts and example sections
 through ``Stage.report`` (a :class:`~pipeline.stage_api.ReportPart`), so this module never names a
@@ -18,16 +18,15 @@ stage type and a new stage brings its charts with it.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import svg_charts
 from pipeline.locations import Location, LocationError
 from pipeline.manifest import read_json, read_manifest, write_json_atomic
 from pipeline.parquet_io import parquet_rows, read_one, read_schema
@@ -187,34 +186,13 @@ def funnel(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# charts: SVG for the run-wide ones, a matplotlib figure per stage chart, inlined
+# charts: SVG, inlined
 # ---------------------------------------------------------------------------------------------
-def load_chart_library() -> Any:
-    """matplotlib's pyplot on the non-interactive Agg backend (imported once per process)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def charts(data: dict[str, Any], drawn: dict[str, StageCharts] | None = None) -> dict[str, str]:
     """Chart name -> inlined image data URI, one per section whose stage ran: the run-wide charts as
-    SVG (:mod:`pipeline.svg_charts`), the stages' own as matplotlib PNGs. ``drawn``: stages' charts
-    drawn earlier (:func:`stage_charts`), used where the stage's manifest is still the one they were
-    drawn from."""
-    from pipeline import svg_charts
-
+    SVG (:mod:`pipeline.svg_charts`), the stages' own as their ``ReportChart.draw`` returns them.
+    ``drawn``: stages' charts drawn earlier (:func:`stage_charts`), used where the stage's manifest
+    is still the one they were drawn from."""
     out: dict[str, str] = {}
     stages = data["stages"]
     if not stages:
@@ -285,10 +263,10 @@ def _draw_stage(name: str, part: Any, digest: str) -> StageCharts:
     images: dict[str, str] = {}
     captions: dict[str, str] = {}
     for chart in part.charts if part is not None else []:
-        fig = chart.draw(load_chart_library())  # imported only for a stage that has charts
-        if fig is not None:
+        image = chart.draw()
+        if image is not None:
             key = f"{chart.key}:{name}"
-            images[key] = _png(fig)
+            images[key] = image if image.startswith("data:") else svg_charts.data_uri(image)
             captions[key] = chart.caption
     return StageCharts(digest, images, captions)
 
