@@ -5,6 +5,7 @@ with escaped labels. No Ray, no run: the drawing is pure string work."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -151,3 +152,17 @@ def test_tokenizer_charts_draw_premiums_and_bytes_per_token(tmp_path):
     assert set(drawn) == {"premiums", "bytes_per_token"}
     assert {"zho", "fra", "mya"} <= set(_texts(drawn["premiums"]))  # lowest, median, highest named
     assert len(_bars(drawn["bytes_per_token"])) == 2
+
+
+def test_the_report_path_imports_no_plotting_library():
+    """matplotlib is no dependency any more: the report and every stage's chart module must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.report, stages.balance.report, stages.dedup.report, stages.pack.report, "
+            "stages.clean.report, stages.tokenizer.charts; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('matplotlib', 'PIL')))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
