@@ -145,6 +145,8 @@ def log_steps(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], xl
 CHAR_W = 6.5
 #: longest label drawn under a bar; the full label stays in the bar's tooltip
 LABEL_CHARS = 22
+#: px per character of a 12 px title (a chart is at least as wide as its title)
+TITLE_CHAR_W = 7.0
 
 
 def _value(v: float) -> str:
@@ -241,7 +243,7 @@ def grouped_bars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[flo
     """Bars per label, one per (series name, values) side by side (one series: plain bars), on a
     linear or log y axis, with a legend when there is more than one series."""
     left, top, h = 60, 26, 190
-    w = max(300.0, len(labels) * max(16.0, 8.0 * len(series) + 6))
+    w = max(300.0, len(labels) * max(16.0, 8.0 * len(series) + 6), TITLE_CHAR_W * len(title) - left)
     room = _label_room(labels, rotate) + (18 if xlabel else 0)
     body: list[str] = []
     _title(body, left + w / 2, 16, title)
@@ -274,7 +276,7 @@ def bar_row(panels: Sequence[tuple[str, Sequence[str], Sequence[float], int]], t
         _title(body, x0 + w / 2, 36, sub, 11)
         _bar_panel(body, x0, top, w, h, labels, [("", values, color)], False, ylabel if k == 0 else "", rot)
         x0 += w + gap
-    width = x0 - gap + 20
+    width = max(x0 - gap + 20, TITLE_CHAR_W * len(title) + 20)
     _title(body, width / 2, 16, title)
     return _svg(int(width), int(top + h + room + 6), body, title)
 

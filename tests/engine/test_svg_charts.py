@@ -42,6 +42,13 @@ def test_log_bars_are_taller_for_larger_values_by_decades_not_ratios():
     assert {"1", "10", "100", "1k"} <= set(_texts(svg))
 
 
+def test_a_chart_is_as_wide_as_its_title():
+    title = "tokenizer: bytes per token per language (held-out documents)"
+    for svg in (svg_charts.bars(["a", "b"], [1, 2], title),
+                svg_charts.bar_row([("p", ["a"], [1], 0), ("q", ["b"], [2], 0)], title)):
+        assert float(ElementTree.fromstring(svg).get("width")) >= svg_charts.TITLE_CHAR_W * len(title)
+
+
 def test_labels_are_escaped_and_long_ones_shortened():
     long = "x" * 40
     svg = svg_charts.bars(["a<b&c", long], [1, 2], "t <&> \"q\"")
