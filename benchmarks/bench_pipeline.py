@@ -17,10 +17,9 @@ by the manifests' ``started_at`` + ``wall_time_s``. ``*_workers_peak_MB`` counts
 processes (``ray::...``) without the object-store pages they map: that is where a stage's work and
 data live. The driver only schedules during a streaming stage; Ray's services (GCS, raylet,
 dashboard) keep per-task bookkeeping that grows with the number of tasks run so far in the whole
-run (``ray_services_peak_MB``: every descendant of the driver that is not a Ray worker, so also
-tokenmill's report-renderer process); and the object store's shared pages stay resident at the high-water
-mark of the stage that put the most into it (dedup's signatures), mapped by idle workers into the
-next stages (``object_store_peak_MB``).
+run (``ray_services_peak_MB``: every descendant of the driver that is not a Ray worker); and the
+object store's shared pages stay resident at the high-water mark of the stage that put the most
+into it (dedup's signatures), mapped by idle workers into the next stages (``object_store_peak_MB``).
 Run: ``python benchmarks/bench_pipeline.py [--quick]``.
 """
 

@@ -154,7 +154,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 
         reporter = QuietReporter() if args.quiet else Reporter()
         plan = run_pipeline(spec, output=args.output, force=args.force, address=args.address, reporter=reporter,
-                            break_lock=args.break_lock, background_report=True)
+                            break_lock=args.break_lock)
         ran = sum(s.action == "run" for s in plan.stages)
         console.print(f"done: {ran} stage(s) run, {len(plan.stages) - ran} up to date; output in {plan.output}")
         return 0

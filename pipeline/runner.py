@@ -19,7 +19,7 @@ import os
 import pkgutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from pipeline.memory import release_memory
 from pipeline.output_guard import TMP_DIR, OutputLock, claim_output, sweep_work_dirs
 from pipeline.progress import Reporter
 from pipeline.ray_session import ray_session_in_background
-from pipeline.report_renderer import ReportRenderer
 from pipeline.spec import ArtifactInput, FilesInput, LoadedSpec
 from pipeline.stage_api import worker_preload
 
@@ -267,15 +266,11 @@ def run_pipeline(
     address: str | None = None,
     reporter: Reporter | None = None,
     break_lock: bool = False,
-    background_report: bool = False,
 ) -> Plan:
     """Run every stage that is not up to date; returns the plan that was carried out.
 
     The output's lock is held for the whole run, and the plan is made under it (another run may
-    have changed the output meanwhile); see :mod:`pipeline.output_guard`. ``background_report``
-    (``pipeline run``): the report's charts are drawn by a low-priority process as stages commit
-    (:mod:`pipeline.report_renderer`); a long-lived caller (a notebook, the tests) that has the chart
-    library loaded already draws them in-process at the end, as without it."""
+    have changed the output meanwhile); see :mod:`pipeline.output_guard`."""
     check_embedded_ray(spec, address)
     out = spec.output_dir(output)
     first = make_plan(spec, out, force)  # spec and input errors first, before anything is written
@@ -283,7 +278,6 @@ def run_pipeline(
         # Ray starts in the background from here when a stage is to run: the plan under the lock,
         # claiming the output and the first stage's driver-side work overlap its start (pipeline.ray_session)
         to_start = [first.dag.nodes[s.name].cls for s in first.stages if s.action == "run"]
-        renderer = ReportRenderer.start(out) if background_report and to_start and out.is_local else None
         ray_start = (ray_session_in_background(spec.model.ray, address, worker_preload(to_start))
                      if to_start else contextlib.nullcontext())
         report: _Background | None = None
@@ -297,27 +291,19 @@ def run_pipeline(
                     for sp in plan.stages:
                         if sp.action == "skip":
                             reporter.stage_skipped(sp.name)
-                    _run_stages(spec, plan, to_run, reporter, renderer.stage_committed if renderer else None)
-                    # the report reads only what the stages wrote: built while Ray shuts down (mostly a
-                    # wait). Without the renderer process, importing the chart library during the last
-                    # stage instead took a core from that stage's workers and driver (encode as the last
-                    # stage: 0.3-0.5 s slower) and did not shorten the run (alternating runs)
+                    _run_stages(spec, plan, to_run, reporter)
+                    # the report reads only what the stages wrote: built while Ray shuts down (mostly a wait)
                     if to_run:
-                        report = _Background(_write_report, out, spec, plan, renderer)
+                        report = _Background(_write_report, out, spec, plan)
         finally:
-            try:
-                if report is not None:
-                    report.join()
-            finally:
-                if renderer is not None:
-                    renderer.close()
+            if report is not None:
+                report.join()
         if report is None:
             _write_report(out, spec, plan)
     return plan
 
 
-def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter: Reporter,
-                on_commit: Callable[[str], None] | None = None) -> None:
+def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter: Reporter) -> None:
     """Run the stages in DAG order, one at a time, except a :meth:`~pipeline.stage_api.Stage.driver_bound`
     stage (a tokenizer's training with HF): it starts in a thread as soon as its inputs are complete, and the
     stages that do not need its output run beside it, in this thread.
@@ -326,8 +312,7 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
     tokenizer: 8-9 s of a 34 s run at 1x, one of two cores busy); the stages beside it use the other.
     Outputs do not depend on it: every stage reads only complete, committed inputs. One background
     stage at a time, so a run holds at most two stages' driver memory. If a stage fails, the other
-    one is waited for (then the first failure is raised); an interrupt does not wait. ``on_commit``
-    is told each stage's name once it has committed."""
+    one is waited for (then the first failure is raised); an interrupt does not wait."""
     names = {sp.name for sp in to_run}
     done: set[str] = set()
     pending = list(to_run)
@@ -336,18 +321,13 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
     def ready(sp: StagePlan) -> bool:
         return all(ref not in names or ref in done for ref in plan.dag.nodes[sp.name].upstream())
 
-    def committed(sp: StagePlan) -> None:
-        done.add(sp.name)
-        if on_commit is not None:
-            on_commit(sp.name)
-
     def finish_background() -> None:
         nonlocal background
         assert background is not None
         sp, job = background
         background = None
         job.join()
-        committed(sp)
+        done.add(sp.name)
 
     try:
         while pending:
@@ -366,7 +346,7 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
             pending.remove(sp)
             _run_stage(spec, plan, sp, reporter)
             release_memory()
-            committed(sp)
+            done.add(sp.name)
             if background is not None and not background[1].running():
                 finish_background()
         if background is not None:
@@ -385,10 +365,8 @@ def _driver_bound(plan: Plan, sp: StagePlan) -> bool:
     return node.cls(node.config).driver_bound()
 
 
-def _write_report(out: Location, spec: LoadedSpec, plan: Plan, renderer: ReportRenderer | None = None) -> None:
+def _write_report(out: Location, spec: LoadedSpec, plan: Plan) -> None:
     _write_run_summary(out, spec, plan)
-    if renderer is not None and renderer.write_report():
-        return
     from pipeline.report import build_report
 
     build_report(out)

@@ -11,12 +11,15 @@ point group) needs only this module. It names the engine's contract and nothing 
   run through ``ctx.map_shards`` (dataset parts), ``ctx.run_pass`` (a named side-file pass) or
   ``ctx.map_function`` (small results); every pass gets progress, resume markers and retries.
 * **I/O**: :class:`Location` (local path or URI), Parquet helpers, JSON writes that are atomic.
-* **report**: :class:`ReportPart` returned by ``Stage.report`` (charts and notes of the run report).
+* **report**: :class:`ReportPart` returned by ``Stage.report`` (charts and notes of the run report);
+  a :class:`ReportChart` draws an SVG string, with the primitives of :mod:`svg_charts <pipeline.svg_charts>`
+  (bars on a linear or log axis, grouped bars, bars side by side, a stacked bar, a line).
 * **errors**: :class:`TokenmillError` (one line for the user), :class:`InputDataError`.
 """
 
 from __future__ import annotations
 
+from pipeline import svg_charts
 from pipeline.commands import register_command
 from pipeline.context import DatasetInput, RawInput, StageContext
 from pipeline.errors import InputDataError, SpecError, TokenmillError
@@ -81,6 +84,7 @@ __all__ = [
     "register_stage",
     "release_memory",
     "releasing",
+    "svg_charts",
     "write_json_atomic",
     "write_one",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.sdk import Location, ReportChart, ReportPart, ReportSection
+from pipeline.sdk import Location, ReportChart, ReportPart, ReportSection, svg_charts
 
 
 def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
@@ -16,7 +16,7 @@ def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
     if "masked_share" in st:
         part.charts.append(ReportChart(
             "masked", f"{name}: share of tokens masked from the loss, by scorer and by language",
-            lambda plt: _masked_chart(plt, name, st)))
+            lambda: _masked_chart(name, st)))
     samples = st.get("masked_samples") or []
     if samples:
         part.sections.append(ReportSection(
@@ -25,17 +25,10 @@ def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
     return part
 
 
-def _masked_chart(plt: Any, name: str, st: dict[str, Any]) -> Any:
+def _masked_chart(name: str, st: dict[str, Any]) -> str:
     by_scorer = st.get("masked_share_by_scorer") or {}
     by_lang = dict(list((st.get("masked_share_by_lang") or {}).items())[:30])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 3]})
-    axes[0].bar(["all", *by_scorer], [100 * st["masked_share"], *(100 * v for v in by_scorer.values())],
-                color="#c44e52")
-    axes[0].set_ylabel("tokens masked (%)")
-    axes[0].tick_params(axis="x", rotation=45)
-    axes[0].set_title("by scorer")
-    axes[1].bar(list(by_lang), [100 * v for v in by_lang.values()], color="#c44e52")
-    axes[1].tick_params(axis="x", rotation=90)
-    axes[1].set_title("by language")
-    fig.suptitle(f"{name}: share of tokens masked from the loss", y=1.04)
-    return fig
+    return svg_charts.bar_row(
+        [("by scorer", ["all", *by_scorer], [100 * st["masked_share"], *(100 * v for v in by_scorer.values())], 45),
+         ("by language", list(by_lang), [100 * v for v in by_lang.values()], 90)],
+        f"{name}: share of tokens masked from the loss", ylabel="tokens masked (%)", color="#c44e52")

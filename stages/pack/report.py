@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.sdk import Location, ReportChart, ReportPart
+from pipeline.sdk import Location, ReportChart, ReportPart, svg_charts
 
 
 def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
@@ -15,17 +15,14 @@ def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
     charts = []
     if st.get("sequences"):
         charts.append(ReportChart("packing", f"{name}: packing fill and padding",
-                                  lambda plt: _packing_chart(plt, name, st)))
+                                  lambda: _packing_chart(name, st)))
     return ReportPart(tokens_out=st.get("tokens"), notes=notes, charts=charts)
 
 
-def _packing_chart(plt: Any, name: str, st: dict[str, Any]) -> Any:
+def _packing_chart(name: str, st: dict[str, Any]) -> str:
     real, pad = st.get("tokens", 0), st.get("padding_tokens", 0)
-    fig, ax = plt.subplots(figsize=(6, 2.4))
-    ax.barh(["slots"], [real], color="#4c72b0", label=f"tokens ({real:,})")
-    ax.barh(["slots"], [pad], left=[real], color="#c44e52", label=f"padding ({pad:,})")
-    ax.legend(loc="lower right", fontsize=8)
     fill = 100 * (1 - st.get("padding_share", 0))
-    ax.set_title(f"{name}: {st.get('method', '')} @ {st.get('seq_len', '?')}: fill {fill:.2f}%, "
-                 f"{st.get('avg_documents_per_sequence', 0):.2f} docs/sequence")
-    return fig
+    return svg_charts.stacked_hbar(
+        "slots", [(f"tokens ({real:,})", real, "#4c72b0"), (f"padding ({pad:,})", pad, "#c44e52")],
+        f"{name}: {st.get('method', '')} @ {st.get('seq_len', '?')}: fill {fill:.2f}%, "
+        f"{st.get('avg_documents_per_sequence', 0):.2f} docs/sequence")

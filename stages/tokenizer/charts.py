@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.sdk import Location, ReportChart, ReportPart, read_json
+from pipeline.sdk import Location, ReportChart, ReportPart, read_json, svg_charts
 
 
 def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
@@ -17,33 +17,25 @@ def report_part(manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
     premiums = quality.get("token_premium", {}).get("premiums", {})
     if any(premiums.values()):
         part.charts.append(ReportChart("premiums", f"{name}: token premiums on parallel text",
-                                       lambda plt: _premiums_chart(plt, name, premiums)))
+                                       lambda: _premiums_chart(name, premiums)))
     per = {k: v for k, v in quality.get("per_language", {}).items() if isinstance(v, dict) and v.get("bytes_per_token")}
     if per:
         part.charts.append(ReportChart("bytes_per_token", f"{name}: bytes per token per language (held-out documents)",
-                                       lambda plt: _bytes_per_token_chart(plt, name, per)))
+                                       lambda: _bytes_per_token_chart(name, per)))
     return part
 
 
-def _premiums_chart(plt: Any, name: str, premiums: dict[str, float]) -> Any:
+def _premiums_chart(name: str, premiums: dict[str, float]) -> str:
+    """Premiums sorted, on a log axis, the cheapest, median and dearest language named, 1.0 marked."""
     items = sorted(((k, v) for k, v in premiums.items() if v), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.plot(range(len(items)), [v for _, v in items], color="#55a868")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    for i in {0, len(items) // 2, len(items) - 1}:
-        ax.annotate(items[i][0], (i, items[i][1]), fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("token premium vs reference")
-    ax.set_xlabel(f"{len(items)} languages, sorted")
-    ax.set_title(f"{name}: token premiums on parallel text")
-    return fig
+    notes = {i: items[i][0] for i in {0, len(items) // 2, len(items) - 1}}
+    return svg_charts.line([v for _, v in items], f"{name}: token premiums on parallel text",
+                           f"{len(items)} languages, sorted", "token premium vs reference", notes=notes,
+                           reference=1.0, log=True, color="#55a868")
 
 
-def _bytes_per_token_chart(plt: Any, name: str, per: dict[str, dict[str, Any]]) -> Any:
+def _bytes_per_token_chart(name: str, per: dict[str, dict[str, Any]]) -> str:
     langs = sorted(per, key=lambda k: -per[k]["bytes_per_token"])[:40]
-    fig, ax = plt.subplots(figsize=(10, 3))
-    ax.bar(langs, [per[k]["bytes_per_token"] for k in langs], color="#8172b3")
-    ax.set_ylabel("bytes per token")
-    ax.tick_params(axis="x", rotation=90)
-    ax.set_title(f"{name}: bytes per token per language (held-out documents)")
-    return fig
+    return svg_charts.bars(langs, [per[k]["bytes_per_token"] for k in langs],
+                           f"{name}: bytes per token per language (held-out documents)",
+                           ylabel="bytes per token", color="#8172b3")

@@ -95,15 +95,13 @@ def test_report_is_self_contained_with_every_chart(chain):
     assert not URL.search(page), "report.html must not reference any external URL"
     # nothing the browser would fetch: no CSS url()/@import either (URLs quoted in corpus text are just text)
     assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//|@import""", page, re.I)
-    images = re.findall(r'data-chart="([^"]+)" src="data:image/(png|svg\+xml);base64,([A-Za-z0-9+/=]+)"', page)
-    charts = {name: b64 for name, _, b64 in images}
-    for name, kind, b64 in images:
-        if kind == "png":  # the stages' own charts (matplotlib)
-            assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n", name
-        else:  # the run-wide ones (pipeline.svg_charts): well-formed SVG, nothing fetched
-            svg = base64.b64decode(b64).decode()
-            ElementTree.fromstring(svg)
-            assert name in ("funnel", "stage_time", "lengths") and "href" not in svg, name
+    assert page.count("<img ") == len(re.findall(r'src="data:image/svg\+xml;base64,', page))  # every chart SVG
+    images = re.findall(r'data-chart="([^"]+)" src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+    charts = dict(images)
+    for name, b64 in images:  # well-formed SVG (pipeline.svg_charts), nothing fetched
+        svg = base64.b64decode(b64).decode()
+        ElementTree.fromstring(svg)
+        assert "href" not in svg, name
     want = {"funnel", "stage_time", "lengths", "clusters:dedup", "languages:balance", "premiums:tok",
             "bytes_per_token:tok", "masked:clean", "packing:pack"}
     assert want <= set(charts), want - set(charts)
@@ -158,55 +156,20 @@ def test_short_chain_gets_only_its_charts(run_spec, tmp_path):
     assert "data-chart=\"funnel\"" in (out / "report.html").read_text()
 
 
-def _copy_with_driver_page(chain, tmp_path):
-    """A copy of the chain's output and the page the driver's in-process ``build_report`` writes for it."""
-    copy = tmp_path / "copy"
-    shutil.copytree(chain, copy)
-    build_report(copy)
-    return copy, (copy / "report.html").read_bytes()
+def test_a_chart_drawn_as_a_data_uri_is_kept_and_none_is_skipped():
+    """``ReportChart.draw`` may return an SVG (inlined as a data URI), a data URI of its own (a stage
+    that draws a PNG some other way), or None (no chart)."""
+    from pipeline.report import _draw_stage
+    from pipeline.sdk import ReportChart, ReportPart
 
-
-def test_the_renderer_process_draws_the_page_the_driver_draws(chain, tmp_path):
-    """``pipeline run``'s report process (:mod:`pipeline.report_renderer`), told each stage as it
-    commits, writes the page byte for byte as the driver's in-process ``build_report`` does, and exits."""
-    from pipeline.report_renderer import ReportRenderer
-
-    copy, expected = _copy_with_driver_page(chain, tmp_path)
-    (copy / "report.html").unlink()
-    renderer = ReportRenderer(copy)
-    proc = renderer.proc
-    for name in ("ingest", "dedup", "balance", "tok", "encode", "clean", "pack"):
-        renderer.stage_committed(name)
-    assert renderer.write_report()
-    assert proc.returncode == 0 and renderer.proc is None
-    assert (copy / "report.html").read_bytes() == expected
-
-
-def test_charts_drawn_ahead_are_used_only_for_the_manifest_they_were_drawn_from(chain, tmp_path):
-    from pipeline.locations import Location
-    from pipeline.report import StageCharts, stage_charts
-
-    copy, expected = _copy_with_driver_page(chain, tmp_path)
-    drawn = {name: stage_charts(Location.of(copy), name) for name in ("dedup", "balance", "pack")}
-    assert drawn["dedup"].images and set(drawn["dedup"].images) <= set(drawn["dedup"].captions)
-    build_report(copy, drawn)
-    assert (copy / "report.html").read_bytes() == expected
-    # a stale drawing (its manifest has changed since) is drawn again, not used
-    stale = {"dedup": StageCharts(drawn["dedup"].digest[::-1], {"clusters:dedup": "data:image/png;base64,AA=="}, {})}
-    build_report(copy, stale)
-    assert (copy / "report.html").read_bytes() == expected
-
-
-def test_a_renderer_that_died_leaves_the_report_to_the_driver(tmp_path):
-    from pipeline.report_renderer import ReportRenderer
-
-    renderer = ReportRenderer(tmp_path)
-    renderer.proc.kill()
-    renderer.proc.wait()
-    renderer.stage_committed("ingest")  # a dead process is not an error: the driver draws the report
-    assert renderer.write_report() is False
-    assert renderer.proc is None
-    renderer.close()
+    png = "data:image/png;base64,iVBORw0KGgo="
+    part = ReportPart(charts=[ReportChart("svg", "an svg", lambda: '<svg xmlns="http://www.w3.org/2000/svg"/>'),
+                              ReportChart("png", "a png", lambda: png), ReportChart("none", "none", lambda: None)])
+    images: dict[str, str] = {}
+    captions: dict[str, str] = {}
+    _draw_stage("s", part, images, captions)
+    assert images["png:s"] == png and images["svg:s"].startswith("data:image/svg+xml;base64,")
+    assert set(images) == {"svg:s", "png:s"} and captions == {"svg:s": "an svg", "png:s": "a png"}
 
 
 def test_run_wide_svg_charts_draw_their_values():

@@ -13,7 +13,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.sdk import BatchResult, Location, MapStage, ReportChart, ReportPart, StageConfig, register_stage
+from pipeline.sdk import (
+    BatchResult,
+    Location,
+    MapStage,
+    ReportChart,
+    ReportPart,
+    StageConfig,
+    register_stage,
+    svg_charts,
+)
 
 
 class WordCountConfig(StageConfig):
@@ -45,12 +54,10 @@ class WordCountStage(MapStage[WordCountConfig]):
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
         hist = manifest.get("stats", {}).get("histogram") or {}
 
-        def draw(plt: Any) -> Any:
-            fig, ax = plt.subplots(figsize=(5, 3))
+        def draw() -> str:
             order = [b for b in ("0-9", "10-99", "100+") if b in hist]
-            ax.bar(order, [hist[b] for b in order])
-            ax.set_xlabel("words per document")
-            return fig
+            return svg_charts.bars(order, [hist[b] for b in order], f"{manifest['stage']}: words per document",
+                                   ylabel="documents", xlabel="words per document", rotate=0)
 
         charts = [ReportChart("words", f"{manifest['stage']}: words per document", draw)] if hist else []
         return ReportPart(charts=charts, notes={"words counted": manifest.get("stats", {}).get("words", 0)})
