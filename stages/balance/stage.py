@@ -27,7 +27,9 @@ wheel, run by fasttext-predict) or ``lingua`` (lingua-language-detector).
 
 Two passes: pass 1 labels and counts each language and keeps a histogram of its sizes over the
 sampler's hash bins, so the driver can pick the rate whose sample meets the target exactly
-(:func:`calibrated_rate`); pass 2 samples. Allocation and sampling are pure functions
+(:func:`calibrated_rate`); pass 2 samples. When every rate is whole and known before counting
+(``natural`` without a budget or bounds: :meth:`BalanceStage.whole_rates`), one pass labels, counts
+and writes (:class:`RelabelJob`). Allocation and sampling are pure functions
 (``*_targets``, :func:`copies_for`, :func:`calibrated_rate`) tested without Ray.
 """
 
@@ -354,36 +356,48 @@ class LabelJob:
         columns = {"lang": pc.fill_null(labels, "und"), "lang_score": scores,
                    "lang_source": original.cast(pa.string())}
         if self.cfg.mark_mismatch:
-            src = columns["lang_source"].to_pylist()
-            columns["lang_mismatch"] = pa.array(
-                [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s)
-                 for a, s in zip(labels.to_pylist(), src, strict=True)], pa.bool_())
+            columns["lang_mismatch"] = mismatched(labels, columns["lang_source"])
         return pa.table(columns)
 
-    def _count(self, batch: pa.Table, t: pa.Table, counts: dict[str, Counter[str]],
-               hists: dict[str, np.ndarray]) -> None:
-        """Adds a batch's documents, bytes, chars (tokens) per language and its size histograms."""
-        b = pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False)
-        c = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)
-        tok = self.count_tokens(batch.column("text").to_pylist()) if self.tokenizer else None
-        unit = tok if self.unit == "tokens" else {"bytes": b, "chars": c, "documents": np.ones(len(b))}[self.unit]
-        u = hash_u(batch.column("id").to_pylist(), self.seed, self.stage)
-        bins = np.minimum((u * HASH_BINS).astype(np.int64), HASH_BINS - 1)
+    def measure(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        """Bytes and chars (and tokens, with a tokenizer) of each document of a batch."""
+        sizes = {"bytes": pc.binary_length(batch["text"]).to_numpy(zero_copy_only=False),
+                 "chars": pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False)}
+        if self.tokenizer:
+            sizes["tokens"] = self.count_tokens(batch.column("text").to_pylist())
+        return sizes
+
+    def count(self, t: pa.Table, sizes: dict[str, np.ndarray], counts: dict[str, Counter[str]]
+              ) -> tuple[list[str], np.ndarray]:
+        """Adds a batch's documents, bytes, chars (tokens, mismatches) per language to ``counts``;
+        returns the batch's languages and each row's index into them."""
         langs, index = _distinct(t.column("lang"))
         k = len(langs)
         mism = (t.column("lang_mismatch").to_numpy(zero_copy_only=False).astype(np.int64) if self.cfg.mark_mismatch
-                else np.zeros(len(b), dtype=np.int64))
+                else np.zeros(t.num_rows, dtype=np.int64))
         sums = {"mismatched": _sums(index, mism, k), "documents": _sums(index, None, k),
-                "bytes": _sums(index, b, k), "chars": _sums(index, c, k)}
-        if tok is not None:
-            sums["tokens"] = _sums(index, tok.astype(np.int64), k)
-        # per language, each bin sums the same values in the same (row) order as a bincount of the
-        # language's rows alone: the floats, and so the calibrated rates, do not depend on this layout
-        h = np.bincount(index * HASH_BINS + bins, weights=unit, minlength=k * HASH_BINS).reshape(k, HASH_BINS)
+                "bytes": _sums(index, sizes["bytes"], k), "chars": _sums(index, sizes["chars"], k)}
+        if "tokens" in sizes:
+            sums["tokens"] = _sums(index, sizes["tokens"].astype(np.int64), k)
         for j, lang in enumerate(langs):
             cnt = counts.setdefault(lang, Counter())
             for key, values in sums.items():
                 cnt[key] += values[j]
+        return langs, index
+
+    def _count(self, batch: pa.Table, t: pa.Table, counts: dict[str, Counter[str]],
+               hists: dict[str, np.ndarray]) -> None:
+        """Adds a batch's counts per language (:meth:`count`) and its size histograms."""
+        sizes = self.measure(batch)
+        langs, index = self.count(t, sizes, counts)
+        k = len(langs)
+        unit = sizes[self.unit] if self.unit != "documents" else np.ones(t.num_rows)
+        u = hash_u(batch.column("id").to_pylist(), self.seed, self.stage)
+        bins = np.minimum((u * HASH_BINS).astype(np.int64), HASH_BINS - 1)
+        # per language, each bin sums the same values in the same (row) order as a bincount of the
+        # language's rows alone: the floats, and so the calibrated rates, do not depend on this layout
+        h = np.bincount(index * HASH_BINS + bins, weights=unit, minlength=k * HASH_BINS).reshape(k, HASH_BINS)
+        for j, lang in enumerate(langs):
             hists[lang] = hists.get(lang, 0) + h[j]
 
 
@@ -395,6 +409,10 @@ def write_options(schema: pa.Schema) -> dict[str, Any]:
     return bulk_options(schema, ["text"], unique=["id"])
 
 
+#: rows per batch of the output pass (so per row group of the output)
+SAMPLE_BATCH_ROWS = 4096
+
+
 def copies_of(batch: pa.Table, rates: dict[str, float], seed: int, stage: str) -> np.ndarray:
     """Copies of every document of a labelled batch (:func:`copies_for`); the ids are hashed only
     when some rate has a fractional part (a whole rate gives every document the same copies)."""
@@ -403,6 +421,50 @@ def copies_of(batch: pa.Table, rates: dict[str, float], seed: int, stage: str) -
     if not np.any(r != np.floor(r)):
         return np.floor(r).astype(np.int64)
     return copies_for(batch.column("id").to_pylist(), r, seed, stage)
+
+
+class SampleTally:
+    """What a shard's sampled batches add up to: rows and bytes in and out, dropped and added
+    copies, documents and bytes per language after sampling."""
+
+    def __init__(self) -> None:
+        self.rows_in = self.rows_out = self.bytes_in = self.bytes_out = self.dropped = self.added = 0
+        self.after: dict[str, Counter[str]] = {}
+
+    def result(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "dropped": {"downsampled": self.dropped} if self.dropped else {},
+                "added": {"upsampled_copies": self.added} if self.added else {},
+                "stats": {"after": {k: dict(v) for k, v in self.after.items()}}}
+
+
+def sample_batch(batch: pa.Table, copies: np.ndarray, out: ShardOutput, tally: SampleTally) -> None:
+    """Writes ``copies[i]`` copies of each row of a labelled batch (copy ``k`` has ``copy = k``),
+    taking rows only when some document is dropped or repeated, and adds them to ``tally``."""
+    src = batch.drop_columns(["copy"]) if "copy" in batch.column_names else batch
+    if np.all(copies == 1):
+        t = src.append_column("copy", pa.array(np.zeros(batch.num_rows, dtype=np.int32)))
+    else:
+        take = np.repeat(np.arange(batch.num_rows), copies)
+        copy_idx = np.arange(len(take)) - np.repeat(np.cumsum(copies) - copies, copies)
+        t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
+    if out.data.schema is None:
+        out.data.options.update(write_options(t.schema))
+    out.data.write(t)
+    tally.rows_in += batch.num_rows
+    tally.rows_out += t.num_rows
+    tally.bytes_in += batch.nbytes
+    tally.bytes_out += t.nbytes
+    langs, index = _distinct(t.column("lang"))
+    nbytes = pc.binary_length(t["text"]).to_numpy(zero_copy_only=False)
+    docs, size = _sums(index, None, len(langs)), _sums(index, nbytes, len(langs))
+    for j, lang in enumerate(langs):
+        k = tally.after.setdefault(lang, Counter())
+        k["documents"] += docs[j]
+        k["bytes"] += size[j]
+    tally.dropped += int((copies == 0).sum())
+    tally.added += int(np.maximum(copies - 1, 0).sum())
 
 
 class SampleJob:
@@ -418,40 +480,77 @@ class SampleJob:
         return None
 
     def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
-        labels = iter_batches(self.work / "_labelled" / f"{task.key}.parquet", 4096)
-        rows_in = rows_out = b_in = b_out = 0
-        dropped = added = 0
-        after: dict[str, Counter[str]] = {}
-        for part in iter_batches(task.payload, 4096):
+        labels = iter_batches(self.work / "_labelled" / f"{task.key}.parquet", SAMPLE_BATCH_ROWS)
+        tally = SampleTally()
+        for part in iter_batches(task.payload, SAMPLE_BATCH_ROWS):
             batch = _labelled(part, next(labels))
-            copies = copies_of(batch, self.rates, self.seed, self.stage)
-            src = batch.drop_columns(["copy"]) if "copy" in batch.column_names else batch
-            if np.all(copies == 1):
-                t = src.append_column("copy", pa.array(np.zeros(batch.num_rows, dtype=np.int32)))
-            else:
-                take = np.repeat(np.arange(batch.num_rows), copies)
-                copy_idx = np.arange(len(take)) - np.repeat(np.cumsum(copies) - copies, copies)
-                t = src.take(pa.array(take, pa.int64())).append_column("copy", pa.array(copy_idx.astype(np.int32)))
-            if out.data.schema is None:
-                out.data.options.update(write_options(t.schema))
-            out.data.write(t)
-            rows_in += batch.num_rows
-            rows_out += t.num_rows
-            b_in += batch.nbytes
-            b_out += t.nbytes
-            langs, index = _distinct(t.column("lang"))
-            nbytes = pc.binary_length(t["text"]).to_numpy(zero_copy_only=False)
-            docs, size = _sums(index, None, len(langs)), _sums(index, nbytes, len(langs))
-            for j, lang in enumerate(langs):
-                k = after.setdefault(lang, Counter())
-                k["documents"] += docs[j]
-                k["bytes"] += size[j]
-            dropped += int((copies == 0).sum())
-            added += int(np.maximum(copies - 1, 0).sum())
-        return {"rows_in": rows_in, "rows_out": rows_out, "bytes_in": b_in, "bytes_out": b_out,
-                "dropped": {"downsampled": dropped} if dropped else {},
-                "added": {"upsampled_copies": added} if added else {},
-                "stats": {"after": {k: dict(v) for k, v in after.items()}}}
+            sample_batch(batch, copies_of(batch, self.rates, self.seed, self.stage), out, tally)
+        return tally.result()
+
+
+class RelabelJob(LabelJob):
+    """Labels, counts and writes the output in one pass, for a strategy whose rates are whole and
+    known before counting (:meth:`BalanceStage.whole_rates`): every document is copied once, or not
+    at all in a dropped language, so nothing waits for the counts.
+
+    Writes the same parts and counts as pass 1 then pass 2 (the same batches of the input, so the
+    same row groups), without the label parts, the id hashes or the size histograms. Measured on the
+    4x Debian benchmark (444k documents, 9 parts, one process, median of 3): 4.89 -> 3.81 CPU
+    seconds; the stage under Ray, CPU of all its processes: 15.4 -> 12.9 s."""
+
+    def __init__(self, cfg: LangIdConfig, work: Location, drop: frozenset[str] = frozenset(), unit: str = "bytes",
+                 tokenizer: Location | None = None, stage: str = "balance"):
+        super().__init__(cfg, work, 0, unit, tokenizer, stage)
+        self.drop = drop
+
+    def run(self, task: ShardTask, out: ShardOutput) -> dict[str, Any]:
+        normalise = LabelNormaliser()
+        counts: dict[str, Counter[str]] = {}
+        tally = SampleTally()
+        for part in iter_batches(task.payload, SAMPLE_BATCH_ROWS):
+            batch = _labelled(part, _as_read(self.labels(part, normalise)))
+            langs, index = self.count(batch, self.measure(batch), counts)
+            sample_batch(batch, np.array([lang not in self.drop for lang in langs], dtype=np.int64)[index],
+                         out, tally)
+        result = tally.result()
+        result["stats"].update({"per_lang": {k: dict(v) for k, v in counts.items()},
+                                "labels": {**normalise.counts, "examples": normalise.examples}})
+        return result
+
+
+#: what the balancing passes give the stage's table: counts per language, source labels changed,
+#: examples of labels that are no code, targets, rates, and the results of the pass that wrote the parts
+_Passes = tuple[dict[str, Counter[str]], Counter[str], list[str], dict[str, float], dict[str, float],
+                list[dict[str, Any]]]
+
+
+def _merge_counts(results: list[dict[str, Any]]) -> tuple[dict[str, Counter[str]], Counter[str], list[str]]:
+    """The label passes' counts per language, source labels changed, and up to 10 examples of labels
+    that are no language code."""
+    per_lang: dict[str, Counter[str]] = {}
+    relabelled: Counter[str] = Counter()
+    examples: list[str] = []
+    for r in results:
+        lab = dict(r["stats"].get("labels", {}))
+        examples += [e for e in lab.pop("examples", []) if e not in examples][: 10 - len(examples)]
+        relabelled.update(lab)
+        for lang, c in r["stats"]["per_lang"].items():
+            per_lang.setdefault(lang, Counter()).update(c)
+    return per_lang, relabelled, examples
+
+
+def _as_read(t: pa.Table) -> pa.Table:
+    """The label columns as pass 2 reads them from ``_labelled/``: without the validity bitmap of a
+    column that has no null (the Parquet reader gives none; ``fill_null`` keeps one), so the
+    in-memory sizes in the manifest (``bytes_in``, ``bytes_out``) are those of the two passes
+    (the one pass counted 55,510 bytes more on the 4x benchmark)."""
+    def plain(a: pa.Array) -> pa.Array:
+        if a.null_count or a.buffers()[0] is None:
+            return a
+        return pa.Array.from_buffers(a.type, len(a), [None, *a.buffers()[1:]], 0, a.offset)
+
+    return pa.table({name: pa.chunked_array([plain(a) for a in t.column(name).chunks], t.schema.field(name).type)
+                     for name in t.column_names})
 
 
 def _labelled(part: pa.Table, labels: pa.Table) -> pa.Table:
@@ -467,7 +566,10 @@ class BalanceStage(Stage[BalanceConfig]):
     """Language ID, a counting pass, a mixing strategy, and a deterministic hash-based sampler."""
 
     config_model = BalanceConfig
-    code_version: ClassVar[str] = "3"
+    #: 4: ``natural`` without a budget or bounds keeps every document (its targets are the sizes exactly,
+    #: where ``budget * n / total`` could round to a rate of 0.99976 and drop zero-size documents; a
+    #: language of zero size is kept); the same parts otherwise
+    code_version: ClassVar[str] = "4"
 
     @classmethod
     def report(cls, manifest: dict[str, Any], stage_dir: Location) -> ReportPart:
@@ -478,32 +580,13 @@ class BalanceStage(Stage[BalanceConfig]):
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
-        results = ctx.run_pass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name), tasks)
-        per_lang: dict[str, Counter[str]] = {}
-        relabelled: Counter[str] = Counter()
-        examples: list[str] = []
-        for r in results:
-            lab = dict(r["stats"].get("labels", {}))
-            examples += [e for e in lab.pop("examples", []) if e not in examples][: 10 - len(examples)]
-            relabelled.update(lab)
-            for lang, c in r["stats"]["per_lang"].items():
-                per_lang.setdefault(lang, Counter()).update(c)
-        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
-        targets = self.targets(sizes)
-        hists: dict[str, np.ndarray] = {}
-        for f in (ctx.work_dir / "_hist").glob("*.npz"):
-            with np.load(io.BytesIO(f.read_bytes())) as z:
-                for lang in z.files:
-                    hists[lang] = hists.get(lang, 0) + z[lang]
-        rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
+        passes = self._one_pass if self.whole_rates() else self._two_passes
+        per_lang, relabelled, examples, targets, rates, sampled = passes(ctx, tasks, tok)
         after: dict[str, Counter[str]] = {}
         for r in sampled:
             for lang, c in r.get("stats", {}).get("after", {}).items():
                 after.setdefault(lang, Counter()).update(c)
         bytes_after = sum(c["bytes"] for c in after.values()) or 1
-        (ctx.work_dir / "_labelled").rmtree()
-        (ctx.work_dir / "_hist").rmtree()
         total_before = sum(float(c[cfg.unit]) for c in per_lang.values()) or 1.0
         total_after = sum(targets.values()) or 1.0
         bytes_before = sum(c["bytes"] for c in per_lang.values()) or 1
@@ -532,11 +615,41 @@ class BalanceStage(Stage[BalanceConfig]):
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
                                    "languages": table})
 
+    def _one_pass(self, ctx: StageContext, tasks: list[ShardTask], tok: Location | None) -> _Passes:
+        """Labels, counts and writes in one pass (:class:`RelabelJob`) when :meth:`whole_rates`."""
+        cfg = self.config
+        job = RelabelJob(cfg.langid, ctx.work_dir, frozenset(cfg.drop_langs), cfg.unit, tok, ctx.name)
+        results = ctx.map_shards(job, tasks)
+        per_lang, relabelled, examples = _merge_counts(results)
+        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
+        return per_lang, relabelled, examples, self.targets(sizes), dict.fromkeys(sizes, 1.0), results
+
+    def _two_passes(self, ctx: StageContext, tasks: list[ShardTask], tok: Location | None) -> _Passes:
+        """Pass 1 labels and counts (:class:`LabelJob`), the driver calibrates each language's rate
+        on its size histogram, pass 2 samples (:class:`SampleJob`)."""
+        cfg = self.config
+        job = LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name)
+        per_lang, relabelled, examples = _merge_counts(ctx.run_pass("label", job, tasks))
+        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
+        targets = self.targets(sizes)
+        hists: dict[str, np.ndarray] = {}
+        for f in (ctx.work_dir / "_hist").glob("*.npz"):
+            with np.load(io.BytesIO(f.read_bytes())) as z:
+                for lang in z.files:
+                    hists[lang] = hists.get(lang, 0) + z[lang]
+        rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
+        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
+        (ctx.work_dir / "_labelled").rmtree()
+        (ctx.work_dir / "_hist").rmtree()
+        return per_lang, relabelled, examples, targets, rates, sampled
+
     def targets(self, sizes: dict[str, float]) -> dict[str, float]:
         cfg = self.config
         total = sum(sizes.values())
         budget = cfg.budget if cfg.budget is not None else total
-        if cfg.strategy == "natural":
+        if cfg.strategy == "natural" and cfg.budget is None:
+            t = dict(sizes)  # the input itself, exactly (budget * n / total may round off n: a rate 0.99976)
+        elif cfg.strategy == "natural":
             t = {lang: budget * n / total for lang, n in sizes.items()}
         elif cfg.strategy == "temperature":
             t = temperature_targets(sizes, cfg.alpha, budget)
@@ -547,6 +660,17 @@ class BalanceStage(Stage[BalanceConfig]):
         else:
             t = weight_targets(sizes, cfg.weights, budget)
         return clamp_targets(t, cfg.min_size, cfg.max_size)
+
+    def whole_rates(self) -> bool:
+        """Whether every rate is whole and known before counting, so one pass labels and writes:
+        ``natural`` without a budget or bounds copies each document once (its targets are the sizes,
+        :meth:`targets`, so :func:`calibrated_rate` is 1), a dropped language not at all. Every
+        other strategy, a budget or a bound needs the counts (and the histograms of fractional rates).
+        """
+        cfg = self.config
+        # a language whose every document has size 0 (empty texts, or no token) is kept too: its
+        # rate is 1 like any other's, where the calibration gave a zero-size language rate 0
+        return cfg.strategy == "natural" and cfg.budget is None and not cfg.min_size and not cfg.max_size
 
     def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
         s = manifest.get("stats", {})
@@ -560,6 +684,24 @@ class BalanceStage(Stage[BalanceConfig]):
 NO_LANGUAGE = frozenset({"und", "zxx"})
 # Labels a detector may give for a macrolanguage's member (or the reverse); compared as one language.
 _ALIASES = {"nb": "no", "nn": "no", "cmn": "zh", "wuu": "zh", "yue": "zh", "arb": "ar", "zsm": "ms", "pes": "fa"}
+
+
+def mismatched(labels: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Whether each row's label (a language, not und/zxx) differs from its source label (:func:`_base`
+    of each), each distinct label looked at once: 19 ms instead of 99 ms (CPU) on a 104k-document
+    part of the 4x Debian benchmark, where a Python comparison ran per row."""
+    labels, sources = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (labels, sources))
+    a = _bases(labels)
+    known = pc.and_(pc.greater(pc.utf8_length(labels), 0), pc.invert(pc.is_in(labels, pa.array(sorted(NO_LANGUAGE)))))
+    differs = pc.fill_null(pc.not_equal(a, _bases(sources)), False)
+    return pc.fill_null(pc.and_(pc.and_(known, pc.is_valid(sources)), differs), False)
+
+
+def _bases(column: pa.Array) -> pa.Array:
+    """:func:`_base` of every label (null where missing), computed once per distinct label."""
+    enc = pc.dictionary_encode(column)
+    bases = [_base(v) for v in enc.dictionary.to_pylist()]
+    return pa.array(bases, pa.string()).take(enc.indices)
 
 
 def _base(label: str) -> str:

@@ -172,3 +172,86 @@ def test_an_empty_input_part_is_balanced_to_an_empty_part(run_spec, tmp_path):
     m = json.loads((out / "balance" / "manifest.json").read_text())
     assert len(list((out / "dedup" / "data").glob("*.parquet"))) > 1  # all but one part are empty
     assert m["rows_in"] == 1 and m["rows_out"] >= 1
+
+
+ONE_PASS_SPEC = """
+name: bal
+seed: 11
+output: out
+inputs:
+  docs: {{paths: [docs.jsonl]}}
+stages:
+  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.05}}
+  - name: balance
+    type: balance
+    inputs: [ingest]
+    langid: {{mode: missing, mark_mismatch: true}}
+    strategy: natural
+    drop_langs: [ga]
+{bound}
+"""
+
+#: manifest fields that are timings, memory or the run's own identity, not outputs
+_RUN_FIELDS = {"started_at", "wall_time_s", "fingerprint", "shards", "config"}
+_RUN_STATS = {"passes", "peak_task_rss_mb"}
+
+
+def test_natural_in_one_pass_writes_what_two_passes_write(run_spec, tmp_path):
+    """``natural`` without bounds runs one pass (RelabelJob); a bound nothing reaches (zu is not in
+    the input) sends the same spec through label, calibrate and sample: the same parts, byte for
+    byte, and the same manifest apart from timings."""
+    rng = random.Random(2)
+    rows = []
+    for lang, n in {"en": 700, "de": 300, "fr": 80, "ga": 20}.items():
+        for i in range(n):
+            # the first parts' labels are all codes already; then some to normalise, detect, or mismatch
+            label = lang if i < n // 2 else rng.choice([lang, lang.upper() + "_XX", None, "../etc", "fr"])
+            rows.append({"id": f"{lang}-{i}", "lang": label,
+                         "text": f"{lang} {i} " + " ".join(rng.choice(WORDS[lang]) for _ in range(rng.randint(5, 60)))})
+    rows.sort(key=lambda r: (r["lang"] != r["id"].split("-")[0], rng.random()))
+    runs = []
+    for sub, bound in (("one", ""), ("two", "    max_size: {zu: 1}")):
+        d = tmp_path / sub
+        d.mkdir()
+        (d / "docs.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        _, out = run_spec(ONE_PASS_SPEC.format(bound=bound), directory=d)
+        m = json.loads((out / "balance" / "manifest.json").read_text())
+        parts = {p.name: p.read_bytes() for p in sorted((out / "balance" / "data").glob("*.parquet"))}
+        runs.append((m, parts))
+    (one, one_parts), (two, two_parts) = runs
+    assert set(one["stats"]["passes"]) == {"relabel"} and set(two["stats"]["passes"]) == {"label", "sample"}
+    assert len(one_parts) > 1 and one_parts == two_parts
+    assert {k: v for k, v in one.items() if k not in _RUN_FIELDS | {"stats"}} == {
+        k: v for k, v in two.items() if k not in _RUN_FIELDS | {"stats"}}
+    assert {k: v for k, v in one["stats"].items() if k not in _RUN_STATS} == {
+        k: v for k, v in two["stats"].items() if k not in _RUN_STATS}
+    langs = one["stats"]["languages"]
+    assert langs["ga"]["rate"] == 0 and langs["ga"]["documents_after"] == 0 and one["dropped"]["downsampled"] > 0
+    assert {v["rate"] for k, v in langs.items() if k != "ga"} == {1.0}
+    assert one["stats"]["labels"]["not_a_language_code"] > 0 and sum(v["mismatched"] for v in langs.values()) > 0
+
+
+WORDS = {lang: words.split() for lang, words in {
+    "en": "the house is small and the garden is green with many old trees",
+    "de": "das Haus ist klein und der Garten ist grün mit vielen alten Bäumen",
+    "fr": "la maison est petite et le jardin est vert avec beaucoup de vieux arbres",
+    "ga": "tá an teach beag agus tá an gairdín glas le go leor crann sean"}.items()}
+
+
+def test_mismatch_column_is_the_per_row_rule():
+    """mismatched (distinct labels, Arrow compute) gives what the rule per row gives: a label that is
+    a language (not und/zxx, not blank) whose base differs from its source's, for every pair of
+    awkward labels (missing, blank, regions, macrolanguage members)."""
+    import itertools
+
+    import pyarrow as pa
+
+    from stages.balance.stage import NO_LANGUAGE, _base, mismatched
+
+    vals = ["en", "EN_us", "de", "de-AT", "und", "zxx", None, "", "no", "nb", "cmn", "zh", "fr", "x-y"]
+    pairs = list(itertools.product(vals, vals))
+    labels, sources = pa.array([a for a, _ in pairs], pa.string()), pa.array([s for _, s in pairs], pa.string())
+    expected = [bool(a) and a not in NO_LANGUAGE and s is not None and _base(a) != _base(s) for a, s in pairs]
+    got = mismatched(labels, sources)
+    assert got.to_pylist() == expected and got.null_count == 0 and any(expected)
+    assert mismatched(pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
