@@ -268,3 +268,24 @@ def test_one_pass_calibration_equals_the_two_pass_one(tmp_path, monkeypatch, poo
     nested = HashSample("tok", "stage2", 5, within=got)
     assert calibrate(files, nested, budget / 3, max_chars)[0] == _reference_calibrate(files, nested, budget / 3,
                                                                                        max_chars)
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 3000])
+def test_vectorised_salted_hashes_are_the_per_id_ones(n):
+    """Ids as Arrow arrays (sliced, large strings, chunked) or lists, non-ASCII, empty or long, hash to
+    exactly ``xxh64(f"{stage}:{role}:{id}", seed)``."""
+    from pipeline.sampling import salted_hash
+
+    rng = random.Random(n)
+    alphabet = "ab/#:é€😀\x1f0"
+    ids = ["", "x" * 600, "é" * 140] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+                                       for _ in range(n)]
+    for seed in (0, 11, 2**63 + 5):
+        want = np.array([salted_hash(i, seed, "tök", "sample") for i in ids], np.uint64)
+        assert np.array_equal(salted_hashes(ids, seed, "tök", "sample"), want)
+        arr = pa.array(["pad", *ids])
+        assert np.array_equal(salted_hashes(arr.slice(1), seed, "tök", "sample"), want)
+        assert np.array_equal(salted_hashes(pa.array(ids, pa.large_string()), seed, "tök", "sample"), want)
+        chunked = pa.chunked_array([ids[:2], ids[2:]], pa.string())
+        assert np.array_equal(salted_hashes(chunked, seed, "tök", "sample"), want)
+        assert np.array_equal(salted_uniform(arr.slice(1), seed, "tök", "sample"), want.astype(np.float64) / 2**64)
