@@ -435,7 +435,7 @@ class HeldoutPool:
         h = self.sampler.hashes(batch.column("id"))
         if len(self.heap) >= self.keep:
             top = -self.heap[0][0]
-        else:  # ids past the batch's ``keep`` lowest can not be kept
+        else:  # ids past the batch's ``keep`` lowest can not be kept (a held one is dropped by the batch's end)
             distinct = np.unique(h)
             top = int(distinct[min(self.keep, len(distinct)) - 1]) if len(h) else 0
         low = np.flatnonzero(h <= np.uint64(top))

@@ -304,12 +304,18 @@ def test_vectorised_salted_hashes_are_the_per_id_ones(n):
         assert np.array_equal(salted_uniform(arr.slice(1), seed, "tök", "sample"), want.astype(np.float64) / 2**64)
 
 
+@pytest.mark.parametrize("first_part", [900, 40])
 @pytest.mark.parametrize(("n", "budget"), [(150, 60_000), (5000, 60_000), (150, 1e12), (3000, 1e12), (1, 3_000)])
-def test_heldout_pool_gives_the_documents_of_the_full_pass(tmp_path, n, budget):
+def test_heldout_pool_gives_the_documents_of_the_full_pass(tmp_path, n, budget, first_part):
     """The candidates calibrate collects give the held-out documents of a pass over the whole input:
     directly, when enough of them were not trained on or they are every id of the input (a held-out set
-    larger than the input, or nothing held out); through that pass otherwise (a sample of everything)."""
-    files = write_parts(tmp_path, mixed_corpus(), per_part=900)
+    larger than the input, or nothing held out); through that pass otherwise (a sample of everything).
+    A first part smaller than the candidate set leaves it to fill in a batch of more ids than it holds."""
+    rows = mixed_corpus()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = write_parts(tmp_path / "a", rows[:first_part], first_part) + write_parts(tmp_path / "b", rows[first_part:],
+                                                                                    900)
     pool = HeldoutPool("tok", 5, n, 2_000)
     sample, _ = calibrate(files, HashSample("tok", "sample", 5), budget, 2_000, heldout=pool)
     want = _reference_heldout(files, sample, n, 2_000)
