@@ -39,7 +39,7 @@ from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register
 from stages.tokenizer.charts import report_part
 from stages.tokenizer.hf_files import write_hf_tokenizer_files
 from stages.tokenizer.pretokenizers import PRETOKENIZER_PATTERNS
-from stages.tokenizer.sample import HashSample, calibrate, heldout_docs, iter_sample
+from stages.tokenizer.sample import HashSample, HeldoutPool, calibrate, heldout_docs, iter_sample
 
 
 class ReportConfig(BaseModel):
@@ -211,8 +211,10 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         cfg = self.config
         files = [f for _, f in ctx.input_files()]
         total = sum(ds.manifest.get("bytes_out", 0) for ds in ctx.datasets) or 1
+        n = cfg.report.heldout_docs
+        pool = HeldoutPool(ctx.name, ctx.seed, n, cfg.max_doc_chars) if n > 0 else None  # filled by calibrate
         sample, eligible = calibrate(files, HashSample(ctx.name, "sample", ctx.seed), cfg.sample_mb * 1e6,
-                                     cfg.max_doc_chars)
+                                     cfg.max_doc_chars, heldout=pool)
         stage1_vocab = cfg.superbpe.transition(cfg.vocab_size) if cfg.superbpe.enabled else None
         tok, trainer = build_tokenizer(cfg, stage1_vocab)
         counts = {"documents": 0, "bytes": 0}
@@ -246,9 +248,8 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
         with (ctx.work_dir / "tokenizer.json").writing() as path:
             tok.save(str(path))
         write_hf_tokenizer_files(ctx.work_dir, cfg.special_tokens)  # AutoTokenizer.from_pretrained(folder)
-        n = cfg.report.heldout_docs
         heldout = heldout_docs(files, sample, n, cfg.max_doc_chars,  # by id: never a trained document or copy
-                               trained_ids if trained is None else None)
+                               trained_ids if trained is None else None, pool)
         note = None if heldout else ("report.heldout_docs is 0" if n == 0 else
                                      "every document of the input is in the training sample")
         parallel = ctx.artifact("parallel_text").local_file() if cfg.parallel_text else None

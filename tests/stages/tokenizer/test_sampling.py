@@ -17,7 +17,7 @@ from pipeline.locations import Location
 from pipeline.parquet_io import read_table
 from pipeline.sampling import salted_hashes, salted_uniform
 from stages.tokenizer.quality import quality_report, summary_rows
-from stages.tokenizer.sample import HashSample, calibrate, heldout_docs, iter_sample
+from stages.tokenizer.sample import HashSample, HeldoutPool, calibrate, heldout_docs, iter_sample
 
 WORDS = [f"w{i}" for i in range(400)]
 
@@ -162,10 +162,20 @@ def test_tokenizer_sample_keeps_the_balanced_mix_and_budget(run_spec, tmp_path):
     assert not {r["id"] for r in held} & trained and report["heldout"]["documents"] == len(held)
 
 
+def _batches(files):
+    """(keys, languages, texts) of every row as Python lists, null and empty languages "und"."""
+    from stages.tokenizer.sample import read, row_keys
+
+    for f in files:
+        for batch in read(f, ["id", "text", "lang"]):
+            langs = [x or "und" for x in batch.column("lang").to_pylist()]
+            yield row_keys(batch).to_pylist(), langs, batch.column("text")
+
+
 def _reference_calibrate(files, sampler, budget_bytes, max_chars):
     """The two-pass calibration this module had before the one-pass pool (language totals, then every
     row's hash and bytes per language): the sample must stay the same."""
-    from stages.tokenizer.sample import ALL, _batches, _Candidates, text_bytes
+    from stages.tokenizer.sample import ALL, _Candidates, text_bytes
 
     sizes: dict[str, int] = {}
     for ids, langs, text in _batches(files):
@@ -210,7 +220,7 @@ def _reference_heldout(files, sample, n, max_chars):
     trained: set[str] = set()
     for f in files:
         for batch in read(f, ["id", "lang"]):
-            m = sample.mask(row_keys(batch), batch.column("lang").to_pylist())
+            m = sample.mask(row_keys(batch).to_pylist(), batch.column("lang").to_pylist())
             trained.update(np.array(batch.column("id").to_pylist(), dtype=object)[m].tolist())
     held = HashSample(sample.stage, "heldout", sample.seed)
     heap, rows = [], {}
@@ -265,6 +275,53 @@ def test_one_pass_calibration_equals_the_two_pass_one(tmp_path, monkeypatch, poo
     assert heldout_docs(files, got, 150, max_chars) == _reference_heldout(files, got, 150, max_chars)
     trained = {r["id"] for r in streamed}
     assert heldout_docs(files, got, 150, max_chars, trained) == _reference_heldout(files, got, 150, max_chars)
+    pool = HeldoutPool("tok", 5, 150, max_chars)
+    assert calibrate(files, sampler, budget, max_chars, heldout=pool) == (got, fig)
+    assert pool.chosen(got, 150) == _reference_heldout(files, got, 150, max_chars)  # settled by the pool
     nested = HashSample("tok", "stage2", 5, within=got)
     assert calibrate(files, nested, budget / 3, max_chars)[0] == _reference_calibrate(files, nested, budget / 3,
                                                                                        max_chars)
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 3000])
+def test_vectorised_salted_hashes_are_the_per_id_ones(n):
+    """Ids as Arrow arrays (sliced, large strings, chunked) or lists, non-ASCII, empty or long, hash to
+    exactly ``xxh64(f"{stage}:{role}:{id}", seed)``."""
+    from pipeline.sampling import salted_hash
+
+    rng = random.Random(n)
+    alphabet = "ab/#:é€😀\x1f0"
+    ids = ["", "x" * 600, "é" * 140] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+                                       for _ in range(n)]
+    for seed in (0, 11, 2**63 + 5):
+        want = np.array([salted_hash(i, seed, "tök", "sample") for i in ids], np.uint64)
+        assert np.array_equal(salted_hashes(ids, seed, "tök", "sample"), want)
+        arr = pa.array(["pad", *ids])
+        assert np.array_equal(salted_hashes(arr.slice(1), seed, "tök", "sample"), want)
+        assert np.array_equal(salted_hashes(pa.array(ids, pa.large_string()), seed, "tök", "sample"), want)
+        chunked = pa.chunked_array([ids[:2], ids[2:]], pa.string())
+        assert np.array_equal(salted_hashes(chunked, seed, "tök", "sample"), want)
+        assert np.array_equal(salted_uniform(arr.slice(1), seed, "tök", "sample"), want.astype(np.float64) / 2**64)
+
+
+@pytest.mark.parametrize("first_part", [900, 40])
+@pytest.mark.parametrize(("n", "budget"), [(150, 60_000), (5000, 60_000), (150, 1e12), (3000, 1e12), (1, 3_000)])
+def test_heldout_pool_gives_the_documents_of_the_full_pass(tmp_path, n, budget, first_part):
+    """The candidates calibrate collects give the held-out documents of a pass over the whole input:
+    directly, when enough of them were not trained on or they are every id of the input (a held-out set
+    larger than the input, or nothing held out); through that pass otherwise (a sample of everything).
+    A first part smaller than the candidate set leaves it to fill in a batch of more ids than it holds."""
+    rows = mixed_corpus()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = write_parts(tmp_path / "a", rows[:first_part], first_part) + write_parts(tmp_path / "b", rows[first_part:],
+                                                                                    900)
+    pool = HeldoutPool("tok", 5, n, 2_000)
+    sample, _ = calibrate(files, HashSample("tok", "sample", 5), budget, 2_000, heldout=pool)
+    want = _reference_heldout(files, sample, n, 2_000)
+    assert heldout_docs(files, sample, n, 2_000, pool=pool) == want
+    settled = pool.chosen(sample, n)
+    assert settled == want if (budget < 1e12 or n >= 3000) else settled is None
+    assert pool.chosen(sample, n + 1) is None  # a larger set than collected for: read again
+    with pytest.raises(ValueError):
+        calibrate(files, HashSample("tok", "x", 5, within=sample), budget, 2_000, heldout=pool)
