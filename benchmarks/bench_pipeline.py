@@ -4,9 +4,10 @@ The corpus is repeated k times with new ids (``<id>~r<k>``), as the issue asks. 
 duplicates, so dedup removes them all: its own work grows with the input while its output stays
 constant. To measure the other stages on a growing stream, they read the ingest output (the DAG is
 ingest -> dedup, ingest -> balance, ingest -> train_tokenizer, ingest -> encode -> pack); the
-tokenizer trains on a fixed ``sample_mb`` budget, so its time should stay flat. Its training (HF's, for
-the default llama3 pattern) runs beside dedup and balance (``pipeline.runner._run_stages``), so the
-per-stage seconds of those three overlap and add up to more than their share of ``wall_s``. Token cleaning (an
+tokenizer trains on a fixed ``sample_mb`` budget, so its time should stay flat. Stages run two at a
+time as their inputs complete (``pipeline.runner._run_stages``): the tokenizer's training (HF's, for
+the default llama3 pattern) beside dedup, then encode, balance and pack beside what is left of it, so
+the per-stage seconds overlap and add up to more than ``wall_s``. Token cleaning (an
 n-gram model over all tokens) is left out of this run to keep the 4x full-corpus run under an hour
 on 2 cores; it has its own benchmark.
 
@@ -20,6 +21,10 @@ dashboard) keep per-task bookkeeping that grows with the number of tasks run so 
 run (``ray_services_peak_MB``: every descendant of the driver that is not a Ray worker); and the
 object store's shared pages stay resident at the high-water mark of the stage that put the most
 into it (dedup's signatures), mapped by idle workers into the next stages (``object_store_peak_MB``).
+Stages run side by side (``pipeline.runner._run_stages``): encode runs beside dedup once the tokenizer
+is trained, so the samples of a stage's time window also hold what ran beside it. ``*_task_peak_MB``
+is each stage's own figure: the largest peak resident size of a worker during one of its tasks
+(the manifest's ``peak_task_rss_mb``, reset at each task's start), whatever ran before or beside it.
 Run: ``python benchmarks/bench_pipeline.py [--quick]``.
 """
 
@@ -96,7 +101,8 @@ def per_stage(out: Path, samples: list[tuple[float, ...]]) -> dict[str, dict[str
         inside = [(s[1], s[3]) for s in samples if start - 0.5 <= s[0] <= end]
         res[m["stage"]] = {"s": m["wall_time_s"], "peak_mb": max((a for a, _ in inside), default=0.0),
                            "workers_peak_mb": max((b for _, b in inside), default=0.0), "rows_in": m["rows_in"],
-                           "bytes_in": m["bytes_in"]}
+                           "bytes_in": m["bytes_in"],
+                           "task_peak_mb": max(m["stats"].get("peak_task_rss_mb", {}).values(), default=0.0)}
     return res
 
 
@@ -128,6 +134,7 @@ def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
             for name in STREAMING:
                 row[f"{name}_peak_MB"] = round(stages[name]["peak_mb"])
                 row[f"{name}_workers_peak_MB"] = round(stages[name]["workers_peak_mb"])
+                row[f"{name}_task_peak_MB"] = round(stages[name]["task_peak_mb"])
             if k == 1:
                 base = row
             row["time_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
@@ -136,6 +143,8 @@ def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
                 row[f"{name}_mem_ratio"] = round(row[f"{name}_peak_MB"] / max(1, base[f"{name}_peak_MB"]), 2)
                 row[f"{name}_workers_mem_ratio"] = round(
                     row[f"{name}_workers_peak_MB"] / max(1, base[f"{name}_workers_peak_MB"]), 2)
+                row[f"{name}_task_mem_ratio"] = round(
+                    row[f"{name}_task_peak_MB"] / max(1, base[f"{name}_task_peak_MB"]), 2)
             rows.append(row)
             print(f"  {k}x done in {wall:.0f} s", file=sys.stderr, flush=True)
     return rows

@@ -173,9 +173,14 @@ class Stage(Generic[C]):
 
     def driver_bound(self) -> bool:
         """Whether this stage's work is mostly one driver thread that releases the GIL (a trainer's
-        loop in Rust) while Ray's workers idle: the runner then runs it beside the stages that do not
-        need its output (:func:`pipeline.runner._run_stages`). A loop that holds the GIL would stall
-        the other stage's driver instead."""
+        loop in Rust) while Ray's workers idle: the runner then starts it first among the stages
+        ready to run (:func:`pipeline.runner._run_stages`)."""
+        return False
+
+    def holds_driver(self) -> bool:
+        """Whether this stage holds the driver's GIL for long stretches (a native loop that does not
+        release it): the runner then runs it alone, since the driver of a stage beside it could
+        not hand its workers new tasks meanwhile."""
         return False
 
     def run(self, ctx: StageContext) -> None:  # pragma: no cover - abstract

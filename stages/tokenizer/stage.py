@@ -200,10 +200,14 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
 
     def driver_bound(self) -> bool:
         """HF's trainer (every config but gigatoken's) counts and merges in Rust with the GIL released,
-        on the driver, while Ray's workers idle; ``gigatoken.train_bpe`` holds the GIL (measured)."""
+        on the driver, while Ray's workers idle."""
         from stages.tokenizer.fast_trainer import fast_unsupported
 
         return fast_unsupported(self.config) is not None
+
+    def holds_driver(self) -> bool:
+        """``gigatoken.train_bpe`` holds the GIL (measured)."""
+        return not self.driver_bound()
 
     def run(self, ctx: StageContext) -> None:
         from stages.tokenizer.quality import quality_report

@@ -1,6 +1,6 @@
-"""A driver-bound stage (HF tokenizer training) runs beside the stages that do not need its output,
-and a stage that needs it starts only once it is committed; the outputs are those of a run where
-every stage runs alone."""
+"""Stages run side by side as their inputs complete (a driver-bound one, HF tokenizer training,
+beside the Ray stages; two Ray stages beside each other), a stage that needs another's output starts
+only once it is committed, and the outputs are those of a run where every stage runs alone."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import orjson
 from conftest import shared_corpus_rows
 
+from pipeline import runner
 from pipeline.progress import QuietReporter
 from pipeline.runner import run_pipeline
 from pipeline.spec import load_spec
@@ -45,22 +46,25 @@ class Events(QuietReporter):
         super().stage_finished(name, manifest)
 
 
-def _run(directory, lines: bytes, serial: bool, monkeypatch) -> tuple[list, dict[str, bytes]]:
+def _run(directory, lines: bytes, serial: bool, monkeypatch, spec: str = SPEC) -> tuple[list, dict[str, bytes]]:
+    """``serial``: one stage at a time."""
     directory.mkdir()
     (directory / "docs.jsonl").write_bytes(lines)
-    (directory / "spec.yaml").write_text(SPEC)
+    (directory / "spec.yaml").write_text(spec)
     with monkeypatch.context() as m:
         if serial:
+            m.setattr(runner, "STAGES_AT_ONCE", 1)
             m.setattr(TrainTokenizerStage, "driver_bound", lambda self: False)
         events = Events()
         run_pipeline(load_spec(directory / "spec.yaml"), reporter=events)
     out = directory / "out"
     files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/data/*.parquet"))}
-    files["tok/tokenizer.json"] = (out / "tok" / "tokenizer.json").read_bytes()
+    if (out / "tok").exists():
+        files["tok/tokenizer.json"] = (out / "tok" / "tokenizer.json").read_bytes()
     return events.events, files
 
 
-def test_hf_training_overlaps_the_stages_beside_it_and_outputs_do_not_change(ray_local, tmp_path, monkeypatch):
+def test_stages_run_side_by_side_and_outputs_do_not_change(ray_local, tmp_path, monkeypatch):
     assert TrainTokenizerStage(TrainTokenizerConfig(name="t", type="train_tokenizer")).driver_bound()  # llama3: HF
     assert not TrainTokenizerStage(TrainTokenizerConfig(name="t", type="train_tokenizer",
                                                         pretokenizer="gpt2")).driver_bound()  # gigatoken
@@ -70,9 +74,9 @@ def test_hf_training_overlaps_the_stages_beside_it_and_outputs_do_not_change(ray
     events, files = _run(tmp_path / "overlap", lines, False, monkeypatch)
     at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
     threads = {name: thread for kind, name, thread in events if kind == "start"}
-    assert threads["tok"] == "tokenmill-tok" and threads["dedup"] == threads["ingest"] != "tokenmill-tok"
+    assert threads == {name: f"tokenmill-{name}" for name in ("ingest", "tok", "dedup", "encode")}
     assert at["finish", "ingest"] < at["start", "tok"] and at["finish", "ingest"] < at["start", "dedup"]
-    assert at["start", "dedup"] < at["finish", "tok"]  # side by side
+    assert at["start", "dedup"] < at["finish", "tok"] and at["start", "tok"] < at["finish", "dedup"]  # side by side
     assert at["finish", "tok"] < at["start", "encode"] and at["finish", "dedup"] < at["start", "encode"]
 
     serial_events, serial_files = _run(tmp_path / "serial", lines, True, monkeypatch)
@@ -81,3 +85,42 @@ def test_hf_training_overlaps_the_stages_beside_it_and_outputs_do_not_change(ray
     assert files == serial_files  # byte for byte
     manifest = json.loads((tmp_path / "overlap" / "out" / "tok" / "manifest.json").read_text())
     assert manifest["stats"]["trainer"]["trainer"] == "hf"
+
+
+RAY_SPEC = """
+name: overlap
+seed: 5
+output: out
+inputs:
+  docs: {paths: [docs.jsonl]}
+stages:
+  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 0.2}
+  - {name: dedup, type: dedup, inputs: [ingest]}
+  - {name: balance, type: balance, inputs: [ingest], strategy: unimax, budget: 200000}
+"""
+
+
+def test_two_ray_stages_share_the_workers_and_outputs_do_not_change(ray_local, tmp_path, monkeypatch):
+    rows = shared_corpus_rows(600)
+    lines = b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:8000], "lang": r.get("lang")}) + b"\n"
+                     for r in rows)
+    events, files = _run(tmp_path / "overlap", lines, False, monkeypatch, RAY_SPEC)
+    at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
+    assert at["start", "dedup"] < at["finish", "balance"] and at["start", "balance"] < at["finish", "dedup"]
+    serial_events, serial_files = _run(tmp_path / "serial", lines, True, monkeypatch, RAY_SPEC)
+    assert [(k, n) for k, n, _ in serial_events] == [(k, n) for name in ("ingest", "dedup", "balance")
+                                                      for k, n in (("start", name), ("finish", name))]
+    assert files == serial_files and len(files) >= 3  # byte for byte
+
+
+def test_a_stage_that_holds_the_driver_runs_alone(ray_local, tmp_path, monkeypatch):
+    """gigatoken's trainer holds the GIL: nothing runs beside it (the driver of a stage beside it
+    could not hand its workers tasks)."""
+    gigatoken = TrainTokenizerConfig(name="t", type="train_tokenizer", pretokenizer="gpt2")
+    assert TrainTokenizerStage(gigatoken).holds_driver()
+    rows = shared_corpus_rows(300)
+    lines = b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:4000]}) + b"\n" for r in rows)
+    spec = SPEC.replace("vocab_size: 3000,", "vocab_size: 3000, pretokenizer: gpt2,")
+    events, _ = _run(tmp_path / "alone", lines, False, monkeypatch, spec)
+    at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
+    assert at["finish", "tok"] == at["start", "tok"] + 1  # nothing started or finished while it ran
