@@ -187,23 +187,44 @@ class SignatureJob:
         return {"docs": parquet_rows(path), "stats": {}}
 
 
-#: rows a signature task reads at once, and the most text it shingles at once (the words, shingles and
-#: their sort take about 25 bytes per byte of text). Why not a fixed 2,048 rows: with byte copies
-#: dropped, the 4x Debian corpus left ~500 carriers of short fortunes per batch, and the per-batch
-#: kernels' fixed costs showed (one 104k-document part signed in 2.5 s of CPU instead of 2.9-3.6 s)
-SIGN_READ_ROWS = 16384
+#: rows a signature task reads at once; it signs up to SIGN_BATCH_ROWS documents and SIGN_BATCH_BYTES
+#: of text at once (the words, shingles and their sort take about 25 bytes per byte of text). Why not
+#: 2,048 rows as read: with byte copies dropped, the 4x Debian corpus left ~500 carriers of short
+#: fortunes per batch, and the per-batch kernels' fixed costs showed (one 104k-document part signed
+#: in 2.5 s of CPU instead of 2.9-3.6 s)
+SIGN_READ_ROWS = 2048
+SIGN_BATCH_ROWS = 16384
 SIGN_BATCH_BYTES = 16 << 20
 
+#: a batch to sign: text, ids, nodes, keep keys
+_Batch = tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]
 
-def _signed_batches(cfg: DedupConfig, path: Location, base: int, copies: np.ndarray,
-                    ) -> Iterator[tuple[pa.Array, pa.ChunkedArray, np.ndarray, np.ndarray]]:
-    """(text, ids, nodes, keep keys) of the part's documents that are not byte copies (``copies``,
-    sorted nodes), in batches of at most :data:`SIGN_BATCH_BYTES` of text (one document at least)."""
+
+def _signed_batches(cfg: DedupConfig, path: Location, base: int, copies: np.ndarray) -> Iterator[_Batch]:
+    """The part's documents that are not byte copies (``copies``: sorted nodes), in order, in
+    batches of at most :data:`SIGN_BATCH_ROWS` documents and :data:`SIGN_BATCH_BYTES` of text (a
+    larger document alone): read :data:`SIGN_READ_ROWS` rows at a time, so memory stays bounded
+    whatever the part's size."""
+    held: list[_Batch] = []
+    rows = size = 0
+    for piece, nbytes in _own_pieces(cfg, path, base, copies):
+        if held and (rows + len(piece[2]) > SIGN_BATCH_ROWS or size + nbytes > SIGN_BATCH_BYTES):
+            yield _joined(held)
+            held, rows, size = [], 0, 0
+        held.append(piece)
+        rows, size = rows + len(piece[2]), size + nbytes
+    if held:
+        yield _joined(held)
+
+
+def _own_pieces(cfg: DedupConfig, path: Location, base: int, copies: np.ndarray) -> Iterator[tuple[_Batch, int]]:
+    """(batch, text bytes): each read batch without its byte copies, cut to at most
+    :data:`SIGN_BATCH_BYTES` of text (a larger document alone)."""
     cols = ["id", "text"] + ([cfg.keep_column] if cfg.keep_column else [])
     n = 0
     for batch in iter_batches(path, SIGN_READ_ROWS, columns=cols):
         text = text_array(batch.column("text"))
-        ids = batch.column("id")
+        ids = text_array(batch.column("id"))
         node = np.arange(base + n, base + n + len(text), dtype=np.int64)
         n += len(text)
         k0 = keep_k0(cfg.keep, text, batch.column(cfg.keep_column) if cfg.keep_column else None)
@@ -216,8 +237,16 @@ def _signed_batches(cfg: DedupConfig, path: Location, base: int, copies: np.ndar
         while start < len(node):
             done = int(ends[start - 1]) if start else 0
             stop = max(start + 1, int(np.searchsorted(ends, done + SIGN_BATCH_BYTES, side="right")))
-            yield text.slice(start, stop - start), ids.slice(start, stop - start), node[start:stop], k0[start:stop]
+            yield ((text.slice(start, stop - start), ids.slice(start, stop - start), node[start:stop],
+                    k0[start:stop]), int(ends[stop - 1]) - done)
             start = stop
+
+
+def _joined(batches: list[_Batch]) -> _Batch:
+    if len(batches) == 1:
+        return batches[0]
+    return (pa.concat_arrays([b[0] for b in batches]), pa.concat_arrays([b[1] for b in batches]),
+            np.concatenate([b[2] for b in batches]), np.concatenate([b[3] for b in batches]))
 
 
 CANDIDATE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64()), ("kind", pa.string()), ("ku0", pa.float64()),

@@ -158,11 +158,11 @@ def test_signature_job_files_hold_every_key_once(tmp_path):
     from pipeline.locations import Location
     from stages.dedup.components import keep_key
     from stages.dedup.config import DedupConfig
-    from stages.dedup.pairs import SIGN_BATCH_BYTES, SIGN_READ_ROWS, SignatureJob
+    from stages.dedup.pairs import SIGN_BATCH_BYTES, SIGN_BATCH_ROWS, SignatureJob
     from stages.dedup.signatures import band_keys, lsh_params
 
     texts = [*sample_texts()[:2500], "", "   "]
-    assert sum(len(t.encode()) for t in texts) < SIGN_BATCH_BYTES  # the job's batches: SIGN_READ_ROWS rows
+    assert sum(len(t.encode()) for t in texts) < SIGN_BATCH_BYTES  # the job's batches: SIGN_BATCH_ROWS rows
     ids = [f"d{i:05d}" for i in range(len(texts))]
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": ids, "text": texts}), src)
@@ -171,8 +171,8 @@ def test_signature_job_files_hold_every_key_once(tmp_path):
     bands, nrows = lsh_params(cfg.near)
     perm = permutations(cfg.near.num_perm, cfg.near.seed)
     want = []
-    for start in range(0, len(texts), SIGN_READ_ROWS):  # the job's batches
-        batch = texts[start:start + SIGN_READ_ROWS]
+    for start in range(0, len(texts), SIGN_BATCH_ROWS):  # the job's batches
+        batch = texts[start:start + SIGN_BATCH_ROWS]
         eh = reference_hashes(batch, cfg.exact)
         sets = [np.unique(batch_shingles([t], cfg.near.shingle).values) for t in batch]
         sig = minhash_signatures(sets, *perm)
@@ -226,15 +226,18 @@ def test_unsafe_characters_are_few_and_include_the_known_differences():
 
 def test_signed_batches_cap_the_text_and_skip_byte_copies(tmp_path, monkeypatch):
     """The signature pass's batches: every document that is not a byte copy once, in order, with its
-    node and id; at most SIGN_BATCH_BYTES of text per batch unless one document alone is larger."""
+    node and id; read a few rows at a time and joined up to SIGN_BATCH_ROWS documents and
+    SIGN_BATCH_BYTES of text, a larger document alone."""
     import pyarrow.parquet as pq
 
     from pipeline.locations import Location
     from stages.dedup import pairs
     from stages.dedup.config import DedupConfig
 
+    monkeypatch.setattr(pairs, "SIGN_READ_ROWS", 3)
+    monkeypatch.setattr(pairs, "SIGN_BATCH_ROWS", 3)
     monkeypatch.setattr(pairs, "SIGN_BATCH_BYTES", 100)
-    texts = ["x" * n for n in (10, 60, 50, 250, 30, 30, 30, 40, 5)]
+    texts = ["x" * n for n in (10, 60, 50, 250, 30, 30, 30, 40, 5, 1, 1, 1)]
     ids = [f"d{i}" for i in range(len(texts))]
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": ids, "text": texts}), src, row_group_size=4)
@@ -242,9 +245,9 @@ def test_signed_batches_cap_the_text_and_skip_byte_copies(tmp_path, monkeypatch)
     copies = np.array([1002, 1007], np.int64)  # documents 2 and 7 are byte copies
     batches = list(pairs._signed_batches(cfg, Location.of(src), 1000, copies))
     nodes = [b[2].tolist() for b in batches]
-    assert nodes == [[1000, 1001], [1003], [1004, 1005, 1006, 1008]]
+    assert nodes == [[1000, 1001], [1003], [1004, 1005], [1006, 1008], [1009, 1010, 1011]]
     for text, batch_ids, node, k0 in batches:
         assert text.to_pylist() == [texts[n - 1000] for n in node]
         assert batch_ids.to_pylist() == [ids[n - 1000] for n in node]
         assert k0.tolist() == [-len(texts[n - 1000]) for n in node]  # keep: longest
-        assert len(node) == 1 or sum(len(t) for t in text.to_pylist()) <= 100
+        assert len(node) <= 3 and (len(node) == 1 or sum(len(t) for t in text.to_pylist()) <= 100)
