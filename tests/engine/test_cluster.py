@@ -363,7 +363,8 @@ def _wait_committed(out: Path, stage: str, n: int, proc: subprocess.Popen, timeo
 def _kill_running_workers(cluster: LocalCluster, out: Path, stage: str, proc: subprocess.Popen) -> int:
     """While ``stage`` runs (its work folder is there, its manifest not yet), SIGKILL the cluster's
     workers that run a shard task as soon as there are any; how many were killed. The stages before
-    it have finished by then, and no stage runs beside another: they are the stage's own workers."""
+    it have finished by then; a worker may run a task of a stage beside it (stages run two at a time):
+    that task is retried too, and the run's output is compared whole."""
     deadline = time.time() + 120
     while not list((out / ".tmp").glob(f"{stage}-*")):
         assert time.time() < deadline and proc.poll() is None, f"{stage} did not begin: {proc.stderr.read()}"
