@@ -16,7 +16,8 @@ from pipeline.runner import run_pipeline
 from pipeline.spec import load_spec
 from stages.tokenizer.stage import TrainTokenizerConfig, TrainTokenizerStage
 
-SPEC = """
+#: the specs' common head: one input, ingested in small shards
+HEAD = """
 name: overlap
 seed: 5
 output: out
@@ -24,7 +25,8 @@ inputs:
   docs: {paths: [docs.jsonl]}
 stages:
   - {name: ingest, type: ingest, inputs: [docs], shard_mb: 0.2}
-  - {name: tok, type: train_tokenizer, inputs: [ingest], vocab_size: 3000, report: {heldout_docs: 10}}
+"""
+SPEC = HEAD + """  - {name: tok, type: train_tokenizer, inputs: [ingest], vocab_size: 3000, report: {heldout_docs: 10}}
   - {name: dedup, type: dedup, inputs: [ingest]}
   - {name: encode, type: encode, inputs: [dedup], tokenizer: tok}
 """
@@ -44,6 +46,12 @@ class Events(QuietReporter):
     def stage_finished(self, name: str, manifest: dict) -> None:
         self.events.append(("finish", name, threading.current_thread().name))
         super().stage_finished(name, manifest)
+
+
+def _lines(n: int, chars: int) -> bytes:
+    """JSON lines of ``n`` documents of the shared corpus, their texts cut to ``chars``."""
+    return b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:chars], "lang": r.get("lang")}) + b"\n"
+                    for r in shared_corpus_rows(n))
 
 
 def _run(directory, lines: bytes, serial: bool, monkeypatch, spec: str = SPEC) -> tuple[list, dict[str, bytes]]:
@@ -68,9 +76,7 @@ def test_stages_run_side_by_side_and_outputs_do_not_change(ray_local, tmp_path, 
     assert TrainTokenizerStage(TrainTokenizerConfig(name="t", type="train_tokenizer")).driver_bound()  # llama3: HF
     assert not TrainTokenizerStage(TrainTokenizerConfig(name="t", type="train_tokenizer",
                                                         pretokenizer="gpt2")).driver_bound()  # gigatoken
-    rows = shared_corpus_rows(600)
-    lines = b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:8000], "lang": r.get("lang")}) + b"\n"
-                     for r in rows)
+    lines = _lines(600, 8000)
     events, files = _run(tmp_path / "overlap", lines, False, monkeypatch)
     at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
     threads = {name: thread for kind, name, thread in events if kind == "start"}
@@ -87,23 +93,13 @@ def test_stages_run_side_by_side_and_outputs_do_not_change(ray_local, tmp_path, 
     assert manifest["stats"]["trainer"]["trainer"] == "hf"
 
 
-RAY_SPEC = """
-name: overlap
-seed: 5
-output: out
-inputs:
-  docs: {paths: [docs.jsonl]}
-stages:
-  - {name: ingest, type: ingest, inputs: [docs], shard_mb: 0.2}
-  - {name: dedup, type: dedup, inputs: [ingest]}
+RAY_SPEC = HEAD + """  - {name: dedup, type: dedup, inputs: [ingest]}
   - {name: balance, type: balance, inputs: [ingest], strategy: unimax, budget: 200000}
 """
 
 
 def test_two_ray_stages_share_the_workers_and_outputs_do_not_change(ray_local, tmp_path, monkeypatch):
-    rows = shared_corpus_rows(600)
-    lines = b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:8000], "lang": r.get("lang")}) + b"\n"
-                     for r in rows)
+    lines = _lines(600, 8000)
     events, files = _run(tmp_path / "overlap", lines, False, monkeypatch, RAY_SPEC)
     at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
     assert at["start", "dedup"] < at["finish", "balance"] and at["start", "balance"] < at["finish", "dedup"]
@@ -118,8 +114,7 @@ def test_a_stage_that_holds_the_driver_runs_alone(ray_local, tmp_path, monkeypat
     could not hand its workers tasks)."""
     gigatoken = TrainTokenizerConfig(name="t", type="train_tokenizer", pretokenizer="gpt2")
     assert TrainTokenizerStage(gigatoken).holds_driver()
-    rows = shared_corpus_rows(300)
-    lines = b"".join(orjson.dumps({"id": r["id"], "text": r["text"][:4000]}) + b"\n" for r in rows)
+    lines = _lines(300, 4000)
     spec = SPEC.replace("vocab_size: 3000,", "vocab_size: 3000, pretokenizer: gpt2,")
     events, _ = _run(tmp_path / "alone", lines, False, monkeypatch, spec)
     at = {(kind, name): i for i, (kind, name, _) in enumerate(events)}
