@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import os
 import pkgutil
+import queue
 import time
 import uuid
 from collections.abc import Iterator
@@ -321,8 +322,6 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
     inputs. A stage that :meth:`~pipeline.stage_api.Stage.holds_driver` runs alone. If a stage
     fails, no other starts, the running ones are waited for, and the first failure is raised; an
     interrupt does not wait (the threads are daemons: their stages stay uncommitted)."""
-    import queue
-
     names = {sp.name for sp in to_run}
     done: set[str] = set()
     pending = list(to_run)
@@ -361,13 +360,11 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
         raise failure
 
 
-def _next_finished(finished: Any) -> str:
+def _next_finished(finished: queue.SimpleQueue[str]) -> str:
     """The next stage name put on ``finished``, waiting in short steps so that an interrupt is seen."""
-    import queue
-
     while True:
         try:
-            return str(finished.get(timeout=0.5))
+            return finished.get(timeout=0.5)
         except queue.Empty:
             continue
 
@@ -380,16 +377,14 @@ def _start_order(plan: Plan, to_run: list[StagePlan]) -> dict[str, tuple[bool, i
         for ref in plan.dag.nodes[sp.name].upstream():
             if ref in names:
                 below[ref] |= {sp.name} | below[sp.name]
-    return {sp.name: (not _driver_bound(plan, sp), -len(below[sp.name]), i) for i, sp in enumerate(to_run)}
+    return {sp.name: (not _stage_of(plan, sp).driver_bound(), -len(below[sp.name]), i)
+            for i, sp in enumerate(to_run)}
 
 
 def _stage_of(plan: Plan, sp: StagePlan) -> Any:
+    """The stage object of a planned stage (to ask it how it runs)."""
     node = plan.dag.nodes[sp.name]
     return node.cls(node.config)
-
-
-def _driver_bound(plan: Plan, sp: StagePlan) -> bool:
-    return bool(_stage_of(plan, sp).driver_bound())
 
 
 def _write_report(out: Location, spec: LoadedSpec, plan: Plan) -> None:
@@ -404,7 +399,7 @@ class _Background:
 
     Used for the run report, built beside ``ray.shutdown()`` (which mostly waits for the embedded
     Ray's processes to exit, 1.5-2 s measured here; the report after it took as long again in the
-    same single thread), and for a driver-bound stage beside the others (:func:`_run_stages`)."""
+    same single thread), and for each stage (:func:`_run_stages`)."""
 
     def __init__(self, fn: Any, *args: Any, name: str = "tokenmill-report", daemon: bool = False) -> None:
         import threading
@@ -419,9 +414,6 @@ class _Background:
 
         self.thread = threading.Thread(target=target, name=name, daemon=daemon)
         self.thread.start()
-
-    def running(self) -> bool:
-        return self.thread.is_alive()
 
     def join(self) -> None:
         self.thread.join()
