@@ -49,7 +49,7 @@ from pipeline.context import StageContext
 from pipeline.errors import TokenmillError
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import bulk_options, iter_batches, read_schema
+from pipeline.parquet_io import as_array, bulk_options, iter_batches, read_schema
 from pipeline.sampling import salted_uniform
 from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
 from stages.balance.langcodes import LabelNormaliser, normalise_lang
@@ -275,7 +275,7 @@ LABEL_COLUMNS = ("lang", "lang_score", "lang_source")
 
 def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[list[Any], np.ndarray]:
     """(distinct values in first-appearance order, each row's index into them); nulls must not occur."""
-    enc = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    enc = pc.dictionary_encode(as_array(column))
     return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -518,12 +518,6 @@ class RelabelJob(LabelJob):
         return result
 
 
-#: what the balancing passes give the stage's table: counts per language, source labels changed,
-#: examples of labels that are no code, targets, rates, and the results of the pass that wrote the parts
-_Passes = tuple[dict[str, Counter[str]], Counter[str], list[str], dict[str, float], dict[str, float],
-                list[dict[str, Any]]]
-
-
 def _merge_counts(results: list[dict[str, Any]]) -> tuple[dict[str, Counter[str]], Counter[str], list[str]]:
     """The label passes' counts per language, source labels changed, and up to 10 examples of labels
     that are no language code."""
@@ -580,8 +574,23 @@ class BalanceStage(Stage[BalanceConfig]):
         files = [f for _, f in ctx.input_files()]
         tasks = [ShardTask(f"{i:05d}", f) for i, f in enumerate(files)]
         tok = ctx.artifact("tokenizer") if cfg.tokenizer else None
-        passes = self._one_pass if self.whole_rates() else self._two_passes
-        per_lang, relabelled, examples, targets, rates, sampled = passes(ctx, tasks, tok)
+        one_pass = self.whole_rates()
+        if one_pass:  # labels, counts and writes at once (RelabelJob)
+            job = RelabelJob(cfg.langid, ctx.work_dir, frozenset(cfg.drop_langs), cfg.unit, tok, ctx.name)
+            labelled = ctx.map_shards(job, tasks)
+        else:  # pass 1 labels and counts; the driver calibrates the rates; pass 2 samples
+            labelled = ctx.run_pass("label", LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name),
+                                    tasks)
+        per_lang, relabelled, examples = _merge_counts(labelled)
+        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
+        targets = self.targets(sizes)
+        if one_pass:
+            rates, sampled = dict.fromkeys(sizes, 1.0), labelled
+        else:
+            rates = self._calibrated_rates(ctx, sizes, targets)
+            sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
+            (ctx.work_dir / "_labelled").rmtree()
+            (ctx.work_dir / "_hist").rmtree()
         after: dict[str, Counter[str]] = {}
         for r in sampled:
             for lang, c in r.get("stats", {}).get("after", {}).items():
@@ -615,33 +624,15 @@ class BalanceStage(Stage[BalanceConfig]):
         ctx.manifest.stats.update({"strategy": cfg.strategy, "unit": cfg.unit, "budget": round(total_after, 3),
                                    "languages": table})
 
-    def _one_pass(self, ctx: StageContext, tasks: list[ShardTask], tok: Location | None) -> _Passes:
-        """Labels, counts and writes in one pass (:class:`RelabelJob`) when :meth:`whole_rates`."""
-        cfg = self.config
-        job = RelabelJob(cfg.langid, ctx.work_dir, frozenset(cfg.drop_langs), cfg.unit, tok, ctx.name)
-        results = ctx.map_shards(job, tasks)
-        per_lang, relabelled, examples = _merge_counts(results)
-        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
-        return per_lang, relabelled, examples, self.targets(sizes), dict.fromkeys(sizes, 1.0), results
-
-    def _two_passes(self, ctx: StageContext, tasks: list[ShardTask], tok: Location | None) -> _Passes:
-        """Pass 1 labels and counts (:class:`LabelJob`), the driver calibrates each language's rate
-        on its size histogram, pass 2 samples (:class:`SampleJob`)."""
-        cfg = self.config
-        job = LabelJob(cfg.langid, ctx.work_dir, ctx.seed, cfg.unit, tok, ctx.name)
-        per_lang, relabelled, examples = _merge_counts(ctx.run_pass("label", job, tasks))
-        sizes = {lang: float(c[cfg.unit]) for lang, c in per_lang.items() if lang not in cfg.drop_langs}
-        targets = self.targets(sizes)
+    @staticmethod
+    def _calibrated_rates(ctx: StageContext, sizes: dict[str, float], targets: dict[str, float]) -> dict[str, float]:
+        """Each language's rate whose hash sample meets its target, from pass 1's size histograms."""
         hists: dict[str, np.ndarray] = {}
         for f in (ctx.work_dir / "_hist").glob("*.npz"):
             with np.load(io.BytesIO(f.read_bytes())) as z:
                 for lang in z.files:
                     hists[lang] = hists.get(lang, 0) + z[lang]
-        rates = {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
-        sampled = ctx.map_shards(SampleJob(rates, ctx.seed, ctx.work_dir, ctx.name), tasks)
-        (ctx.work_dir / "_labelled").rmtree()
-        (ctx.work_dir / "_hist").rmtree()
-        return per_lang, relabelled, examples, targets, rates, sampled
+        return {lang: calibrated_rate(targets.get(lang, 0.0), hists[lang]) for lang in sizes if sizes[lang] > 0}
 
     def targets(self, sizes: dict[str, float]) -> dict[str, float]:
         cfg = self.config
@@ -690,7 +681,7 @@ def mismatched(labels: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.Chunke
     """Whether each row's label (a language, not und/zxx) differs from its source label (:func:`_base`
     of each), each distinct label looked at once: 19 ms instead of 99 ms (CPU) on a 104k-document
     part of the 4x Debian benchmark, where a Python comparison ran per row."""
-    labels, sources = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (labels, sources))
+    labels, sources = as_array(labels), as_array(sources)
     a = _bases(labels)
     known = pc.and_(pc.greater(pc.utf8_length(labels), 0), pc.invert(pc.is_in(labels, pa.array(sorted(NO_LANGUAGE)))))
     differs = pc.fill_null(pc.not_equal(a, _bases(sources)), False)

@@ -76,7 +76,8 @@ def make_corpus(tmp_path) -> dict[str, int]:
     return sizes
 
 
-SPEC = """
+#: the specs' head: the input ingested in small parts, then a balance stage (its settings follow)
+HEAD = """
 name: bal
 seed: 11
 output: out
@@ -87,7 +88,8 @@ stages:
   - name: balance
     type: balance
     inputs: [ingest]
-    langid: {{mode: "off"}}
+"""
+SPEC = HEAD + """    langid: {{mode: "off"}}
     strategy: {strategy}
     unit: documents
     budget: 2000
@@ -174,18 +176,7 @@ def test_an_empty_input_part_is_balanced_to_an_empty_part(run_spec, tmp_path):
     assert m["rows_in"] == 1 and m["rows_out"] >= 1
 
 
-ONE_PASS_SPEC = """
-name: bal
-seed: 11
-output: out
-inputs:
-  docs: {{paths: [docs.jsonl]}}
-stages:
-  - {{name: ingest, type: ingest, inputs: [docs], shard_mb: 0.05}}
-  - name: balance
-    type: balance
-    inputs: [ingest]
-    langid: {{mode: missing, mark_mismatch: true}}
+ONE_PASS_SPEC = HEAD + """    langid: {{mode: missing, mark_mismatch: true}}
     strategy: natural
     drop_langs: [ga]
 {bound}
