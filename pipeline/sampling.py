@@ -23,16 +23,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from pipeline.parquet_io import as_array
+
 TWO_64 = 2.0**64
 
 Ids = Sequence[str] | pa.Array | pa.ChunkedArray
 
 
 def _string_array(ids: Ids) -> pa.Array:
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
-    elif not isinstance(ids, pa.Array):
+    if not isinstance(ids, pa.Array | pa.ChunkedArray):
         return pa.array(ids, pa.string())
+    ids = as_array(ids)
     return ids if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) else ids.cast(pa.string())
 
 

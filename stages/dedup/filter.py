@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, read_schema, write_one
+from pipeline.parquet_io import as_array, iter_batches, read_schema, write_one
 from stages.dedup.cluster_passes import CLUSTER_COLUMNS, RESULT_SCHEMA, read_folder
 
 
@@ -71,7 +71,7 @@ class FilterDuplicatesJob:
 def _count_by_value(counts: dict[str, list[int]], column: pa.ChunkedArray, removed: np.ndarray) -> None:
     """Adds each distinct value's rows and removed rows to ``counts`` (keyed by ``str(value)``, so a
     null counts under "None"), one bincount per batch instead of a Python step per row."""
-    codes = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    codes = pc.dictionary_encode(as_array(column), null_encoding="encode")
     index = codes.indices.to_numpy(zero_copy_only=False)
     values = codes.dictionary.to_pylist()
     rows = np.bincount(index, minlength=len(values)).tolist()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from pipeline.parquet_io import as_array
 from stages.dedup.config import ExactConfig, NearConfig, Normalise, ShingleConfig
 
 MAX_HASH32 = np.uint32((1 << 32) - 1)
@@ -52,9 +53,7 @@ class Words:
 
 
 def text_array(texts: list[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(texts, pa.ChunkedArray):
-        return texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
-    return texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+    return as_array(texts) if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts, pa.string())
 
 
 def split_words(texts: list[str] | pa.Array | pa.ChunkedArray) -> Words:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.parquet_io import as_array
 from stages.pack.packing import Layout
 
 
@@ -37,7 +38,7 @@ class Documents:
 
 def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A list column as (flat numpy values, int64 offsets from 0), zero-copy where Arrow allows."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = as_array(column)
     offsets = arr.offsets.to_numpy().astype(np.int64)
     values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
     return values, offsets - offsets[0]

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.locations import Location
-from pipeline.parquet_io import iter_batches, parquet_file, read_schema
+from pipeline.parquet_io import as_array, iter_batches, parquet_file, read_schema
 from pipeline.sampling import Ids, salted_hashes
 
 ALL = 1 << 64  # a threshold above every hash: the whole input
@@ -84,17 +84,13 @@ def read(f: Location, columns: list[str], batch_rows: int = 8192) -> Iterator[pa
     yield from iter_batches(f, batch_rows, columns=[*columns, "copy"] if has_copy else columns)
 
 
-def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-
-
 def row_keys(batch: pa.Table) -> pa.Array:
     """The sampling key of each row: its id; for copy k > 0 of a document, the id and k
     (``f"{id}\\x1f{k}"``), made in Arrow."""
-    ids = _array(batch.column("id"))
+    ids = as_array(batch.column("id"))
     if "copy" not in batch.column_names:
         return ids
-    copy = _array(batch.column("copy"))
+    copy = as_array(batch.column("copy"))
     plain = pc.fill_null(pc.equal(copy, 0), True)
     sep = pa.scalar("\x1f", ids.type)
     return pc.if_else(plain, ids, pc.binary_join_element_wise(ids, pc.cast(copy, ids.type), sep))
@@ -108,7 +104,7 @@ def lang_codes(langs: Langs) -> tuple[np.ndarray, list[str]]:
     """Each row's language as an index into a few names (null and empty are "und"; a name may repeat):
     per-language figures and thresholds come from the names instead of one Python string per row.
     The names are normalised, not the rows (that cost 0.9 s of CPU over the 4x Debian benchmark)."""
-    arr = _array(langs) if isinstance(langs, pa.Array | pa.ChunkedArray) else pa.array(langs, pa.string())
+    arr = as_array(langs) if isinstance(langs, pa.Array | pa.ChunkedArray) else pa.array(langs, pa.string())
     enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
     names = [x or "und" for x in enc.dictionary.to_pylist()]
     codes = pc.fill_null(enc.indices, len(names)).to_numpy(zero_copy_only=False)
