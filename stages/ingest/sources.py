@@ -24,6 +24,7 @@ from pipeline.locations import Location
 Source = Location | Path | str
 
 CHUNK = 4 << 20
+#: a compressed file read without spilled ranges is cut into at most about this many shards
 MAX_COMPRESSED_SHARDS = 16
 _NONZERO = re.compile(b"[^\\0]")
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
@@ -230,7 +231,9 @@ def iter_line_ranges(path: Source, target_bytes: int, spill_dir: Path | None = N
             if size <= target_bytes:
                 yield LineRange(0, -1, 1)
                 return
-        else:
+        elif spill_dir is None:
+            # without spilled ranges every shard decompresses the stream up to its range: fewer,
+            # larger shards bound that repeated work (their size then grows with the file's)
             target_bytes = max(target_bytes, path.size() * 8 // MAX_COMPRESSED_SHARDS)
         stream = open_uncompressed(path)
     except OSError:

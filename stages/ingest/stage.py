@@ -463,10 +463,18 @@ def _driver_tasks(ctx: StageContext, files: list[tuple[str, FilesInput, Location
     text shard has no neighbour to merge with), each as the scan cuts it. A compressed file's ranges
     are spilled uncompressed where the workers write their parts: a local output folder (shared by
     the nodes of a cluster that writes there); not to an object store."""
-    scratch = ctx.scratch_dir
     for fi, f in enumerate(files):
-        spill = scratch.local / "ranges" / f"{fi:06d}" if scratch.is_local else None
-        yield from _file_tasks(fi, _plan_file(*f, target, spill))
+        yield from _file_tasks(fi, _plan_file(*f, target, _spill_dir(ctx, fi)))
+
+
+def _spill_dir(ctx: StageContext, fi: int) -> Path | None:
+    """Where the driver-planned file ``fi``'s compressed ranges are spilled uncompressed
+    (:func:`iter_line_ranges`): the stage's scratch folder when it is local (shared by the nodes of
+    a cluster that writes there), else None. Spilled ranges also keep every shard at ``shard_mb``,
+    whatever the file's size. Files planned on the workers are not spilled: the plan pass runs
+    before their shards, so the scratch folder would hold the whole corpus uncompressed at once."""
+    scratch = ctx.scratch_dir
+    return scratch.local / "ranges" / f"{fi:06d}" if scratch.is_local else None
 
 
 @register_stage

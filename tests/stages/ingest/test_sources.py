@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import random
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import zstandard
 
 from stages.ingest.sources import (
+    MAX_COMPRESSED_SHARDS,
     LineRange,
     TruncatedInput,
     iter_line_ranges,
@@ -148,7 +150,23 @@ def test_a_cut_file_spills_its_complete_ranges_and_the_last_meets_the_cut(tmp_pa
     assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == sorted(Path(r.spill).name for r in ranges[:-1])
     read = _read_all(path, ranges)
     assert read[-1][1] == "TruncatedInput" and all(failure is None for _, failure in read[:-1])
-    assert read == _read_all(path, plan_line_ranges(path, target_bytes=10_000))
+    assert read == _read_all(path, [dataclasses.replace(r, spill=None) for r in ranges])
+
+
+def test_spilled_ranges_keep_the_target_size_whatever_the_file_size(tmp_path):
+    """Spilled, a compressed file is cut every ``target_bytes`` however large it is (the parts, and
+    the memory of every stage that reads one, stay the same size as the corpus grows); read in
+    place, it is cut into at most about ``MAX_COMPRESSED_SHARDS`` ranges, each shard decompressing
+    the stream up to its own range."""
+    rng = random.Random(2)
+    data = b"".join(b"%x\n" % rng.getrandbits(256) for _ in range(40_000))  # ~2.6 MB, compresses ~2x
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=1).compress(data))
+    spilled = plan_line_ranges(path, target_bytes=50_000, spill_dir=tmp_path / "spill")
+    in_place = plan_line_ranges(path, target_bytes=50_000)
+    assert len(spilled) >= len(data) // 50_000 > 2 * MAX_COMPRESSED_SHARDS
+    assert max(r.end - r.start for r in spilled[:-1]) < 50_000 + 100  # a line past the target at most
+    assert len(in_place) <= MAX_COMPRESSED_SHARDS + 1
 
 
 def test_ranges_are_yielded_as_the_scan_cuts_them(tmp_path):
@@ -165,4 +183,5 @@ def test_ranges_are_yielded_as_the_scan_cuts_them(tmp_path):
     files_then = len(list((tmp_path / "spill").iterdir()))
     rest = list(ranges)
     assert files_then < len(rest) + 1 == len(list((tmp_path / "spill").iterdir()))
-    assert [(r.start, r.end) for r in [first, *rest]] == [(r.start, r.end) for r in plan_line_ranges(path, 1 << 20)]
+    whole = plan_line_ranges(path, 1 << 20, spill_dir=tmp_path / "whole")
+    assert [(r.start, r.end) for r in [first, *rest]] == [(r.start, r.end) for r in whole]
