@@ -85,6 +85,11 @@ class EncodeConfig(StageConfig):
     piece_bytes: int = Field(
         default=1_000_000, ge=1000, description="Documents above about this size are encoded in pieces cut at "
         "pre-token boundaries (same ids, bounded memory) where the pre-tokenizer allows it.")
+    fast_cache_mb: int = Field(
+        default=1024, ge=64, description="gigatoken caches every distinct pre-token it has encoded and never "
+        "trims the cache (about 80 MB per million distinct words); a worker that has grown by this many MB "
+        "since it loaded the engine reloads it with an empty cache (same ids), so a crawl's vocabulary "
+        "cannot grow a worker without bound.")
     max_doc_bytes: int = Field(
         default=1 << 30, ge=1, description="Documents above this UTF-8 size are rejected (reason doc_too_large).")
     rust_threads: bool = Field(
@@ -328,7 +333,8 @@ class EncodeStage(MapStage[EncodeConfig]):
         self.state = state
         cfg = self.config
         self.encoder = load_encoder(Location.of(state["path"]).read_text(), cfg.engine,  # once per worker process
-                                    threads=cfg.rust_threads, piece_bytes=cfg.piece_bytes)
+                                    threads=cfg.rust_threads, piece_bytes=cfg.piece_bytes,
+                                    cache_mb=cfg.fast_cache_mb)
         self.tokenizer = self.encoder.reference
         self.dtype = ids_type(state["vocab_size"])
         self.begin_shard()
@@ -421,7 +427,7 @@ class EncodeStage(MapStage[EncodeConfig]):
                     key = name or "und"
                     per_lang[key] = per_lang.get(key, 0) + int(total)
         split = dict(self.encoder.stats)
-        self.encoder.stats.update(split_documents=0, pieces=0)
+        self.encoder.stats.update(split_documents=0, pieces=0, cache_reloads=0)
         clock.lap("columns")
         return BatchResult(out, rejected=rejected, stats={
             "tokens": int(lengths.sum()), "documents": len(column), "text_bytes": int(nbytes.sum()),

@@ -161,6 +161,24 @@ def test_a_batch_mixing_long_and_short_documents_encodes_as_hf(tokenizers, docs)
     assert got == [e.ids for e in hf]
 
 
+def test_the_fast_engine_cache_is_bounded_by_reloading_with_the_same_ids(tokenizers):
+    """gigatoken's pre-token cache never shrinks; past ``cache_mb`` of growth the engine is reloaded
+    (an empty cache) and keeps encoding as HF does. 400k distinct words grow it by ~30 MB."""
+    import random
+    import string
+
+    rng = random.Random(5)
+    texts = [" ".join("".join(rng.choices(string.ascii_lowercase, k=9)) for _ in range(200)) for _ in range(2000)]
+    bounded = load_encoder(tokenizers[("bpe", "llama3")].read_text(encoding="utf-8"), cache_mb=8)
+    assert bounded.engine == "fast"
+    got = []
+    for i in range(0, len(texts), 250):  # batches, as a stage's
+        flat, offsets = bounded.encode_column(pa.array(texts[i:i + 250]))
+        got += [flat[offsets[j]:offsets[j + 1]].tolist() for j in range(len(offsets) - 1)]
+    assert bounded.stats.get("cache_reloads", 0) >= 1
+    assert got == [e.ids for e in bounded.reference.encode_batch(texts, add_special_tokens=False)]
+
+
 def _perturbed(path: Path) -> str:
     """The same tokenizer with its first and last merges swapped: a fast encoder that is subtly wrong."""
     spec = json.loads(path.read_text(encoding="utf-8"))
