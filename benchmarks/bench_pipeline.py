@@ -25,7 +25,8 @@ Stages run side by side (``pipeline.runner._run_stages``): encode runs beside de
 is trained, so the samples of a stage's time window also hold what ran beside it. ``*_task_peak_MB``
 is each stage's own figure: the largest peak resident size of a worker during one of its tasks
 (the manifest's ``peak_task_rss_mb``, reset at each task's start), whatever ran before or beside it.
-Run: ``python benchmarks/bench_pipeline.py [--quick]``.
+Run: ``python benchmarks/bench_pipeline.py [--quick] [--repeat N]`` (N runs of each scale, one after
+the other: the row is the median run's, ``wall_s_runs`` every run's wall time).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 from datetime import datetime
@@ -106,7 +108,28 @@ def per_stage(out: Path, samples: list[tuple[float, ...]]) -> dict[str, dict[str
     return res
 
 
-def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
+def measured_run(d: Path, repeat: int) -> tuple[float, list[tuple[float, ...]], list[float]]:
+    """Run the spec in ``d`` ``repeat`` times, each into a fresh output: the median run's wall time
+    and samples (its output is the one left in ``d / "out"``), and every run's wall time in order.
+    Why: the same run's time moves by 10-20 % on this host from one minute to the next."""
+    runs = []
+    for i in range(repeat):
+        out = d / "out"
+        if out.exists():
+            shutil.rmtree(out)
+        wall, samples = run_measured(d / "spec.yaml")
+        if i < repeat - 1:
+            out.rename(d / f"out-{i}")
+        runs.append((wall, samples, d / ("out" if i == repeat - 1 else f"out-{i}")))
+    walls = [w for w, _, _ in runs]
+    wall, samples, out = sorted(runs, key=lambda r: r[0])[(repeat - 1) // 2]
+    if out != d / "out":
+        shutil.rmtree(d / "out")
+        out.rename(d / "out")
+    return wall, samples, walls
+
+
+def run(quick: bool, base_docs: int | None = None, repeat: int = 1) -> list[dict[str, Any]]:
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(DEBIAN.read_bytes())).read()
     lines = raw.splitlines()
     n = base_docs or (QUICK_DOCS if quick else len(lines))
@@ -119,7 +142,7 @@ def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
             d.mkdir()
             nbytes = repeated_corpus(lines, k, d / "corpus.jsonl.zst")
             (d / "spec.yaml").write_text(SPEC.format(shard_mb=8 if quick else 32))
-            wall, samples = run_measured(d / "spec.yaml")
+            wall, samples, walls = measured_run(d, repeat)
             stages = per_stage(d / "out", samples)
             tokens = json.loads((d / "out" / "encode" / "manifest.json").read_text())["stats"]["tokens"]
             row: dict[str, Any] = {"scale": f"{k}x", "docs": n * k, "MB": round(nbytes / 1e6, 1),
@@ -128,7 +151,8 @@ def run(quick: bool, base_docs: int | None = None) -> list[dict[str, Any]]:
                                    "tokens/s": round(tokens / wall),
                                    "peak_MB_all": round(max((s[1] for s in samples), default=0.0)),
                                    "object_store_peak_MB": round(max((s[4] for s in samples), default=0.0)),
-                                   "ray_services_peak_MB": round(max((s[5] for s in samples), default=0.0))}
+                                   "ray_services_peak_MB": round(max((s[5] for s in samples), default=0.0)),
+                                   **({"wall_s_runs": " / ".join(f"{w:.1f}" for w in walls)} if repeat > 1 else {})}
             for name, st in stages.items():
                 row[f"{name}_s"] = round(st["s"], 1)
             for name in STREAMING:
@@ -154,8 +178,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the first {QUICK_DOCS} documents as 1x")
     p.add_argument("--base-docs", type=int, help="documents of the 1x corpus (default: all, or the quick subset)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each scale; the row is the median run's, "
+                   "with every run's wall time beside it")
     args = p.parse_args()
-    rows = run(args.quick, args.base_docs)
+    rows = run(args.quick, args.base_docs, max(1, args.repeat))
     print_table("whole pipeline at 1x/2x/4x", rows)
     save("pipeline", rows)
 
