@@ -69,6 +69,9 @@ class StageContext:
     artifact_paths: dict[str, Location] = field(default_factory=dict)
     reporter: Reporter | None = None
     manifest: ManifestBuilder = field(default_factory=ManifestBuilder)
+    #: another stage of this run may run beside this one (it neither feeds nor reads this one): work
+    #: on the driver that could take every core (HF's trainer) then leaves them to Ray's workers
+    shares_cores: bool = False
 
     @property
     def data_dir(self) -> Location:

@@ -329,6 +329,7 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     order = _start_order(plan, to_run)
     alone = {sp.name for sp in to_run if _stage_of(plan, sp).holds_driver()}
+    sharing = _sharing_cores(plan, to_run, alone)
     failure: BaseException | None = None
 
     def ready(sp: StagePlan) -> bool:
@@ -336,7 +337,7 @@ def _run_stages(spec: LoadedSpec, plan: Plan, to_run: list[StagePlan], reporter:
 
     def run(sp: StagePlan) -> None:
         try:
-            _run_stage(spec, plan, sp, reporter)
+            _run_stage(spec, plan, sp, reporter, shares_cores=sp.name in sharing)
             release_memory()
         finally:
             finished.put(sp.name)
@@ -381,6 +382,21 @@ def _start_order(plan: Plan, to_run: list[StagePlan]) -> dict[str, tuple[bool, i
             for i, sp in enumerate(to_run)}
 
 
+def _sharing_cores(plan: Plan, to_run: list[StagePlan], alone: set[str]) -> set[str]:
+    """The stages that may run beside another stage of ``to_run``: one that neither feeds nor reads
+    them (directly or through others), when neither holds the driver and two may run at once."""
+    if STAGES_AT_ONCE < 2:
+        return set()
+    names = [sp.name for sp in to_run]
+    below: dict[str, set[str]] = {n: set() for n in names}
+    for name in reversed(names):  # DAG order reversed: a stage's dependents are counted before it
+        for ref in plan.dag.nodes[name].upstream():
+            if ref in below:
+                below[ref] |= {name} | below[name]
+    return {a for a in names for b in names
+            if a != b and a not in alone and b not in alone and b not in below[a] and a not in below[b]}
+
+
 def _stage_of(plan: Plan, sp: StagePlan) -> Any:
     """The stage object of a planned stage (to ask it how it runs)."""
     node = plan.dag.nodes[sp.name]
@@ -421,7 +437,7 @@ class _Background:
             raise self.error
 
 
-def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) -> None:
+def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter, shares_cores: bool = False) -> None:
     dag, out = plan.dag, plan.output
     node = dag.nodes[sp.name]
     fps = {**plan.input_fingerprints, **{s.name: s.fingerprint for s in plan.stages}}
@@ -443,7 +459,7 @@ def _run_stage(spec: LoadedSpec, plan: Plan, sp: StagePlan, reporter: Reporter) 
             artifacts[fname] = out / ref / rel
     ctx = StageContext(
         name=sp.name, config=node.config, seed=spec.model.seed, work_dir=work, output_root=out,
-        datasets=datasets, raw_inputs=raw, artifact_paths=artifacts, reporter=reporter,
+        datasets=datasets, raw_inputs=raw, artifact_paths=artifacts, reporter=reporter, shares_cores=shares_cores,
     )
     reporter.stage_started(sp.name, sp.type)
     started = time.time()

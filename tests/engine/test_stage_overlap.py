@@ -91,6 +91,10 @@ def test_stages_run_side_by_side_and_outputs_do_not_change(ray_local, tmp_path, 
     assert files == serial_files  # byte for byte
     manifest = json.loads((tmp_path / "overlap" / "out" / "tok" / "manifest.json").read_text())
     assert manifest["stats"]["trainer"]["trainer"] == "hf"
+    # beside dedup HF trains on one thread (same merges: the tokenizers compared above); alone, on all
+    assert manifest["stats"]["trainer"]["threads"] == "one (stages beside it)"
+    serial = json.loads((tmp_path / "serial" / "out" / "tok" / "manifest.json").read_text())
+    assert serial["stats"]["trainer"]["threads"] == "all"
 
 
 RAY_SPEC = HEAD + """  - {name: dedup, type: dedup, inputs: [ingest]}
