@@ -46,19 +46,50 @@ class ShardTask:
 
 
 class ShardOutput:
-    """Where a shard writes: its data part and its rejects part, committed together."""
+    """Where a shard writes: its data part and its rejects part, committed together.
+
+    A shard whose input has no size bound (a whole compressed file) writes its data as a series of
+    parts instead (:meth:`start_rolling`, :meth:`roll`), so that every part, and the memory of every
+    stage that reads one, stays bounded whatever the input's size."""
 
     def __init__(self, work_dir: Location | Path, key: str, schema: Any = None):
         work_dir = Location.of(work_dir)
         self.key = key
         self.data = PartWriter(work_dir / "data", f"part-{key}", schema=schema, tally=True)
         self.rejects = PartWriter(work_dir / REJECTS_DIR, f"part-{key}", schema=REJECT_SCHEMA, write_empty=False)
+        self.finished: list[PartWriter] = []  # the earlier parts of a rolling shard
+
+    def start_rolling(self) -> None:
+        """Name the data parts ``part-<key>-0000``, ``-0001``, ... (in the order :meth:`roll` starts
+        them, which is also their names' order); call before the first write."""
+        self.data = self._part(0)
+
+    def roll(self) -> None:
+        """Close the current data part (committed with the shard) and start the next one."""
+        self.finished.append(self.data)
+        self.data = self._part(len(self.finished))
+
+    def _part(self, n: int) -> PartWriter:
+        old = self.data
+        return PartWriter(old.final.parent, f"part-{self.key}-{n:04d}", schema=old.schema,
+                          options=old.options, tally=True)
+
+    def tally_stats(self) -> dict[str, Any] | None:
+        """The text figures of the shard's data parts (:mod:`pipeline.text_tally`), None without text."""
+        from pipeline import text_tally
+
+        merged = None
+        for part in [*self.finished, self.data]:
+            if part.tally is not None:
+                merged = text_tally.merge(merged, part.tally.to_stats())
+        return merged
 
     def commit(self) -> tuple[int, int]:
-        return self.data.commit(), self.rejects.commit()
+        return sum(p.commit() for p in [*self.finished, self.data]), self.rejects.commit()
 
     def abort(self) -> None:
-        self.data.abort()
+        for part in [*self.finished, self.data]:
+            part.abort()
         self.rejects.abort()
 
 
@@ -114,7 +145,7 @@ def _run_one(job: ShardJob, work_dir: Location, task: ShardTask) -> dict[str, An
         stats = job.run(task, out)
         data_bytes, _ = out.commit()
         stats.setdefault("part_bytes", data_bytes)
-        text = out.data.tally.to_stats() if out.data.tally is not None and data_bytes else None
+        text = out.tally_stats() if data_bytes else None
         if text is not None:  # the report's text figures of this part (pipeline.text_tally)
             stats["text_tally"] = text
         # the worker's peak resident size during this shard: the manifest's memory per pass

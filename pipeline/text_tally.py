@@ -56,10 +56,10 @@ def merge(total: dict[str, Any] | None, part: dict[str, Any] | None) -> dict[str
     if part is None:
         return total
     if total is None:
-        return {"bytes": part["bytes"], "length_counts": list(part["length_counts"]), "parts": 1}
+        return {"bytes": part["bytes"], "length_counts": list(part["length_counts"]), "parts": part.get("parts", 1)}
     return {"bytes": total["bytes"] + part["bytes"],
             "length_counts": [a + b for a, b in zip(total["length_counts"], part["length_counts"], strict=True)],
-            "parts": total.get("parts", 1) + 1}
+            "parts": total.get("parts", 1) + part.get("parts", 1)}
 
 
 def median_from_counts(counts: np.ndarray) -> float:

@@ -24,8 +24,6 @@ from pipeline.locations import Location
 Source = Location | Path | str
 
 CHUNK = 4 << 20
-#: a compressed file read without spilled ranges is cut into at most about this many shards
-MAX_COMPRESSED_SHARDS = 16
 _NONZERO = re.compile(b"[^\\0]")
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
@@ -197,6 +195,9 @@ class LineRange:
     #: a plain file holding exactly this range's uncompressed bytes (see :func:`plan_line_ranges`),
     #: read instead of decompressing the file up to ``start``
     spill: str | None = None
+    #: the whole of a compressed stream that is not spilled, of any size: its shard writes a new
+    #: part every ``target_bytes`` of input (:meth:`pipeline.executor.ShardOutput.roll`)
+    roll: bool = False
 
 
 def plan_line_ranges(path: Source, target_bytes: int, spill_dir: Path | None = None) -> list[LineRange]:
@@ -232,9 +233,10 @@ def iter_line_ranges(path: Source, target_bytes: int, spill_dir: Path | None = N
                 yield LineRange(0, -1, 1)
                 return
         elif spill_dir is None:
-            # without spilled ranges every shard decompresses the stream up to its range: fewer,
-            # larger shards bound that repeated work (their size then grows with the file's)
-            target_bytes = max(target_bytes, path.size() * 8 // MAX_COMPRESSED_SHARDS)
+            # unspilled, a shard of a range would decompress the stream up to it (N shards: about
+            # (N + 1) / 2 streams' worth); one shard reads the stream once and writes rolling parts
+            yield LineRange(0, -1, 1, roll=True)
+            return
         stream = open_uncompressed(path)
     except OSError:
         yield LineRange(0, -1, 1)

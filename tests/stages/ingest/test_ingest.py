@@ -218,3 +218,39 @@ def test_parts_write_text_without_dictionary_or_statistics(run_spec, tmp_path):
     assert any("DICTIONARY" in e for e in cols["lang"].encodings)
     assert {c.compression for c in cols.values()} == {"ZSTD"}
     assert data(out).column("text").to_pylist() == [d["text"] for d in DOCS]
+
+
+def test_compressed_files_planned_on_the_workers_write_rolling_parts(run_spec, tmp_path):
+    """Compressed files planned on the workers (more than one), not spilled: each is read once by
+    one shard, which starts a new part once the part holds ``shard_mb`` of input (checked after each
+    read of the stream, :data:`stages.ingest.sources.CHUNK`), so parts stay bounded however large
+    the file; the rows are the files' lines in order, and a forced re-run writes the same bytes."""
+    from stages.ingest.sources import CHUNK
+
+    docs = [{"id": f"d{i:05d}", "text": f"Document {i} says " + "words " * (30 + i % 40)} for i in range(60_000)]
+    lines = [orjson.dumps(d) + b"\n" for d in docs]
+    halves = [lines[:30_000], lines[30_000:]]  # about 9 MB each
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=1).compress(b"".join(halves[0])))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(halves[1]), compresslevel=1))
+    text = spec_for("'*.jsonl.*'", stage_extra="shard_mb: 2")
+    _, out = run_spec(text)
+    folder = out / "ingest" / "data"
+    parts = sorted(p.name for p in folder.glob("part-*.parquet"))
+    target = 2 << 20
+    for fi, half in enumerate(halves):
+        mine = [p for p in parts if p.startswith(f"part-{fi:06d}-0000-")]
+        assert len(mine) >= 2 and mine == [f"part-{fi:06d}-0000-{n:04d}.parquet" for n in range(len(mine))]
+        row = 0
+        for k, name in enumerate(mine):  # the input behind each part: its share, give or take one read
+            rows = pq.read_metadata(folder / name).num_rows
+            size = sum(map(len, half[row:row + rows]))
+            row += rows
+            assert size <= target + CHUNK + 1000 and (size >= target or k == len(mine) - 1)
+        assert row == len(half)
+    assert len(parts) == sum(p.startswith(("part-000000-", "part-000001-")) for p in parts)
+    assert data(out).column("id").to_pylist() == [d["id"] for d in docs]  # every line, in order
+    m = manifest(out)
+    assert m["rows_in"] == m["rows_out"] == len(docs) and m["stats"]["shards"] == 2
+    first = {p: (folder / p).read_bytes() for p in parts}
+    _, out = run_spec(text, force=["ingest"])
+    assert {p.name: p.read_bytes() for p in sorted((out / "ingest" / "data").glob("part-*.parquet"))} == first

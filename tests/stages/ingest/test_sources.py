@@ -11,7 +11,6 @@ import pytest
 import zstandard
 
 from stages.ingest.sources import (
-    MAX_COMPRESSED_SHARDS,
     LineRange,
     TruncatedInput,
     iter_line_ranges,
@@ -39,8 +38,11 @@ def write(tmp_path: Path, kind: str, data: bytes = DATA) -> Path:
 
 @pytest.mark.parametrize("kind", ["plain", "zstd", "gzip"])
 def test_ranges_cover_every_line_once_with_line_numbers(tmp_path, kind):
+    """Ranges read in the stream itself (a compressed file's as its plan cuts them when spilling;
+    the last range of a file cut part-way is read so)."""
     path = write(tmp_path, kind)
-    ranges = plan_line_ranges(path, target_bytes=10_000)
+    ranges = [dataclasses.replace(r, spill=None)
+              for r in plan_line_ranges(path, target_bytes=10_000, spill_dir=tmp_path / "spill")]
     assert len(ranges) > 1
     seen: list[tuple[int, bytes]] = []
     for rng in ranges:
@@ -125,10 +127,9 @@ def test_spilled_ranges_read_exactly_what_the_compressed_file_gives(tmp_path, ki
     middle = DATA.index(b"\n", len(DATA) // 2) + 1  # a line start
     data = b"\xef\xbb\xbf" + DATA[:middle] + b"\xef\xbb\xbfmid-file feff line\n" + DATA[middle:]
     path = write(tmp_path, kind, data)
-    plain = plan_line_ranges(path, target_bytes=10_000)
     spilled = plan_line_ranges(path, target_bytes=10_000, spill_dir=tmp_path / "spill")
+    plain = [dataclasses.replace(r, spill=None) for r in spilled]  # the same ranges, read in the stream
     assert len(plain) > 3
-    assert [(r.start, r.end, r.first_line) for r in spilled] == [(r.start, r.end, r.first_line) for r in plain]
     assert all(r.spill and Path(r.spill).is_file() for r in spilled)
     assert sum(Path(r.spill).stat().st_size for r in spilled) == len(data)
     assert _read_all(path, spilled) == _read_all(path, plain)
@@ -153,20 +154,22 @@ def test_a_cut_file_spills_its_complete_ranges_and_the_last_meets_the_cut(tmp_pa
     assert read == _read_all(path, [dataclasses.replace(r, spill=None) for r in ranges])
 
 
-def test_spilled_ranges_keep_the_target_size_whatever_the_file_size(tmp_path):
+def test_spilled_ranges_keep_the_target_size_and_an_unspilled_stream_is_one_rolling_shard(tmp_path):
     """Spilled, a compressed file is cut every ``target_bytes`` however large it is (the parts, and
-    the memory of every stage that reads one, stay the same size as the corpus grows); read in
-    place, it is cut into at most about ``MAX_COMPRESSED_SHARDS`` ranges, each shard decompressing
-    the stream up to its own range."""
+    the memory of every stage that reads one, stay the same size as the corpus grows). Not spilled,
+    it is one range, the whole stream, marked ``roll``: its shard reads the stream once and writes a
+    part every ``target_bytes`` (a shard per range would decompress the stream up to its range)."""
     rng = random.Random(2)
-    data = b"".join(b"%x\n" % rng.getrandbits(256) for _ in range(40_000))  # ~2.6 MB, compresses ~2x
+    data = b"".join(b"%x\n" % rng.getrandbits(256) for _ in range(40_000))  # ~2.6 MB
     path = tmp_path / "big.jsonl.zst"
     path.write_bytes(zstandard.ZstdCompressor(level=1).compress(data))
     spilled = plan_line_ranges(path, target_bytes=50_000, spill_dir=tmp_path / "spill")
-    in_place = plan_line_ranges(path, target_bytes=50_000)
-    assert len(spilled) >= len(data) // 50_000 > 2 * MAX_COMPRESSED_SHARDS
+    assert len(spilled) >= len(data) // 50_000 > 32 and not any(r.roll for r in spilled)
     assert max(r.end - r.start for r in spilled[:-1]) < 50_000 + 100  # a line past the target at most
-    assert len(in_place) <= MAX_COMPRESSED_SHARDS + 1
+    assert plan_line_ranges(path, target_bytes=50_000) == [LineRange(0, -1, 1, roll=True)]
+    plain = tmp_path / "big.jsonl"
+    plain.write_bytes(data)
+    assert not any(r.roll for r in plan_line_ranges(plain, target_bytes=50_000))  # a plain file is seekable
 
 
 def test_ranges_are_yielded_as_the_scan_cuts_them(tmp_path):
