@@ -36,14 +36,10 @@ _GROWTH = 32 << 20
 
 def resident_bytes() -> int:
     """This process's resident size in bytes (a huge number where procfs is missing)."""
-    return _rss()
-
-
-def _rss() -> int:
     try:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * 4096
-    except OSError:  # no procfs (macOS): always release
+    except OSError:  # no procfs (macOS): growth is then always seen (release_memory_if_grown releases)
         return 1 << 62
 
 
@@ -53,9 +49,9 @@ def release_memory_if_grown() -> None:
     Why: a full collection and trim cost 40-50 ms in a worker (measured), more than a small shard
     itself; after a shard that allocated little there is nothing worth giving back."""
     global _LAST_RSS
-    if _rss() - _LAST_RSS > _GROWTH:
+    if resident_bytes() - _LAST_RSS > _GROWTH:
         release_memory()
-        _LAST_RSS = _rss()
+        _LAST_RSS = resident_bytes()
 
 
 def reset_peak_rss() -> None:

@@ -370,14 +370,20 @@ def _next_finished(finished: queue.SimpleQueue[str]) -> str:
             continue
 
 
-def _start_order(plan: Plan, to_run: list[StagePlan]) -> dict[str, tuple[bool, int, int]]:
-    """Sort key per stage name: driver-bound first, then more stages downstream, then spec order."""
-    names = {sp.name for sp in to_run}
-    below: dict[str, set[str]] = {n: set() for n in names}
+def _downstream(plan: Plan, to_run: list[StagePlan]) -> dict[str, set[str]]:
+    """Per stage of ``to_run`` (in DAG order), the stages of ``to_run`` that read its output,
+    directly or through others."""
+    below: dict[str, set[str]] = {sp.name: set() for sp in to_run}
     for sp in reversed(to_run):  # DAG order reversed: a stage's dependents are counted before it
         for ref in plan.dag.nodes[sp.name].upstream():
-            if ref in names:
+            if ref in below:
                 below[ref] |= {sp.name} | below[sp.name]
+    return below
+
+
+def _start_order(plan: Plan, to_run: list[StagePlan]) -> dict[str, tuple[bool, int, int]]:
+    """Sort key per stage name: driver-bound first, then more stages downstream, then spec order."""
+    below = _downstream(plan, to_run)
     return {sp.name: (not _stage_of(plan, sp).driver_bound(), -len(below[sp.name]), i)
             for i, sp in enumerate(to_run)}
 
@@ -387,13 +393,8 @@ def _sharing_cores(plan: Plan, to_run: list[StagePlan], alone: set[str]) -> set[
     them (directly or through others), when neither holds the driver and two may run at once."""
     if STAGES_AT_ONCE < 2:
         return set()
-    names = [sp.name for sp in to_run]
-    below: dict[str, set[str]] = {n: set() for n in names}
-    for name in reversed(names):  # DAG order reversed: a stage's dependents are counted before it
-        for ref in plan.dag.nodes[name].upstream():
-            if ref in below:
-                below[ref] |= {name} | below[name]
-    return {a for a in names for b in names
+    below = _downstream(plan, to_run)
+    return {a for a in below for b in below
             if a != b and a not in alone and b not in alone and b not in below[a] and a not in below[b]}
 
 

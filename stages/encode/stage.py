@@ -43,7 +43,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import REJECT_SCHEMA, PartWriter, bulk_options, make_rejects, read_one, read_schema
 from pipeline.stage_api import BatchResult, MapStage, RefKind, ReportPart, StageConfig, register_stage
-from stages.encode.engines import TextEncoder, choose_engine, load_encoder
+from stages.encode.engines import TextEncoder, choose_engine, hf_threads, load_encoder
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", "<|eos|>")
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "[CLS]", "<|bos|>")
@@ -247,30 +247,25 @@ class EncodeJob(MapStageJob):
         # the shard's ids (a small column) first: the parity sample is drawn from the whole shard
         ids = read_one(path, columns=["id"]).column("id").combine_chunks() if "id" in schema.names else None
         stage.begin_shard(ids=ids)
-        # tokenizers reads this on every encode_batch call; the worker process outlives the shard
-        # (later shards and stages run in it), so the setting is the shard's and is put back after it
-        threads_before = os.environ.get("TOKENIZERS_PARALLELISM")
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if stage.config.rust_threads else "false"
-        try:
-            result = self._run(task, out, schema)
-        except ParityFallback as fb:
-            out.abort()
-            out.data = PartWriter(out.data.final.parent, f"part-{task.key}", tally=True)
-            out.rejects = PartWriter(out.rejects.final.parent, f"part-{task.key}", schema=REJECT_SCHEMA,
-                                     write_empty=False)
-            stage.begin_shard(force_hf=True)
-            result = self._run(task, out, schema)
-            s = result["stats"]
-            s["parity_checked"] = fb.stats.get("parity_checked", 0)
-            s["parity_mismatches"] = fb.stats.get("parity_mismatches", 0)
-            s["parity_fallback_shards"] = 1
-            s["parity_mismatch_examples"] = [f"shard {task.key}: {fb.detail}"[:600]]
-        finally:
-            stage.begin_shard()
-            if threads_before is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = threads_before
+        # tokenizers reads TOKENIZERS_PARALLELISM on every encode_batch call; the worker process outlives
+        # the shard (later shards and stages run in it), so the setting is the shard's and is put back after it
+        with hf_threads(stage.config.rust_threads):
+            try:
+                result = self._run(task, out, schema)
+            except ParityFallback as fb:
+                out.abort()
+                out.data = PartWriter(out.data.final.parent, f"part-{task.key}", tally=True)
+                out.rejects = PartWriter(out.rejects.final.parent, f"part-{task.key}", schema=REJECT_SCHEMA,
+                                         write_empty=False)
+                stage.begin_shard(force_hf=True)
+                result = self._run(task, out, schema)
+                s = result["stats"]
+                s["parity_checked"] = fb.stats.get("parity_checked", 0)
+                s["parity_mismatches"] = fb.stats.get("parity_mismatches", 0)
+                s["parity_fallback_shards"] = 1
+                s["parity_mismatch_examples"] = [f"shard {task.key}: {fb.detail}"[:600]]
+            finally:
+                stage.begin_shard()
         ended = time.time()
         engine = "hf" if result["stats"].get("parity_fallback_shards") else stage.encoder.engine
         result["stats"]["engine_shards"] = {engine: 1}

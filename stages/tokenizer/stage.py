@@ -21,12 +21,10 @@ Artifacts: ``tokenizer.json`` (loadable by ``Tokenizer.from_file`` and
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -38,6 +36,7 @@ from pipeline.executor import ShardOutput, ShardTask
 from pipeline.locations import Location
 from pipeline.parquet_io import read_table
 from pipeline.stage_api import RefKind, ReportPart, Stage, StageConfig, register_stage
+from stages.encode.engines import hf_threads
 from stages.tokenizer.charts import report_part
 from stages.tokenizer.hf_files import write_hf_tokenizer_files
 from stages.tokenizer.pretokenizers import PRETOKENIZER_PATTERNS
@@ -154,27 +153,6 @@ FAST_REASON = "byte-level BPE with the GPT-2 pattern: same merges as HF"
 NUL_REASON = "a document contains NUL (gigatoken's document separator)"
 
 
-@contextmanager
-def hf_threads(enabled: bool) -> Iterator[None]:
-    """HF ``tokenizers``' Rust thread pool on or off for the block (it reads ``TOKENIZERS_PARALLELISM``
-    at each call), then the setting as it was.
-
-    Why off beside other stages: HF's BPE trainer spreads poorly over threads. Measured on the Debian
-    corpus with the ``llama3`` pattern and 16k merges: an 8 MB sample trains in 3.1-3.2 s on two
-    threads at 4.8 CPU-s, in 3.3-3.5 s on one at 3.3-3.5 CPU-s; 32 MB in 11.3 s at 17.2 CPU-s against
-    12.8 s at 12.8. The merges are the same either way. Beside Ray's workers, the second thread only
-    takes a core from them."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
-
-
 def _hf_info(why: str) -> dict[str, Any]:
     return {"trainer": "hf", "reason": f"gigatoken.train_bpe does not reproduce HF here: {why}"}
 
@@ -264,7 +242,6 @@ class TrainTokenizerStage(Stage[TrainTokenizerConfig]):
             with hf_threads(not ctx.shares_cores):
                 tok.train_from_iterator(texts(), trainer=trainer)
             trainer_info["threads"] = "one (stages beside it)" if ctx.shares_cores else "all"
-
         else:
             tok = trained
         train_s = time.perf_counter() - t0
